@@ -1,0 +1,32 @@
+# The two commands: `make demo` and `make test`. Both run the idempotent set-up first.
+CARGO ?= cargo
+
+.PHONY: setup demo test lint build bench clean-deps
+
+setup:
+	scripts/setup.sh
+
+## Run the daemon on the sample camera with the built-in demo config.
+demo: setup
+	$(CARGO) build --release --bin kinderwatch --example sample_camera
+	scripts/demo.sh
+
+## Formatting, lints and the whole test suite (what CI runs).
+test: setup lint
+	$(CARGO) test --all-targets
+	$(CARGO) test --doc
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+build:
+	$(CARGO) build --release
+
+## Benchmarks (slow; numbers go to docs/BENCHMARKS.md).
+bench: setup
+	$(CARGO) build --release --bin kinderwatch --bin bench-ingest
+	target/release/bench-ingest
+
+clean-deps:
+	rm -rf .deps

@@ -1,0 +1,208 @@
+//! Camera ingest: one supervisor task per camera owns a GStreamer pipeline and hands decoded,
+//! scaled RGB frames to a one-frame slot (latest wins).
+//!
+//! - [`pipeline`] builds the pipeline from elements and classifies bus messages;
+//! - [`supervisor`] runs the reconnect loop (backoff, first-frame timeout, stall watchdog);
+//! - [`probe`] is the installer's one-shot diagnosis;
+//! - [`url`] keeps credentials out of URLs and logs.
+
+pub mod backoff;
+pub mod pipeline;
+pub mod probe;
+pub mod supervisor;
+mod url;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+pub use self::url::{Credentials, RtspUrl, redact_url};
+
+/// One decoded frame: tightly packed RGB, `width * height * 3` bytes.
+pub struct Frame {
+    pub camera: Arc<str>,
+    /// Per-camera sequence number, counting from 1 on each daemon start (it survives reconnects).
+    pub seq: u64,
+    /// Wall-clock time the frame left the appsink.
+    pub captured_at: SystemTime,
+    /// Monotonic time the frame left the appsink, for latency and staleness.
+    pub captured: Instant,
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("camera", &self.camera)
+            .field("seq", &self.seq)
+            .field("size", &(self.width, self.height))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A camera's latest frame. The producer (a GStreamer streaming thread) never blocks on the consumer:
+/// `put` replaces the previous frame, which counts as overwritten if nobody took it.
+#[derive(Default)]
+pub struct FrameSlot {
+    latest: Mutex<Option<Arc<Frame>>>,
+    notify: tokio::sync::Notify,
+    overwritten: AtomicU64,
+}
+
+impl FrameSlot {
+    pub fn put(&self, frame: Arc<Frame>) {
+        let previous = self
+            .latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(frame);
+        if previous.is_some() {
+            self.overwritten.fetch_add(1, Ordering::Relaxed);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Takes the latest frame, leaving the slot empty.
+    pub fn take(&self) -> Option<Arc<Frame>> {
+        self.latest.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Waits for a frame and takes it.
+    pub async fn next(&self) -> Arc<Frame> {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(f) = self.take() {
+                return f;
+            }
+            notified.await;
+        }
+    }
+
+    /// Frames replaced before anyone took them.
+    pub fn overwritten(&self) -> u64 {
+        self.overwritten.load(Ordering::Relaxed)
+    }
+}
+
+/// What a camera is doing now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CameraState {
+    /// Pipeline built, waiting for the first frame.
+    Connecting,
+    Streaming,
+    /// A transient fault (refused, timeout, EOF, stall); retrying after a backoff.
+    Backoff,
+    /// The camera refused the credentials (401). A configuration fault; retried slowly.
+    AuthFailed,
+    /// The stream path does not exist (404). A configuration fault; retried slowly.
+    NotFound,
+    /// `enabled = false` in the config.
+    Disabled,
+    /// The daemon is shutting down.
+    Stopped,
+}
+
+impl CameraState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Streaming => "streaming",
+            Self::Backoff => "backoff",
+            Self::AuthFailed => "auth_failed",
+            Self::NotFound => "not_found",
+            Self::Disabled => "disabled",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for CameraState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A camera's status as the rest of the daemon sees it (through a `watch` channel).
+#[derive(Debug, Clone, Serialize)]
+pub struct CameraStatus {
+    pub state: CameraState,
+    /// When `state` last changed.
+    pub since: SystemTime,
+    /// The last fault, in words; never contains credentials.
+    pub last_error: Option<String>,
+    pub frames_received: u64,
+    /// Frames per second delivered over the last status period.
+    pub fps: f64,
+    /// Pipelines rebuilt after the first one.
+    pub reconnects: u64,
+    pub last_frame_at: Option<SystemTime>,
+    /// When the next connection attempt is due, in backoff states.
+    pub retry_at: Option<SystemTime>,
+}
+
+impl CameraStatus {
+    pub fn new(state: CameraState) -> Self {
+        Self {
+            state,
+            since: SystemTime::now(),
+            last_error: None,
+            frames_received: 0,
+            fps: 0.0,
+            reconnects: 0,
+            last_frame_at: None,
+            retry_at: None,
+        }
+    }
+}
+
+/// What the rest of the daemon holds of a running camera.
+#[derive(Clone)]
+pub struct CameraHandle {
+    pub id: Arc<str>,
+    pub name: String,
+    pub slot: Arc<FrameSlot>,
+    pub status: tokio::sync::watch::Receiver<CameraStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(seq: u64) -> Arc<Frame> {
+        Arc::new(Frame {
+            camera: "c".into(),
+            seq,
+            captured_at: SystemTime::now(),
+            captured: Instant::now(),
+            width: 1,
+            height: 1,
+            rgb: vec![0; 3],
+        })
+    }
+
+    #[test]
+    fn slot_keeps_latest_and_counts_overwrites() {
+        let slot = FrameSlot::default();
+        slot.put(frame(1));
+        slot.put(frame(2));
+        slot.put(frame(3));
+        assert_eq!(slot.take().unwrap().seq, 3);
+        assert!(slot.take().is_none());
+        assert_eq!(slot.overwritten(), 2);
+    }
+
+    #[tokio::test]
+    async fn next_wakes_on_put() {
+        let slot = Arc::new(FrameSlot::default());
+        let s = slot.clone();
+        let waiter = tokio::spawn(async move { s.next().await.seq });
+        tokio::task::yield_now().await;
+        slot.put(frame(7));
+        assert_eq!(waiter.await.unwrap(), 7);
+    }
+}

@@ -1,0 +1,460 @@
+//! One camera's GStreamer pipeline, built from elements (the URL never enters a launch string):
+//!
+//! ```text
+//! rtspsrc ─(video pad)→ rtph264depay ! h264parse ! avdec_h264      (codec = "h264")
+//!         └───────────→ decodebin                                   (codec = "auto": H.265, MJPEG, ...)
+//!   → videorate drop-only max-rate=FPS → videoscale → videoconvert
+//!   → video/x-raw,format=RGB,width=W,height=H → appsink max-buffers=1 drop=true sync=false
+//! ```
+//! Scaling before converting is measurably cheaper (docs/BENCHMARKS.md). The appsink callback copies
+//! the frame into a packed RGB buffer and puts it into the camera's [`FrameSlot`]; it never waits for
+//! a consumer. A pipeline is used once: reconnecting builds a new one (cycling the same rtspsrc
+//! through Null → Playing fails with not-linked).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+use gstreamer_video::prelude::*;
+
+use super::{Credentials, Frame, FrameSlot, RtspUrl};
+use crate::config::{Codec, Transport};
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    pub camera: Arc<str>,
+    pub url: RtspUrl,
+    pub credentials: Option<Credentials>,
+    pub transport: Transport,
+    pub latency: Duration,
+    pub codec: Codec,
+    pub tcp_timeout: Duration,
+    /// Output size; `None` keeps the camera's own size (probe).
+    pub size: Option<(u32, u32)>,
+    /// Output rate limit; `None` passes every frame (probe).
+    pub max_fps: Option<u32>,
+}
+
+/// Why a pipeline stopped, sorted by what the supervisor should do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// 401: the camera refused the credentials. Configuration fault.
+    NotAuthorized(String),
+    /// 404: no such stream path. Configuration fault.
+    NotFound(String),
+    /// Refused, timeout, EOF, stall, decoder trouble: try again soon.
+    Transient(String),
+}
+
+impl Fault {
+    pub fn message(&self) -> &str {
+        match self {
+            Fault::NotAuthorized(m) | Fault::NotFound(m) | Fault::Transient(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// Counters the streaming thread updates and the supervisor reads.
+#[derive(Debug)]
+pub struct IngestStats {
+    base: Instant,
+    frames: AtomicU64,
+    /// Milliseconds after `base` of the last frame, plus one (0 = none yet).
+    last_frame_ms: AtomicU64,
+    first_frame: OnceLock<Instant>,
+    frames_skipped: AtomicU64,
+    encoding: Mutex<Option<String>>,
+}
+
+impl IngestStats {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            frames: AtomicU64::new(0),
+            last_frame_ms: AtomicU64::new(0),
+            first_frame: OnceLock::new(),
+            frames_skipped: AtomicU64::new(0),
+            encoding: Mutex::new(None),
+        }
+    }
+
+    pub fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+
+    pub fn first_frame(&self) -> Option<Instant> {
+        self.first_frame.get().copied()
+    }
+
+    pub fn last_frame(&self) -> Option<Instant> {
+        match self.last_frame_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.base + Duration::from_millis(ms - 1)),
+        }
+    }
+
+    /// Frames the appsink delivered that could not be read (mapping failed, odd caps).
+    pub fn frames_skipped(&self) -> u64 {
+        self.frames_skipped.load(Ordering::Relaxed)
+    }
+
+    /// RTP encoding name of the video stream (e.g. "H264"), once the camera described it.
+    pub fn encoding(&self) -> Option<String> {
+        self.encoding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn record_frame(&self, at: Instant) {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        let ms = at.saturating_duration_since(self.base).as_millis() as u64 + 1;
+        self.last_frame_ms.store(ms, Ordering::Relaxed);
+        let _ = self.first_frame.set(at);
+    }
+}
+
+/// Where frames go: the camera's slot and its sequence counter (shared across reconnects).
+#[derive(Clone)]
+pub struct FrameOutput {
+    pub slot: Arc<FrameSlot>,
+    pub seq: Arc<AtomicU64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(
+        "GStreamer element {0:?} is missing; run scripts/setup.sh (it installs the GStreamer plugins)"
+    )]
+    MissingElement(&'static str),
+    #[error("building the pipeline failed: {0}")]
+    Gst(#[from] glib::BoolError),
+    #[error("starting the pipeline failed: {0}")]
+    State(#[from] gst::StateChangeError),
+}
+
+use gstreamer::glib;
+
+/// A built, running pipeline. Dropping it sets it to Null.
+pub struct CameraPipeline {
+    pipeline: gst::Pipeline,
+    /// The first element after the decoder; its sink caps describe the decoded stream.
+    decoded_tap: gst::Element,
+    stats: Arc<IngestStats>,
+    secret: Option<String>,
+}
+
+fn make(factory: &'static str) -> Result<gst::Element, BuildError> {
+    gst::ElementFactory::make(factory)
+        .build()
+        .map_err(|_| BuildError::MissingElement(factory))
+}
+
+impl CameraPipeline {
+    /// Builds the pipeline and sets it to Playing.
+    pub fn start(spec: &PipelineSpec, output: FrameOutput) -> Result<Self, BuildError> {
+        let pipeline = gst::Pipeline::with_name(&format!("camera-{}", spec.camera));
+        let stats = Arc::new(IngestStats::new());
+
+        let src = make("rtspsrc")?;
+        src.set_property("location", spec.url.as_location());
+        src.set_property(
+            "latency",
+            spec.latency.as_millis().min(u32::MAX as u128) as u32,
+        );
+        src.set_property(
+            "tcp-timeout",
+            spec.tcp_timeout.as_micros().min(u64::MAX as u128) as u64,
+        );
+        src.set_property("drop-on-latency", true);
+        src.set_property_from_str(
+            "protocols",
+            match spec.transport {
+                Transport::Tcp => "tcp",
+                Transport::Udp => "udp",
+            },
+        );
+        if let Some(c) = &spec.credentials {
+            src.set_property("user-id", &c.username);
+            src.set_property("user-pw", c.password());
+        }
+
+        // The decoding chain; `entry` takes RTP from rtspsrc.
+        let (decode_elems, entry, decoded_out): (
+            Vec<gst::Element>,
+            gst::Element,
+            Option<gst::Element>,
+        ) = match spec.codec {
+            Codec::H264 => {
+                let depay = make("rtph264depay")?;
+                let dec = make("avdec_h264")?;
+                // h264parse (plugins-bad) is optional: depay ! avdec_h264 works without it.
+                match make("h264parse") {
+                    Ok(parse) => (vec![depay.clone(), parse, dec.clone()], depay, Some(dec)),
+                    Err(_) => (vec![depay.clone(), dec.clone()], depay, Some(dec)),
+                }
+            }
+            Codec::Auto => {
+                let decodebin = make("decodebin")?;
+                (vec![decodebin.clone()], decodebin, None)
+            }
+        };
+
+        let mut post: Vec<gst::Element> = Vec::new();
+        if let Some(fps) = spec.max_fps {
+            let rate = make("videorate")?;
+            rate.set_property("drop-only", true);
+            rate.set_property("max-rate", fps as i32);
+            post.push(rate);
+        }
+        post.push(make("videoscale")?);
+        post.push(make("videoconvert")?);
+        let mut caps = gst::Caps::builder("video/x-raw").field("format", "RGB");
+        if let Some((w, h)) = spec.size {
+            caps = caps.field("width", w as i32).field("height", h as i32);
+        }
+        let caps = caps.build();
+        let capsfilter = make("capsfilter")?;
+        capsfilter.set_property("caps", &caps);
+        post.push(capsfilter);
+
+        let appsink = gst_app::AppSink::builder()
+            .caps(&caps)
+            .max_buffers(1)
+            .drop(true)
+            .sync(false)
+            .enable_last_sample(false)
+            .build();
+        appsink.set_callbacks(frame_callbacks(spec.camera.clone(), output, stats.clone()));
+
+        pipeline.add(&src)?;
+        pipeline.add_many(&decode_elems)?;
+        pipeline.add_many(&post)?;
+        pipeline.add(&appsink)?;
+        gst::Element::link_many(&decode_elems)?;
+        let mut tail: Vec<&gst::Element> = post.iter().collect();
+        tail.push(appsink.upcast_ref());
+        gst::Element::link_many(tail)?;
+        let decoded_tap = post[0].clone();
+        if let Some(dec) = decoded_out {
+            dec.link(&decoded_tap)?;
+        } else {
+            // decodebin exposes its decoded pad when it knows the stream.
+            let tap = decoded_tap.downgrade();
+            entry.connect_pad_added(move |_, pad| {
+                let Some(tap) = tap.upgrade() else { return };
+                let is_video = pad
+                    .current_caps()
+                    .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
+                    .unwrap_or(false);
+                let sink = tap.static_pad("sink").expect("sink pad");
+                if is_video && !sink.is_linked() {
+                    let _ = pad.link(&sink);
+                }
+            });
+        }
+
+        // rtspsrc exposes one pad per stream; video goes to the decoder, anything else to a fakesink
+        // (an unlinked pad would stop the whole source with not-linked).
+        let entry_weak = entry.downgrade();
+        let pipeline_weak = pipeline.downgrade();
+        let stats_pad = stats.clone();
+        src.connect_pad_added(move |_, pad| {
+            let (Some(entry), Some(pipeline)) = (entry_weak.upgrade(), pipeline_weak.upgrade()) else {
+                return;
+            };
+            let caps = pad.current_caps();
+            let s = caps.as_ref().and_then(|c| c.structure(0));
+            let media = s.and_then(|s| s.get::<&str>("media").ok()).unwrap_or("");
+            let sink = entry.static_pad("sink").expect("sink pad");
+            if media == "video" && !sink.is_linked() {
+                if let Some(enc) = s.and_then(|s| s.get::<&str>("encoding-name").ok()) {
+                    *stats_pad.encoding.lock().unwrap_or_else(|e| e.into_inner()) = Some(enc.to_owned());
+                }
+                if let Err(e) = pad.link(&sink) {
+                    tracing::warn!(error = ?e, "could not link the camera's video stream (wrong codec setting?)");
+                }
+            } else if let Ok(fake) = gst::ElementFactory::make("fakesink")
+                .property("sync", false)
+                .property("async", false)
+                .build()
+                && pipeline.add(&fake).is_ok()
+            {
+                let _ = fake.sync_state_with_parent();
+                if let Some(fsink) = fake.static_pad("sink") {
+                    let _ = pad.link(&fsink);
+                }
+            }
+        });
+
+        let secret = spec
+            .credentials
+            .as_ref()
+            .map(|c| c.password().to_owned())
+            .filter(|p| p.len() >= 3);
+        let this = Self {
+            pipeline,
+            decoded_tap,
+            stats,
+            secret,
+        };
+        this.pipeline.set_state(gst::State::Playing)?;
+        Ok(this)
+    }
+
+    pub fn stats(&self) -> &Arc<IngestStats> {
+        &self.stats
+    }
+
+    pub fn bus(&self) -> gst::Bus {
+        self.pipeline.bus().expect("a pipeline has a bus")
+    }
+
+    /// Caps of the decoded stream (camera resolution and declared frame rate), once negotiated.
+    pub fn decoded_caps(&self) -> Option<gst::Caps> {
+        self.decoded_tap.static_pad("sink")?.current_caps()
+    }
+
+    /// Turns a bus message into a fault, if it is one. Text is scrubbed of the password.
+    pub fn classify(&self, msg: &gst::MessageRef) -> Option<Fault> {
+        let fault = classify_message(msg)?;
+        Some(match fault {
+            Fault::NotAuthorized(m) => Fault::NotAuthorized(self.scrub(m)),
+            Fault::NotFound(m) => Fault::NotFound(self.scrub(m)),
+            Fault::Transient(m) => Fault::Transient(self.scrub(m)),
+        })
+    }
+
+    /// Removes the password from text that came from GStreamer (defence in depth: it is not in the URL).
+    pub fn scrub(&self, text: String) -> String {
+        match &self.secret {
+            Some(s) if text.contains(s.as_str()) => text.replace(s.as_str(), "***"),
+            _ => text,
+        }
+    }
+
+    /// Sets the pipeline to Null off the async workers (rtspsrc may wait `teardown-timeout`).
+    pub async fn stop(self) {
+        let pipeline = self.pipeline.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = pipeline.set_state(gst::State::Null);
+        })
+        .await;
+        // Drop sets Null again, which is a no-op now.
+    }
+
+    /// The pipeline's current state (for tests and diagnostics).
+    pub fn current_state(&self) -> gst::State {
+        self.pipeline.current_state()
+    }
+}
+
+impl Drop for CameraPipeline {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// Classifies one bus message (see the fault table in DESIGN.md).
+pub fn classify_message(msg: &gst::MessageRef) -> Option<Fault> {
+    use gst::MessageView;
+    match msg.view() {
+        MessageView::Error(err) => {
+            let e = err.error();
+            let debug = err.debug().map(|d| d.to_string()).unwrap_or_default();
+            let detail = debug
+                .lines()
+                .last()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .unwrap_or("");
+            let text = if detail.is_empty() {
+                e.message().to_owned()
+            } else {
+                format!("{} ({detail})", e.message())
+            };
+            if e.matches(gst::ResourceError::NotAuthorized) || debug.contains("(401)") {
+                Some(Fault::NotAuthorized(format!("401 Unauthorized: {text}")))
+            } else if e.matches(gst::ResourceError::NotFound) || debug.contains("(404)") {
+                Some(Fault::NotFound(format!("404 Not Found: {text}")))
+            } else {
+                Some(Fault::Transient(text))
+            }
+        }
+        MessageView::Eos(_) => Some(Fault::Transient(
+            "end of stream: the camera closed the connection".into(),
+        )),
+        MessageView::Element(el) => {
+            let s = el.structure()?;
+            (s.name() == "GstRTSPSrcTimeout")
+                .then(|| Fault::Transient("rtspsrc timeout: no data from the camera".into()))
+        }
+        _ => None,
+    }
+}
+
+fn frame_callbacks(
+    camera: Arc<str>,
+    output: FrameOutput,
+    stats: Arc<IngestStats>,
+) -> gst_app::AppSinkCallbacks {
+    gst_app::AppSinkCallbacks::builder()
+        .new_sample(move |sink| {
+            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+            let now = Instant::now();
+            match copy_rgb(&sample) {
+                Some((width, height, rgb)) => {
+                    stats.record_frame(now);
+                    let seq = output.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                    output.slot.put(Arc::new(Frame {
+                        camera: camera.clone(),
+                        seq,
+                        captured_at: SystemTime::now(),
+                        captured: now,
+                        width,
+                        height,
+                        rgb,
+                    }));
+                }
+                None => {
+                    stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(gst::FlowSuccess::Ok)
+        })
+        .build()
+}
+
+/// Copies an RGB sample into a packed buffer, honouring the row stride.
+fn copy_rgb(sample: &gst::Sample) -> Option<(u32, u32, Vec<u8>)> {
+    let buffer = sample.buffer()?;
+    let info = gst_video::VideoInfo::from_caps(sample.caps()?).ok()?;
+    if info.format() != gst_video::VideoFormat::Rgb {
+        return None;
+    }
+    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info).ok()?;
+    let (w, h) = (info.width(), info.height());
+    let row = w as usize * 3;
+    let stride = frame.plane_stride()[0] as usize;
+    let data = frame.plane_data(0).ok()?;
+    let mut rgb = Vec::with_capacity(row * h as usize);
+    if stride == row {
+        rgb.extend_from_slice(data.get(..row * h as usize)?);
+    } else {
+        for y in 0..h as usize {
+            rgb.extend_from_slice(data.get(y * stride..y * stride + row)?);
+        }
+    }
+    Some((w, h, rgb))
+}

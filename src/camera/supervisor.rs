@@ -1,0 +1,297 @@
+//! The per-camera supervisor: one task owns one camera's pipeline and reconnects it forever.
+//!
+//! Each attempt builds a fresh pipeline, waits for the first frame (`first_frame_timeout`), then
+//! watches the bus and the frame gap (`stall_timeout`; rtspsrc alone notices a silent server only
+//! after ~25 s). A fault ends the attempt; the pipeline goes to Null and the next attempt waits:
+//! transient faults back off exponentially with jitter (reset after `healthy_reset` of streaming),
+//! configuration faults (401, 404) wait `config_fault_backoff`. Every wait sits in a `select!` with
+//! the shutdown token first.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, warn};
+
+use super::backoff::Backoff;
+use super::pipeline::{CameraPipeline, Fault, FrameOutput, PipelineSpec};
+use super::{CameraHandle, CameraState, CameraStatus, FrameSlot};
+use crate::config::{CameraConfig, IngestConfig};
+
+/// How often the supervisor looks at frame counters and refreshes the published status.
+const TICK: Duration = Duration::from_millis(200);
+const STATUS_PERIOD: Duration = Duration::from_secs(1);
+
+pub struct CameraSupervisor {
+    spec: PipelineSpec,
+    ingest: IngestConfig,
+    output: FrameOutput,
+    status: watch::Sender<CameraStatus>,
+    cancel: CancellationToken,
+    /// Frames received by earlier pipelines of this camera.
+    frames_before: u64,
+    /// The last fault logged at warn/error level, to log each distinct fault once.
+    last_logged_fault: Option<(CameraState, String)>,
+}
+
+/// The result of one connection attempt.
+struct Attempt {
+    /// `None` when the attempt ended because of shutdown.
+    fault: Option<Fault>,
+    streamed_for: Duration,
+}
+
+impl CameraSupervisor {
+    /// Validates what the camera needs (URL, credentials) and returns the supervisor and the handle
+    /// the rest of the daemon uses. A disabled camera gets a handle in state `disabled` and no task.
+    pub fn new(
+        camera: &CameraConfig,
+        ingest: &IngestConfig,
+        cancel: CancellationToken,
+    ) -> Result<(Option<Self>, CameraHandle), String> {
+        let id: Arc<str> = camera.id.as_str().into();
+        let slot = Arc::new(FrameSlot::default());
+        let initial = if camera.enabled {
+            CameraState::Connecting
+        } else {
+            CameraState::Disabled
+        };
+        let (status, status_rx) = watch::channel(CameraStatus::new(initial));
+        let handle = CameraHandle {
+            id: id.clone(),
+            name: camera.display_name().to_owned(),
+            slot: slot.clone(),
+            status: status_rx,
+        };
+        if !camera.enabled {
+            return Ok((None, handle));
+        }
+        let spec = PipelineSpec {
+            camera: id,
+            url: camera.rtsp_url()?,
+            credentials: camera.credentials()?,
+            transport: camera.transport,
+            latency: camera.latency,
+            codec: camera.codec,
+            tcp_timeout: ingest.tcp_timeout,
+            size: Some((camera.detect_width, camera.detect_height)),
+            max_fps: Some(camera.detect_fps),
+        };
+        let sup = Self {
+            spec,
+            ingest: ingest.clone(),
+            output: FrameOutput {
+                slot,
+                seq: Arc::new(AtomicU64::new(0)),
+            },
+            status,
+            cancel,
+            frames_before: 0,
+            last_logged_fault: None,
+        };
+        Ok((Some(sup), handle))
+    }
+
+    /// Runs until the cancellation token fires; the pipeline is Null when this returns.
+    pub async fn run(mut self) {
+        let span = tracing::info_span!("camera", camera = %self.spec.camera);
+        async move {
+            info!(url = %self.spec.url, transport = ?self.spec.transport, "camera supervisor started");
+            let mut backoff = Backoff::new(self.ingest.backoff_initial, self.ingest.backoff_max);
+            let mut first = true;
+            while !self.cancel.is_cancelled() {
+                if !first {
+                    self.status.send_modify(|s| s.reconnects += 1);
+                    metrics::counter!("kinderwatch_camera_reconnects_total", "camera" => self.spec.camera.to_string())
+                        .increment(1);
+                }
+                first = false;
+                self.set_state(CameraState::Connecting, None, None);
+                let attempt = self.attempt().await;
+                let Some(fault) = attempt.fault else { break };
+                if attempt.streamed_for >= self.ingest.healthy_reset {
+                    backoff.reset();
+                }
+                let (state, delay) = match &fault {
+                    Fault::NotAuthorized(_) => (CameraState::AuthFailed, self.ingest.config_fault_backoff),
+                    Fault::NotFound(_) => (CameraState::NotFound, self.ingest.config_fault_backoff),
+                    Fault::Transient(_) => (CameraState::Backoff, backoff.next_delay()),
+                };
+                self.report_fault(state, &fault, delay, backoff.attempt());
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            self.set_state(CameraState::Stopped, None, None);
+            info!("camera supervisor stopped");
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One pipeline, from build to teardown.
+    async fn attempt(&mut self) -> Attempt {
+        let pipeline = match CameraPipeline::start(&self.spec, self.output.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                return Attempt {
+                    fault: Some(Fault::Transient(e.to_string())),
+                    streamed_for: Duration::ZERO,
+                };
+            }
+        };
+        let mut bus = pipeline.bus().stream();
+        let started = Instant::now();
+        let mut streaming_since: Option<Instant> = None;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_status = (Instant::now(), 0u64);
+
+        let fault = loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break None,
+                msg = bus.next() => {
+                    let Some(msg) = msg else {
+                        break Some(Fault::Transient("pipeline bus closed".into()));
+                    };
+                    if let Some(fault) = pipeline.classify(&msg) {
+                        break Some(fault);
+                    }
+                    if let gstreamer::MessageView::Warning(w) = msg.view() {
+                        debug!(warning = %pipeline.scrub(w.error().to_string()), "pipeline warning");
+                    }
+                }
+                _ = tick.tick() => {
+                    let stats = pipeline.stats();
+                    let now = Instant::now();
+                    match (stats.first_frame(), streaming_since) {
+                        (None, _) => {
+                            if started.elapsed() >= self.ingest.first_frame_timeout {
+                                break Some(Fault::Transient(format!(
+                                    "no frame within {} of connecting",
+                                    humantime::format_duration(self.ingest.first_frame_timeout)
+                                )));
+                            }
+                        }
+                        (Some(first), None) => {
+                            streaming_since = Some(now);
+                            let ms = first.saturating_duration_since(started).as_millis() as u64;
+                            self.set_state(CameraState::Streaming, None, None);
+                            info!(first_frame_ms = ms, encoding = stats.encoding().as_deref().unwrap_or("?"), "camera streaming");
+                            self.last_logged_fault = None;
+                        }
+                        (Some(_), Some(_)) => {
+                            let gap = stats.last_frame().map(|t| now.saturating_duration_since(t)).unwrap_or_default();
+                            if gap >= self.ingest.stall_timeout {
+                                break Some(Fault::Transient(format!(
+                                    "stalled: no frame for {}",
+                                    humantime::format_duration(Duration::from_millis(gap.as_millis() as u64))
+                                )));
+                            }
+                        }
+                    }
+                    if now.duration_since(last_status.0) >= STATUS_PERIOD {
+                        let frames = stats.frames();
+                        let fps = (frames - last_status.1) as f64 / now.duration_since(last_status.0).as_secs_f64();
+                        metrics::counter!("kinderwatch_camera_frames_total", "camera" => self.spec.camera.to_string())
+                            .increment(frames - last_status.1);
+                        last_status = (now, frames);
+                        self.publish_counters(frames, fps, stats.last_frame());
+                    }
+                }
+            }
+        };
+        let stats = pipeline.stats().clone();
+        drop(bus);
+        pipeline.stop().await;
+        metrics::counter!("kinderwatch_camera_frames_total", "camera" => self.spec.camera.to_string())
+            .increment(stats.frames() - last_status.1);
+        self.publish_counters(stats.frames(), 0.0, stats.last_frame());
+        self.frames_before += stats.frames();
+        Attempt {
+            fault,
+            streamed_for: streaming_since.map(|s| s.elapsed()).unwrap_or_default(),
+        }
+    }
+
+    fn publish_counters(&self, frames_this_pipeline: u64, fps: f64, last_frame: Option<Instant>) {
+        let total = self.frames_before + frames_this_pipeline;
+        let last_frame_at = last_frame.map(|t| SystemTime::now() - t.elapsed());
+        self.status.send_modify(|s| {
+            s.frames_received = total;
+            s.fps = fps;
+            if last_frame_at.is_some() {
+                s.last_frame_at = last_frame_at;
+            }
+        });
+    }
+
+    fn set_state(&self, state: CameraState, error: Option<String>, retry_at: Option<SystemTime>) {
+        self.status.send_if_modified(|s| {
+            let changed = s.state != state || error.is_some() || s.retry_at != retry_at;
+            if s.state != state {
+                s.since = SystemTime::now();
+                s.state = state;
+            }
+            if state == CameraState::Streaming {
+                s.last_error = None;
+            }
+            if let Some(e) = &error {
+                s.last_error = Some(e.clone());
+            }
+            s.retry_at = retry_at;
+            if state != CameraState::Streaming {
+                s.fps = 0.0;
+            }
+            changed
+        });
+        metrics::gauge!("kinderwatch_camera_streaming", "camera" => self.spec.camera.to_string())
+            .set(if state == CameraState::Streaming {
+                1.0
+            } else {
+                0.0
+            });
+    }
+
+    /// Logs a fault once per distinct (state, message); repeats go to debug.
+    fn report_fault(&mut self, state: CameraState, fault: &Fault, delay: Duration, attempt: u32) {
+        let retry_in = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
+        let class = match state {
+            CameraState::AuthFailed => "auth_failed",
+            CameraState::NotFound => "not_found",
+            _ => "transient",
+        };
+        metrics::counter!("kinderwatch_camera_faults_total", "camera" => self.spec.camera.to_string(), "class" => class)
+            .increment(1);
+        self.set_state(
+            state,
+            Some(fault.message().to_owned()),
+            Some(SystemTime::now() + delay),
+        );
+        let key = (state, fault.message().to_owned());
+        if self.last_logged_fault.as_ref() == Some(&key) {
+            debug!(state = %state, error = %fault, attempt, retry_in = %retry_in, "camera still failing");
+            return;
+        }
+        self.last_logged_fault = Some(key);
+        match state {
+            CameraState::AuthFailed => error!(
+                state = %state, error = %fault, retry_in = %retry_in,
+                "camera refused the credentials; check username and password_file/password_env"
+            ),
+            CameraState::NotFound => error!(
+                state = %state, error = %fault, url = %self.spec.url, retry_in = %retry_in,
+                "camera has no stream at this path; check the URL path"
+            ),
+            _ => {
+                warn!(state = %state, error = %fault, attempt, retry_in = %retry_in, "camera connection failed; retrying")
+            }
+        }
+    }
+}

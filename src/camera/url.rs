@@ -1,0 +1,197 @@
+//! Camera URLs and credentials, kept apart so that no password ever reaches a log line.
+//!
+//! A camera URL in the config must not carry credentials; they come from `username` plus a password
+//! file or environment variable and go to rtspsrc's `user-id`/`user-pw` properties. Anything printed
+//! goes through [`redact_url`], which also hides credential-like query parameters some cameras use.
+
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Query parameters some cameras use to carry credentials.
+const SECRET_QUERY_KEYS: &[&str] = &[
+    "password", "passwd", "pass", "pwd", "user", "username", "usr", "token", "auth", "key",
+];
+
+/// A validated `rtsp://` or `rtsps://` URL without user info.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RtspUrl(url::Url);
+
+impl RtspUrl {
+    /// Parses a camera URL; the error explains the fix and never repeats a password.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let url = url::Url::parse(s).map_err(|e| {
+            format!(
+                "not a valid URL ({e}): {}; expected rtsp://host[:port]/path",
+                redact_url(s)
+            )
+        })?;
+        if url.scheme() != "rtsp" && url.scheme() != "rtsps" {
+            return Err(format!(
+                "scheme {:?} is not supported; use rtsp:// (or rtsps://)",
+                url.scheme()
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(
+                "credentials must not be in the URL; use username and password_file".into(),
+            );
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("the URL has no host; expected rtsp://host[:port]/path".into());
+        }
+        Ok(Self(url))
+    }
+
+    /// Splits credentials out of a URL typed by an installer (`rtsp://user:pass@host/...`).
+    pub fn parse_with_credentials(s: &str) -> Result<(Self, Option<Credentials>), String> {
+        let mut url = url::Url::parse(s).map_err(|e| {
+            format!(
+                "not a valid URL ({e}): {}; expected rtsp://host[:port]/path",
+                redact_url(s)
+            )
+        })?;
+        let creds = if url.username().is_empty() {
+            None
+        } else {
+            let decode = |v: &str| {
+                url::form_urlencoded::parse(format!("x={v}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            Some(Credentials {
+                username: decode(url.username()),
+                password: SecretString::from(decode(url.password().unwrap_or(""))),
+            })
+        };
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        Ok((Self::parse(url.as_str())?, creds))
+    }
+
+    /// The URL handed to rtspsrc. Never log this; log the value's `Display` instead.
+    pub fn as_location(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn host(&self) -> &str {
+        self.0.host_str().unwrap_or("")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0
+            .port()
+            .unwrap_or(if self.0.scheme() == "rtsps" { 322 } else { 554 })
+    }
+}
+
+impl fmt::Display for RtspUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(self.0.as_str()))
+    }
+}
+
+impl fmt::Debug for RtspUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RtspUrl({self})")
+    }
+}
+
+/// RTSP credentials. `Debug` prints the username only.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: SecretString,
+}
+
+impl Credentials {
+    pub fn password(&self) -> &str {
+        self.password.expose_secret()
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A URL safe to print: user info replaced by `***`, credential-like query values by `***`.
+/// Works on strings that do not parse as URLs too.
+pub fn redact_url(s: &str) -> String {
+    let Ok(mut url) = url::Url::parse(s) else {
+        return redact_unparsed(s);
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        let _ = url.set_password(None);
+        let _ = url.set_username("***");
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = SECRET_QUERY_KEYS.contains(&k.to_ascii_lowercase().as_str());
+                (
+                    k.into_owned(),
+                    if secret { "***".into() } else { v.into_owned() },
+                )
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
+}
+
+fn redact_unparsed(s: &str) -> String {
+    // "scheme://user:pass@rest" → "scheme://***@rest"; otherwise keep it.
+    if let Some(scheme_end) = s.find("://") {
+        let after = &s[scheme_end + 3..];
+        let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+        if let Some(at) = after[..authority_end].rfind('@') {
+            return format!("{}://***@{}", &s[..scheme_end], &after[at + 1..]);
+        }
+    }
+    s.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_user_info_and_secret_query() {
+        let r = redact_url("rtsp://admin:hunter2@10.0.0.5:554/live?channel=1&password=hunter2");
+        assert!(!r.contains("hunter2"), "{r}");
+        assert!(!r.contains("admin"), "{r}");
+        assert!(r.contains("channel=1"), "{r}");
+        assert!(r.contains("10.0.0.5:554/live"), "{r}");
+    }
+
+    #[test]
+    fn redacts_unparsable_urls() {
+        let r = redact_url("rtsp://admin:hunter2@[bad/x");
+        assert!(!r.contains("hunter2"), "{r}");
+    }
+
+    #[test]
+    fn refuses_credentials_in_url() {
+        let e = RtspUrl::parse("rtsp://admin:pw@cam/s").unwrap_err();
+        assert!(e.contains("credentials must not be in the URL"));
+        assert!(!e.contains("pw@"));
+    }
+
+    #[test]
+    fn splits_credentials_for_probe() {
+        let (url, creds) =
+            RtspUrl::parse_with_credentials("rtsp://ad%40min:p%3Aw@cam:8554/s").unwrap();
+        let creds = creds.unwrap();
+        assert_eq!(creds.username, "ad@min");
+        assert_eq!(creds.password(), "p:w");
+        assert_eq!(url.as_location(), "rtsp://cam:8554/s");
+        assert!(!format!("{creds:?}").contains("p:w"));
+    }
+}

@@ -1,0 +1,668 @@
+//! The configuration file: serde types, defaults, loading, and validation.
+//!
+//! Parsing and validation are separate steps. [`Config::load`] parses one TOML file (unknown keys are
+//! refused with their key path), resolves relative paths against the file's directory, then runs
+//! [`Config::validate`], which collects *every* problem with its key path instead of stopping at the
+//! first. `kinderwatch check-config` prints them; `config/example.toml` documents every option.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::camera::{Credentials, RtspUrl};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub site: SiteConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub detector: DetectorConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub cameras: Vec<CameraConfig>,
+}
+
+/// `[site]`: who this box is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Site id, used in MQTT topics and event records: `[a-z0-9_-]`, 1-64 characters. Required.
+    pub id: String,
+    /// Human-readable name. Default: the id.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// IANA time zone of the site, for arming schedules. Default: "UTC".
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+}
+
+fn default_time_zone() -> String {
+    "UTC".into()
+}
+
+/// `[ingest]`: reconnect and watchdog policy shared by all cameras.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// First reconnect delay after a transient fault. Default: 1s.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Largest reconnect delay after repeated transient faults. Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// A camera that streamed this long without a fault starts its backoff over. Default: 60s.
+    #[serde(with = "humantime_serde")]
+    pub healthy_reset: Duration,
+    /// Retry delay after a configuration fault (401 Unauthorized, 404 Not Found). Default: 5m.
+    #[serde(with = "humantime_serde")]
+    pub config_fault_backoff: Duration,
+    /// A connection that delivers no first frame within this time is torn down. Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub first_frame_timeout: Duration,
+    /// A streaming camera with no frame for this long is torn down and rebuilt. Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// rtspsrc TCP timeout for connecting and reading RTSP replies. Default: 5s.
+    #[serde(with = "humantime_serde")]
+    pub tcp_timeout: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            healthy_reset: Duration::from_secs(60),
+            config_fault_backoff: Duration::from_secs(300),
+            first_frame_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(10),
+            tcp_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[detector]`: which model runs (detection itself arrives with the detection stage).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    /// Path of the model manifest (`*.toml` beside the `.onnx` file); relative paths are resolved
+    /// against the config file's directory. Default: none (no detection).
+    pub model: Option<PathBuf>,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// "text" or "json". Default: "text".
+    pub format: LogFormat,
+    /// tracing filter directive, e.g. "info" or "info,kinderwatch::camera=debug"; `RUST_LOG` overrides it.
+    /// Default: "info".
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// RTP transport between camera and box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// RTP interleaved in the RTSP TCP connection: works through NAT and firewalls. The default.
+    #[default]
+    Tcp,
+    /// RTP over UDP: lower overhead on a clean LAN, loses frames on a lossy one.
+    Udp,
+}
+
+/// Video codec of the camera stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// H.264 with a fixed, verified chain (rtph264depay ! h264parse ! avdec_h264). The default.
+    #[default]
+    H264,
+    /// Anything GStreamer can decode (H.265, MJPEG, ...) through decodebin.
+    Auto,
+}
+
+/// One `[[cameras]]` entry.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Camera id: `[a-z0-9_-]`, 1-64 characters, unique on the site. Required.
+    pub id: String,
+    /// Human-readable name. Default: the id.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `rtsp://host[:port]/path` without credentials. Required.
+    pub url: String,
+    /// RTSP username. Default: none (no authentication).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (trailing newline ignored). One of `password_file` / `password_env`
+    /// when `username` is set.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// "tcp" or "udp". Default: "tcp".
+    #[serde(default)]
+    pub transport: Transport,
+    /// rtspsrc jitter-buffer latency. Default: 200ms.
+    #[serde(default = "default_latency", with = "humantime_serde")]
+    pub latency: Duration,
+    /// "h264" or "auto". Default: "h264".
+    #[serde(default)]
+    pub codec: Codec,
+    /// Width of frames handed to detection. Default: 640.
+    #[serde(default = "default_detect_width")]
+    pub detect_width: u32,
+    /// Height of frames handed to detection. Default: 360.
+    #[serde(default = "default_detect_height")]
+    pub detect_height: u32,
+    /// Frames per second handed to detection (the stream is rate-limited to this). Default: 5.
+    #[serde(default = "default_detect_fps")]
+    pub detect_fps: u32,
+    /// Default: true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_latency() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_detect_width() -> u32 {
+    640
+}
+fn default_detect_height() -> u32 {
+    360
+}
+fn default_detect_fps() -> u32 {
+    5
+}
+fn default_true() -> bool {
+    true
+}
+
+// Hand-written so that a future secret field cannot slip into a log by `{:?}`; the URL is redacted.
+impl fmt::Debug for CameraConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CameraConfig")
+            .field("id", &self.id)
+            .field("url", &crate::camera::redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password_file", &self.password_file)
+            .field("password_env", &self.password_env)
+            .field("transport", &self.transport)
+            .field("codec", &self.codec)
+            .field(
+                "detect",
+                &(self.detect_width, self.detect_height, self.detect_fps),
+            )
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CameraConfig {
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.id)
+    }
+
+    /// The parsed URL; only valid after [`Config::validate`] succeeded.
+    pub fn rtsp_url(&self) -> Result<RtspUrl, String> {
+        RtspUrl::parse(&self.url)
+    }
+
+    /// Reads the password from its file or environment variable.
+    pub fn credentials(&self) -> Result<Option<Credentials>, String> {
+        credentials_from(
+            self.username.as_deref(),
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        )
+    }
+}
+
+/// Credentials from a username and a password file or environment variable (config and `probe`).
+pub fn credentials_from(
+    username: Option<&str>,
+    password_file: Option<&Path>,
+    password_env: Option<&str>,
+) -> Result<Option<Credentials>, String> {
+    let Some(username) = username else {
+        return Ok(None);
+    };
+    let password = match (password_file, password_env) {
+        (Some(file), None) => read_password_file(file)?,
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            format!(
+                "environment variable {var} is not set (or not UTF-8); set it or use password_file"
+            )
+        })?,
+        (None, None) => {
+            return Err(
+                "username is set but no password; add password_file or password_env".into(),
+            );
+        }
+        (Some(_), Some(_)) => return Err("set only one of password_file and password_env".into()),
+    };
+    Ok(Some(Credentials {
+        username: username.to_owned(),
+        password: SecretString::from(password),
+    }))
+}
+
+fn read_password_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read password file {}: {e}", path.display()))?;
+    let pw = text.trim_end_matches(['\r', '\n']).to_owned();
+    if pw.is_empty() {
+        return Err(format!("password file {} is empty", path.display()));
+    }
+    Ok(pw)
+}
+
+/// One problem found in a config file, with the key path it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path such as `cameras[2].url`; empty for the file as a whole.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Why a config file was refused: every problem at once, with the file they are in.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "config {}: {n} problem{}",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(file: &Path, path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            problems: vec![Problem {
+                path: path.into(),
+                message: message.into(),
+            }],
+        }
+    }
+
+    /// True if some problem sits at exactly this key path.
+    pub fn has(&self, path: &str) -> bool {
+        self.problems.iter().any(|p| p.path == path)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates one config file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            ConfigError::one(
+                file,
+                "",
+                format!("cannot read the file: {e}; pass an existing file with --config"),
+            )
+        })?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, file, base)
+    }
+
+    /// Parses and validates config text; `file` names it in errors, `base` resolves relative paths.
+    pub fn from_toml(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            ConfigError::one(
+                file,
+                "",
+                format!("not valid TOML: {}", toml_error(text, &e)),
+            )
+        })?;
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigError::one(file, path, toml_error(text, e.inner()))
+        })?;
+        config.resolve_paths(base);
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                file: file.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(m) = &mut self.detector.model {
+            resolve(m);
+        }
+        for cam in &mut self.cameras {
+            if let Some(f) = &mut cam.password_file {
+                resolve(f);
+            }
+        }
+    }
+
+    /// Every problem in the configuration, each with its key path; empty when the config is usable.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut v = Validator::default();
+        v.id("site.id", &self.site.id);
+        if jiff::tz::TimeZone::get(&self.site.time_zone).is_err() {
+            v.err(
+                "site.time_zone",
+                format!(
+                    "unknown time zone {:?}; use an IANA name such as \"Europe/Berlin\" or \"UTC\"",
+                    self.site.time_zone
+                ),
+            );
+        }
+        self.validate_ingest(&mut v);
+        if let Some(model) = &self.detector.model
+            && !model.is_file()
+        {
+            v.err(
+                "detector.model",
+                format!(
+                    "model manifest {} does not exist; point it at a models/*.toml file",
+                    model.display()
+                ),
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+            v.err(
+                "logging.level",
+                format!(
+                    "invalid filter {:?}; use e.g. \"info\" or \"info,kinderwatch=debug\"",
+                    self.logging.level
+                ),
+            );
+        }
+        if self.cameras.is_empty() {
+            v.err(
+                "cameras",
+                "no camera configured; add at least one [[cameras]] entry",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, cam) in self.cameras.iter().enumerate() {
+            let key = |k: &str| format!("cameras[{i}].{k}");
+            v.id(&key("id"), &cam.id);
+            if !seen.insert(cam.id.as_str()) {
+                v.err(
+                    &key("id"),
+                    format!("duplicate camera id {:?}; ids must be unique", cam.id),
+                );
+            }
+            if let Err(e) = RtspUrl::parse(&cam.url) {
+                v.err(&key("url"), e);
+            }
+            match (&cam.username, &cam.password_file, &cam.password_env) {
+                (None, None, None) => {}
+                (None, _, _) => v.err(
+                    &key("username"),
+                    "a password is configured but no username; add username",
+                ),
+                (Some(_), _, _) => {
+                    if let Err(e) = cam.credentials() {
+                        let k = if cam.password_env.is_some() && cam.password_file.is_none() {
+                            "password_env"
+                        } else if cam.password_file.is_some() && cam.password_env.is_none() {
+                            "password_file"
+                        } else {
+                            "username"
+                        };
+                        v.err(&key(k), e);
+                    }
+                }
+            }
+            if cam.latency > Duration::from_secs(10) {
+                v.err(
+                    &key("latency"),
+                    "must be at most 10s (it delays every alert)",
+                );
+            }
+            for (k, val) in [
+                ("detect_width", cam.detect_width),
+                ("detect_height", cam.detect_height),
+            ] {
+                if !(32..=4096).contains(&val) {
+                    v.err(
+                        &key(k),
+                        format!("{val} is out of range; use 32..=4096 pixels"),
+                    );
+                }
+            }
+            if !(1..=30).contains(&cam.detect_fps) {
+                v.err(
+                    &key("detect_fps"),
+                    format!(
+                        "{} is out of range; use 1..=30 frames per second",
+                        cam.detect_fps
+                    ),
+                );
+            }
+        }
+        v.problems
+    }
+
+    fn validate_ingest(&self, v: &mut Validator) {
+        let ing = &self.ingest;
+        for (k, d) in [
+            ("backoff_initial", ing.backoff_initial),
+            ("backoff_max", ing.backoff_max),
+            ("healthy_reset", ing.healthy_reset),
+            ("config_fault_backoff", ing.config_fault_backoff),
+            ("first_frame_timeout", ing.first_frame_timeout),
+            ("stall_timeout", ing.stall_timeout),
+            ("tcp_timeout", ing.tcp_timeout),
+        ] {
+            if d.is_zero() {
+                v.err(&format!("ingest.{k}"), "must be greater than zero");
+            }
+        }
+        if ing.backoff_max < ing.backoff_initial {
+            v.err(
+                "ingest.backoff_max",
+                "must not be smaller than ingest.backoff_initial",
+            );
+        }
+    }
+
+    pub fn enabled_cameras(&self) -> impl Iterator<Item = &CameraConfig> {
+        self.cameras.iter().filter(|c| c.enabled)
+    }
+
+    /// One line for `check-config` and the start-up log.
+    pub fn summary(&self) -> String {
+        let enabled = self.enabled_cameras().count();
+        format!(
+            "site {} ({}), {} camera{} ({} enabled), model {}",
+            self.site.id,
+            self.site.time_zone,
+            self.cameras.len(),
+            if self.cameras.len() == 1 { "" } else { "s" },
+            enabled,
+            self.detector
+                .model
+                .as_ref()
+                .map(|m| m.display().to_string())
+                .unwrap_or_else(|| "none".into())
+        )
+    }
+}
+
+/// Identifiers end up in MQTT topics, metric labels and file names: keep them plain.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn err(&mut self, path: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn id(&mut self, path: &str, id: &str) {
+        if !is_valid_id(id) {
+            self.err(
+                path,
+                format!("{id:?} is not a valid id; use 1-64 characters of a-z, 0-9, '-' and '_'"),
+            );
+        }
+    }
+}
+
+/// "line L, column C: message", without the quoted source line (it could hold a password).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"), Path::new("."))
+    }
+
+    const MINIMAL: &str = r#"
+        [site]
+        id = "kg-1"
+        [[cameras]]
+        id = "gate"
+        url = "rtsp://10.0.0.5/stream1"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.site.time_zone, "UTC");
+        assert_eq!(c.cameras[0].detect_fps, 5);
+        assert_eq!(c.cameras[0].transport, Transport::Tcp);
+        assert_eq!(c.ingest.backoff_max, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let text = format!("{MINIMAL}\nfps = 3\n");
+        let e = parse(&text).unwrap_err();
+        assert!(e.has("cameras[0].fps"), "{e}");
+        assert!(e.to_string().contains("unknown field `fps`"), "{e}");
+        assert!(e.to_string().contains("line 8"), "{e}");
+    }
+
+    #[test]
+    fn a_misplaced_password_is_not_echoed() {
+        let text = format!("{MINIMAL}\npassword = \"hunter2-secret\"\n");
+        let e = parse(&text).unwrap_err();
+        assert!(e.has("cameras[0].password"), "{e}");
+        assert!(!e.to_string().contains("hunter2-secret"), "{e}");
+        let e = parse("[site]\nid = \"x\"\npassword = hunter2-secret").unwrap_err();
+        assert!(!e.to_string().contains("hunter2-secret"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            [site]
+            id = "KG 1"
+            time_zone = "Mars/Olympus"
+            [[cameras]]
+            id = "a"
+            url = "rtsp://admin:secret@10.0.0.5/s"
+            detect_fps = 0
+            [[cameras]]
+            id = "a"
+            url = "http://10.0.0.6/"
+        "#;
+        let e = parse(text).unwrap_err();
+        for path in [
+            "site.id",
+            "site.time_zone",
+            "cameras[0].url",
+            "cameras[0].detect_fps",
+            "cameras[1].id",
+            "cameras[1].url",
+        ] {
+            assert!(e.has(path), "missing {path} in {e}");
+        }
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+}

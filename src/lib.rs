@@ -1,0 +1,16 @@
+//! kinderwatch: perimeter alerts from kindergarten IP cameras.
+//!
+//! Data flows one way: [`camera`] (RTSP ingest, one supervisor per camera) → frames → [`detect`]
+//! → tracking and rules → events → store → alerts and API. [`app`] wires the stages together and
+//! supervises them; [`config`] is the one TOML file that describes a site.
+
+pub mod app;
+pub mod camera;
+pub mod config;
+pub mod detect;
+pub mod telemetry;
+
+/// Initialises GStreamer once; safe to call from many threads and tests.
+pub fn init_gstreamer() -> Result<(), gstreamer::glib::Error> {
+    gstreamer::init()
+}
