@@ -459,14 +459,23 @@ impl Config {
                     &key("username"),
                     "a password is configured but no username; add username",
                 ),
+                (Some(_), Some(_), Some(_)) => v.err(
+                    &key("password_env"),
+                    "set only one of password_file and password_env",
+                ),
+                (Some(_), None, None) => v.err(
+                    &key("username"),
+                    "username is set but no password; add password_file or password_env",
+                ),
+                // The secret itself is read only for enabled cameras: a disabled camera's password
+                // may not be provisioned yet.
+                (Some(_), _, _) if !cam.enabled => {}
                 (Some(_), _, _) => {
                     if let Err(e) = cam.credentials() {
-                        let k = if cam.password_env.is_some() && cam.password_file.is_none() {
-                            "password_env"
-                        } else if cam.password_file.is_some() && cam.password_env.is_none() {
+                        let k = if cam.password_file.is_some() {
                             "password_file"
                         } else {
-                            "username"
+                            "password_env"
                         };
                         v.err(&key(k), e);
                     }

@@ -11,7 +11,7 @@
 //! a consumer. A pipeline is used once: reconnecting builds a new one (cycling the same rtspsrc
 //! through Null → Playing fails with not-linked).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -153,6 +153,14 @@ pub struct CameraPipeline {
     decoded_tap: gst::Element,
     stats: Arc<IngestStats>,
     secret: Option<String>,
+}
+
+/// Pipelines built and not yet dropped (each is set to Null when dropped).
+static LIVE_PIPELINES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many camera pipelines exist in this process (for shutdown checks and diagnostics).
+pub fn live_pipelines() -> usize {
+    LIVE_PIPELINES.load(Ordering::SeqCst)
 }
 
 fn make(factory: &'static str) -> Result<gst::Element, BuildError> {
@@ -303,6 +311,7 @@ impl CameraPipeline {
             .as_ref()
             .map(|c| c.password().to_owned())
             .filter(|p| p.len() >= 3);
+        LIVE_PIPELINES.fetch_add(1, Ordering::SeqCst);
         let this = Self {
             pipeline,
             decoded_tap,
@@ -363,6 +372,7 @@ impl CameraPipeline {
 impl Drop for CameraPipeline {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
+        LIVE_PIPELINES.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -1,0 +1,387 @@
+//! The `kinderwatch` binary as installers use it: check-config, probe, and run with SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{Auth, RtspTestServer, Source};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kinderwatch");
+
+fn kinderwatch(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run kinderwatch")
+}
+
+fn check_config_text(text: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kinderwatch.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = kinderwatch(&["check-config", file.to_str().unwrap()]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = r#"
+[site]
+id = "kg-7"
+time_zone = "Europe/Berlin"
+
+[[cameras]]
+id = "gate"
+url = "rtsp://192.0.2.10/stream1"
+
+[[cameras]]
+id = "yard"
+url = "rtsp://192.0.2.11/stream1"
+detect_fps = 2
+"#;
+
+#[test]
+fn check_config_accepts_a_good_file_with_a_summary_line() {
+    let (ok, stdout, stderr) = check_config_text(GOOD);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("site kg-7") && stdout.contains("2 cameras"),
+        "{stdout}"
+    );
+}
+
+/// Each bad config is refused, naming the file and the exact key path.
+#[test]
+fn check_config_names_the_key_path_of_each_problem() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "credentials in URL",
+            r#"[site]
+id = "kg"
+[[cameras]]
+id = "gate"
+url = "rtsp://admin:S3cretPw@192.0.2.10/s"
+"#,
+            "cameras[0].url: credentials must not be in the URL; use username and password_file",
+        ),
+        (
+            "duplicate ids",
+            r#"[site]
+id = "kg"
+[[cameras]]
+id = "gate"
+url = "rtsp://192.0.2.10/s"
+[[cameras]]
+id = "yard"
+url = "rtsp://192.0.2.11/s"
+[[cameras]]
+id = "gate"
+url = "rtsp://192.0.2.12/s"
+"#,
+            "cameras[2].id: duplicate camera id \"gate\"",
+        ),
+        (
+            "zero fps",
+            r#"[site]
+id = "kg"
+[[cameras]]
+id = "gate"
+url = "rtsp://192.0.2.10/s"
+detect_fps = 0
+"#,
+            "cameras[0].detect_fps: 0 is out of range",
+        ),
+        (
+            "unknown key",
+            r#"[site]
+id = "kg"
+[[cameras]]
+id = "gate"
+url = "rtsp://192.0.2.10/s"
+detect_fsp = 5
+"#,
+            "cameras[0].detect_fsp: line 6, column 1: unknown field `detect_fsp`",
+        ),
+        (
+            "password file missing",
+            r#"[site]
+id = "kg"
+[[cameras]]
+id = "gate"
+url = "rtsp://192.0.2.10/s"
+username = "viewer"
+password_file = "/nonexistent/gate.pass"
+"#,
+            "cameras[0].password_file: cannot read password file /nonexistent/gate.pass",
+        ),
+        (
+            "zero duration",
+            r#"[site]
+id = "kg"
+[ingest]
+stall_timeout = "0s"
+[[cameras]]
+id = "gate"
+url = "rtsp://192.0.2.10/s"
+"#,
+            "ingest.stall_timeout: must be greater than zero",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let (ok, _stdout, stderr) = check_config_text(text);
+        assert!(!ok, "{name}: accepted");
+        assert!(
+            stderr.contains("kinderwatch.toml"),
+            "{name}: file not named: {stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{name}: expected {expected:?} in:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("S3cretPw"),
+            "{name}: password echoed: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_config_on_a_missing_file_says_so() {
+    let out = kinderwatch(&["check-config", "/nonexistent/kinderwatch.toml"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/kinderwatch.toml") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn example_config_documents_valid_options() {
+    // The example points at a password file that exists only on a real box: that must be its only
+    // problem, so every other option in it is valid.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    let out = kinderwatch(&["check-config", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("1 problem"), "{stderr}");
+    assert!(
+        stderr.contains("cameras[0].password_file: cannot read password file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_verifies_the_model_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tiny.onnx"),
+        b"not the model the manifest describes",
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ssdlite-person.toml"),
+    )
+    .unwrap()
+    .replace("ssdlite-person.onnx", "tiny.onnx");
+    std::fs::write(dir.path().join("tiny.toml"), manifest).unwrap();
+    // [detector] goes before [[cameras]]: after it, TOML would put it inside the last camera.
+    let text = format!("[detector]\nmodel = \"tiny.toml\"\n{GOOD}");
+    let file = dir.path().join("kinderwatch.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = kinderwatch(&["check-config", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("detector.model") && stderr.contains("sha256"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("tiny.onnx"), "{stderr}");
+}
+
+// --- probe ------------------------------------------------------------------------------------
+
+#[test]
+fn probe_reports_codec_size_rate_and_first_frame() {
+    let server = RtspTestServer::start(
+        Source::Pattern {
+            width: 1280,
+            height: 720,
+            fps: 25,
+        },
+        Auth::None,
+    );
+    let out = kinderwatch(&["probe", &server.url(), "--measure", "2s"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("codec:               H264"), "{stdout}");
+    assert!(stdout.contains("resolution:          1280x720"), "{stdout}");
+    assert!(stdout.contains("time to first frame:"), "{stdout}");
+    let fps: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("frame rate:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no frame rate in {stdout}"));
+    assert!(
+        (10.0..=35.0).contains(&fps),
+        "measured {fps} fps of a 25 fps stream"
+    );
+}
+
+#[test]
+fn probe_diagnoses_wrong_password_without_printing_it() {
+    let server = RtspTestServer::start(
+        Source::Pattern {
+            width: 320,
+            height: 240,
+            fps: 10,
+        },
+        Auth::Digest {
+            user: "viewer".into(),
+            password: "Corr3ct-Pr0be".into(),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "Wr0ng-Pr0be-91\n").unwrap();
+    let out = kinderwatch(&[
+        "probe",
+        &server.url(),
+        "--username",
+        "viewer",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("refused the username or password (401 Unauthorized)"),
+        "{all}"
+    );
+    assert!(!all.contains("Wr0ng-Pr0be-91"), "{all}");
+
+    // Credentials typed into the URL are taken out of it and never printed either.
+    let url = server
+        .url()
+        .replace("rtsp://", "rtsp://viewer:Wr0ng-Pr0be-91@");
+    let out = kinderwatch(&["probe", &url]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("401"), "{all}");
+    assert!(!all.contains("Wr0ng-Pr0be-91"), "{all}");
+}
+
+#[test]
+fn probe_diagnoses_wrong_path_and_nothing_listening() {
+    let server = RtspTestServer::start(
+        Source::Pattern {
+            width: 320,
+            height: 240,
+            fps: 10,
+        },
+        Auth::None,
+    );
+    let out = kinderwatch(&["probe", &server.url_with_path("/wrong")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no stream at this path (404 Not Found)"),
+        "{stderr}"
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = kinderwatch(&["probe", &format!("rtsp://127.0.0.1:{port}/cam")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("nothing accepted the connection"),
+        "{stderr}"
+    );
+}
+
+// --- run ----------------------------------------------------------------------------------------
+
+#[test]
+fn run_stops_cleanly_on_sigterm() {
+    let server = RtspTestServer::start(
+        Source::Pattern {
+            width: 640,
+            height: 360,
+            fps: 15,
+        },
+        Auth::None,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kinderwatch.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[site]\nid = \"kg\"\n[[cameras]]\nid = \"one\"\nurl = \"{0}\"\n[[cameras]]\nid = \"two\"\nurl = \"{0}\"\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", file.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let mut streaming = 0;
+    while streaming < 2 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("cameras did not stream; log:\n{}", log.join("\n")));
+        if line.contains("camera streaming") {
+            streaming += 1;
+        }
+        log.push(line);
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The daemon's own deadline is 5 s; it logs "stopped cleanly" only when it met it.
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(15)) {
+        log.push(line);
+    }
+    let exit = child.wait().unwrap();
+    let log = log.join("\n");
+    assert!(exit.success(), "exit {exit:?}; log:\n{log}");
+    assert!(log.contains("SIGTERM: stopping"), "{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
+    assert_eq!(log.matches("camera supervisor stopped").count(), 2, "{log}");
+}
