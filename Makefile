@@ -25,8 +25,7 @@ build:
 
 ## Benchmarks (slow; numbers go to docs/BENCHMARKS.md).
 bench: setup
-	$(CARGO) build --release --bin kinderwatch --bin bench-ingest
-	target/release/bench-ingest
+	$(CARGO) bench --bench ingest
 
 clean-deps:
 	rm -rf .deps

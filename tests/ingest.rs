@@ -76,6 +76,7 @@ async fn frames_arrive_at_the_configured_size_and_rate() {
     )
     .await;
     let n = count_frames(&handle, Duration::from_secs(4), 320, 180).await;
+    assert!(common::counter("kinderwatch_camera_frames_total", &[("camera", "pattern")]) > 0);
     // 5 fps out of a 25 fps source for 4 s: about 20 frames; not 100, not 0.
     assert!(
         (12..=28).contains(&n),
@@ -376,5 +377,61 @@ async fn nothing_listening_is_a_transient_backoff() {
     )
     .await;
     assert_ne!(s.state, CameraState::AuthFailed);
+    stop_camera(handle, cancel, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codec_auto_decodes_h265_and_mjpeg() {
+    common::init();
+    let h265 = RtspTestServer::start(
+        Source::PatternH265 {
+            width: 640,
+            height: 360,
+            fps: 10,
+        },
+        Auth::None,
+    );
+    let mjpeg = RtspTestServer::start(
+        Source::PatternMjpeg {
+            width: 640,
+            height: 360,
+            fps: 10,
+        },
+        Auth::None,
+    );
+    for (id, url) in [("h265", h265.url()), ("mjpeg", mjpeg.url())] {
+        let cam = camera(
+            id,
+            &url,
+            "codec = \"auto\"\ndetect_width = 320\ndetect_height = 180",
+        );
+        let (mut handle, cancel, task) = start_camera(&cam);
+        wait_state(
+            &mut handle.status,
+            CameraState::Streaming,
+            Duration::from_secs(15),
+        )
+        .await;
+        assert!(
+            count_frames(&handle, Duration::from_secs(2), 320, 180).await >= 4,
+            "{id}"
+        );
+        stop_camera(handle, cancel, task).await;
+    }
+    // Control: the fixed H.264 chain cannot take the H.265 stream, so it never streams.
+    let cam = camera("h265-as-h264", &h265.url(), "");
+    let (mut handle, cancel, task) = start_camera(&cam);
+    let s = wait_for(
+        &mut handle.status,
+        Duration::from_secs(20),
+        "a failed attempt",
+        |s| s.reconnects >= 1 || s.state == CameraState::Backoff,
+    )
+    .await;
+    assert_ne!(s.state, CameraState::Streaming, "{s:?}");
+    assert!(
+        handle.slot.take().is_none(),
+        "no frame from a mismatched decoder"
+    );
     stop_camera(handle, cancel, task).await;
 }

@@ -16,12 +16,18 @@ use gstreamer_rtsp_server as rtsp;
 use gstreamer_rtsp_server::prelude::*;
 
 /// What the server streams.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Source {
     /// A live test pattern (moving ball), H.264.
     Pattern { width: u32, height: u32, fps: u32 },
     /// The sample clip (vtest.avi transcoded to H.264 by scripts/setup.sh), 768x576 at 10 fps, looped.
     SampleClip,
+    /// Any H.264 byte-stream file, looped at `fps`.
+    Clip { path: PathBuf, fps: u32 },
+    /// A live H.265 test pattern.
+    PatternH265 { width: u32, height: u32, fps: u32 },
+    /// A live MJPEG test pattern.
+    PatternMjpeg { width: u32, height: u32, fps: u32 },
 }
 
 #[derive(Debug, Clone)]
@@ -48,7 +54,7 @@ pub fn sample_clip() -> PathBuf {
     p
 }
 
-fn launch_line(source: Source) -> String {
+fn launch_line(source: &Source) -> String {
     // The valve lets a test stall the stream while the connection stays open.
     match source {
         Source::Pattern { width, height, fps } => format!(
@@ -56,10 +62,23 @@ fn launch_line(source: Source) -> String {
              ! valve name=stall drop=false \
              ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} ! rtph264pay name=pay0 pt=96 )"
         ),
-        Source::SampleClip => format!(
-            "( multifilesrc location=\"{}\" loop=true caps=\"video/x-h264,stream-format=byte-stream,framerate=10/1\" \
+        Source::PatternH265 { width, height, fps } => format!(
+            "( videotestsrc is-live=true pattern=ball ! video/x-raw,format=I420,width={width},height={height},framerate={fps}/1 \
+             ! valve name=stall drop=false \
+             ! x265enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} ! rtph265pay name=pay0 pt=96 )"
+        ),
+        Source::PatternMjpeg { width, height, fps } => format!(
+            "( videotestsrc is-live=true pattern=ball ! video/x-raw,format=I420,width={width},height={height},framerate={fps}/1 \
+             ! valve name=stall drop=false ! jpegenc ! rtpjpegpay name=pay0 pt=26 )"
+        ),
+        Source::SampleClip => launch_line(&Source::Clip {
+            path: sample_clip(),
+            fps: 10,
+        }),
+        Source::Clip { path, fps } => format!(
+            "( multifilesrc location=\"{}\" loop=true caps=\"video/x-h264,stream-format=byte-stream,framerate={fps}/1\" \
              ! h264parse ! valve name=stall drop=false ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
-            sample_clip().display()
+            path.display()
         ),
     }
 }
@@ -82,13 +101,18 @@ impl RtspTestServer {
     }
 
     pub fn start_on(source: Source, auth: Auth, port: u16) -> Self {
+        Self::start_with(source, auth, port, false)
+    }
+
+    /// `shared`: all clients get one media (one source pipeline), as a benchmark wants.
+    pub fn start_with(source: Source, auth: Auth, port: u16, shared: bool) -> Self {
         gst::init().unwrap();
         let server = rtsp::RTSPServer::new();
         server.set_address("127.0.0.1");
         server.set_service(&port.to_string());
         let factory = rtsp::RTSPMediaFactory::new();
-        factory.set_launch(&launch_line(source));
-        factory.set_shared(false);
+        factory.set_launch(&launch_line(&source));
+        factory.set_shared(shared);
         let valves: Arc<Mutex<Vec<glib::WeakRef<gst::Element>>>> = Arc::default();
         let v = valves.clone();
         factory.connect_media_configure(move |_, media| {
@@ -224,6 +248,7 @@ impl Drop for RtspTestServer {
 // --- captured logs ------------------------------------------------------------------------------
 
 static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+static METRICS: OnceLock<metrics_util::debugging::Snapshotter> = OnceLock::new();
 
 #[derive(Clone)]
 struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
@@ -231,7 +256,8 @@ struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
 impl Write for CaptureWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
-        std::io::stderr().write_all(buf)?;
+        // eprint! (not io::stderr) so the test harness shows it only for failing tests.
+        eprint!("{}", String::from_utf8_lossy(buf));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -239,12 +265,16 @@ impl Write for CaptureWriter {
     }
 }
 
-/// Initialises GStreamer and a process-wide tracing subscriber at debug level whose output is kept
-/// for [`captured_logs`] (and echoed to stderr, which the test harness captures per test).
+/// Initialises GStreamer, a process-wide tracing subscriber at debug level whose output is kept
+/// for [`captured_logs`] (and echoed to stderr, which the test harness captures per test), and a
+/// metrics recorder read by [`counter`].
 pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         gst::init().unwrap();
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let _ = METRICS.set(recorder.snapshotter());
+        recorder.install().expect("install the metrics recorder");
         let buf = LOGS.get_or_init(Arc::default).clone();
         tracing_subscriber::fmt()
             .with_env_filter("debug,glib=warn")
@@ -257,6 +287,33 @@ pub fn init() {
 /// Everything logged in this test process so far.
 pub fn captured_logs() -> String {
     String::from_utf8_lossy(&LOGS.get_or_init(Arc::default).lock().unwrap()).into_owned()
+}
+
+/// The value of a counter with exactly these labels (0 if it was never incremented).
+pub fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
+    let Some(snapshotter) = METRICS.get() else {
+        return 0;
+    };
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find_map(|(key, _, _, value)| {
+            let k = key.key();
+            let same_labels = k.labels().count() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(lk, lv)| k.labels().any(|l| l.key() == *lk && l.value() == *lv));
+            match value {
+                metrics_util::debugging::DebugValue::Counter(v)
+                    if k.name() == name && same_labels =>
+                {
+                    Some(v)
+                }
+                _ => None,
+            }
+        })
+        .unwrap_or(0)
 }
 
 // --- configs and waiting ----------------------------------------------------------------------
