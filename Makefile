@@ -13,8 +13,7 @@ demo: setup
 
 ## Formatting, lints and the whole test suite (what CI runs).
 test: setup lint
-	$(CARGO) test --all-targets
-	$(CARGO) test --doc
+	scripts/test.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs the whole test suite and closes with one summary line: "tests: N passed, M failed".
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$rc"
