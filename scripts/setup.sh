@@ -6,7 +6,7 @@
 #     x264 encoder, mosquitto);
 #   * the ONNX Runtime shared library, unpacked from the PyPI `onnxruntime` wheel, sha256-checked;
 #   * sample media: Debian opencv-doc's vtest.avi (transcoded once to H.264 for the RTSP test server)
-#     and its still photos.
+#     and its still photos; photos from the PyPI scikit-image wheel (with and without people).
 # Everything fetched lives in .deps/ (git-ignored). A second run only checks and takes about a second.
 #
 # Usage: scripts/setup.sh            (root, or a user with sudo)
@@ -18,6 +18,10 @@ DEPS="$ROOT/.deps"
 ORT_VERSION=1.31.1
 ORT_SHA256=fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3
 ORT_LIB="$DEPS/onnxruntime/libonnxruntime.so.$ORT_VERSION"
+SKIMAGE_VERSION=0.25.2
+SKIMAGE_WHEEL_SHA256=24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641
+# Photos from scikit-image's data folder: people (astronaut, camera) and no people (the rest).
+SKIMAGE_PHOTOS=(astronaut.png camera.png coffee.png chelsea.png rocket.jpg motorcycle_left.png)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -106,6 +110,26 @@ install_media() {
       ! video/x-h264,stream-format=byte-stream,alignment=au ! filesink location="$media/vtest.h264.partial" \
       || die "transcoding vtest.avi failed (needs gstreamer1.0-libav and gstreamer1.0-plugins-ugly)"
     mv "$media/vtest.h264.partial" "$media/vtest.h264"
+  fi
+  local missing_photo=0
+  for f in "${SKIMAGE_PHOTOS[@]}"; do [ -f "$media/$f" ] || missing_photo=1; done
+  if [ "$missing_photo" = 1 ]; then
+    log "sample media: fetching scikit-image $SKIMAGE_VERSION photos (PyPI wheel)"
+    local tmp; tmp=$(mktemp -d)
+    python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_17_x86_64 \
+      --python-version 3.11 -d "$tmp" "scikit-image==$SKIMAGE_VERSION" \
+      || { rm -rf "$tmp"; die "pip could not download scikit-image==$SKIMAGE_VERSION from PyPI"; }
+    local wheel; wheel=$(ls "$tmp"/scikit_image-*.whl | head -n1)
+    sha_ok "$wheel" "$SKIMAGE_WHEEL_SHA256" || { rm -rf "$tmp"; die "scikit-image wheel sha256 mismatch"; }
+    python3 - "$wheel" "$media" "${SKIMAGE_PHOTOS[@]}" <<'PY'
+import sys, zipfile
+wheel, out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+with zipfile.ZipFile(wheel) as z:
+    for n in names:
+        with open(f"{out}/{n}", "wb") as f:
+            f.write(z.read(f"skimage/data/{n}"))
+PY
+    rm -rf "$tmp"
   fi
   log "sample media: present ($media)"
 }

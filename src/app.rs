@@ -12,10 +12,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use tokio::sync::mpsc;
+
 use crate::camera::CameraHandle;
 use crate::camera::supervisor::CameraSupervisor;
 use crate::config::Config;
+use crate::detect::FrameDetections;
+use crate::detect::detector::{Detector, DetectorParams, OnnxDetector};
 use crate::detect::manifest::{ModelManifest, VerifiedModel};
+use crate::detect::pool::{DetectorPool, PoolCamera};
+use crate::detect::runtime;
 
 /// How long `run` waits for every pipeline to reach Null after a stop signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -26,6 +32,8 @@ pub struct Daemon {
     cancel: CancellationToken,
     tracker: TaskTracker,
     model: Option<VerifiedModel>,
+    pool: Option<DetectorPool>,
+    detections: Option<mpsc::Receiver<FrameDetections>>,
 }
 
 /// How shutdown went.
@@ -37,23 +45,24 @@ pub struct ShutdownReport {
 }
 
 impl Daemon {
-    /// Verifies the model and starts every enabled camera. GStreamer must be initialised.
+    /// Verifies the model, loads ONNX Runtime and one session per worker, then starts every
+    /// enabled camera and the detector pool. GStreamer must be initialised.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
-        let model = match &config.detector.model {
-            Some(path) => {
-                let path = path.clone();
-                let model =
-                    tokio::task::spawn_blocking(move || ModelManifest::load_verified(&path))
+        let detection = match &config.detector.model {
+            Some(_) => {
+                let config = config.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || build_detectors(&config))
                         .await
-                        .context("model check task failed")??;
-                info!(model = %model.manifest.name, path = %model.path.display(), "model file verified (sha256)");
-                Some(model)
+                        .context("detector set-up task failed")??,
+                )
             }
             None => None,
         };
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut cameras = Vec::new();
+        let mut pool_cameras = Vec::new();
         for cam in &config.cameras {
             let (supervisor, handle) =
                 CameraSupervisor::new(cam, &config.ingest, cancel.child_token())
@@ -61,16 +70,37 @@ impl Daemon {
             match supervisor {
                 Some(s) => {
                     tracker.spawn(s.run());
+                    pool_cameras.push(PoolCamera {
+                        id: handle.id.clone(),
+                        slot: handle.slot.clone(),
+                        max_age: Duration::from_secs_f64(1.0 / cam.detect_fps as f64),
+                        motion_masks: cam.motion_masks.clone(),
+                    });
                 }
                 None => info!(camera = %cam.id, "camera disabled in the config"),
             }
             cameras.push(handle);
         }
+        let (model, pool, detections) = match detection {
+            Some((model, detectors)) => {
+                let (pool, rx) = DetectorPool::start(
+                    pool_cameras,
+                    detectors,
+                    &config.motion,
+                    config.detector.output_queue,
+                );
+                info!(workers = pool.workers(), model = %model.manifest.name, "detector pool started");
+                (Some(model), Some(pool), Some(rx))
+            }
+            None => (None, None, None),
+        };
         Ok(Self {
             cameras,
             cancel,
             tracker,
             model,
+            pool,
+            detections,
         })
     }
 
@@ -80,6 +110,15 @@ impl Daemon {
 
     pub fn model(&self) -> Option<&VerifiedModel> {
         self.model.as_ref()
+    }
+
+    pub fn pool(&self) -> Option<&DetectorPool> {
+        self.pool.as_ref()
+    }
+
+    /// The detector pool's results (once; `None` without a model or when already taken).
+    pub fn take_detections(&mut self) -> Option<mpsc::Receiver<FrameDetections>> {
+        self.detections.take()
     }
 
     /// Spawns a task that stops with the daemon.
@@ -106,6 +145,82 @@ impl Daemon {
         ShutdownReport {
             elapsed: started.elapsed(),
             clean,
+        }
+    }
+}
+
+/// Loads the model (sha256-checked), the ONNX Runtime library and one session per worker. Blocking.
+pub fn build_detectors(config: &Config) -> anyhow::Result<(VerifiedModel, Vec<Box<dyn Detector>>)> {
+    let d = &config.detector;
+    let path = d.model.as_ref().context("no detector.model configured")?;
+    let model = ModelManifest::load_verified(path)?;
+    info!(model = %model.manifest.name, path = %model.path.display(), "model file verified (sha256)");
+    let library = runtime::init(d.onnxruntime.as_deref())?;
+    let provider = runtime::choose_provider(
+        d.execution_provider,
+        d.execution_provider_required,
+        &library,
+    )?;
+    let params = DetectorParams {
+        min_score: d.min_score,
+        nms_iou: d.nms_iou,
+        classes: d.classes.clone(),
+        max_detections: 100,
+    };
+    let detectors = (0..d.worker_count())
+        .map(|_| {
+            OnnxDetector::new(&model, provider, 1, &params)
+                .map(|det| Box::new(det) as Box<dyn Detector>)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    info!(
+        provider = provider.ort_name(),
+        sessions = detectors.len(),
+        "detector sessions ready"
+    );
+    Ok((model, detectors))
+}
+
+/// Logs detections: each inferred frame at debug, a summary per camera every `period` at info.
+/// The stand-in consumer of the pool's results until the tracker takes them.
+pub async fn report_detections(
+    mut rx: mpsc::Receiver<FrameDetections>,
+    period: Duration,
+    cancel: CancellationToken,
+) {
+    #[derive(Default)]
+    struct Window {
+        frames: u64,
+        objects: u64,
+        max_objects: usize,
+        inference: Duration,
+    }
+    let mut windows: std::collections::BTreeMap<std::sync::Arc<str>, Window> = Default::default();
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                for (camera, w) in std::mem::take(&mut windows) {
+                    info!(camera = %camera, inferred_frames = w.frames,
+                          objects_per_frame = format!("{:.1}", w.objects as f64 / w.frames.max(1) as f64),
+                          max_objects = w.max_objects,
+                          mean_inference_ms = (w.inference.as_millis() as u64) / w.frames.max(1),
+                          "detections");
+                }
+            }
+            result = rx.recv() => {
+                let Some(r) = result else { return };
+                tracing::debug!(camera = %r.frame.camera, seq = r.frame.seq, objects = r.detections.len(),
+                                inference_ms = r.inference.as_millis() as u64, "frame inferred");
+                let w = windows.entry(r.frame.camera.clone()).or_default();
+                w.frames += 1;
+                w.objects += r.detections.len() as u64;
+                w.max_objects = w.max_objects.max(r.detections.len());
+                w.inference += r.inference;
+            }
         }
     }
 }
@@ -141,15 +256,26 @@ pub async fn report_frames(camera: CameraHandle, period: Duration, cancel: Cance
 /// Runs the daemon until SIGINT/SIGTERM, or until `stop_after` has passed (the demo).
 pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result<()> {
     info!(summary = %config.summary(), "starting kinderwatch {}", env!("CARGO_PKG_VERSION"));
-    let daemon = Daemon::start(&config).await?;
+    let mut daemon = Daemon::start(&config).await?;
     let cameras = daemon.cameras().to_vec();
-    for cam in cameras {
-        let c = cam.clone();
-        daemon.spawn(|cancel| report_frames(c, Duration::from_secs(5), cancel));
-        daemon.spawn(|cancel| log_state_changes(cam, cancel));
+    let mut expected_tasks = config.enabled_cameras().count();
+    match daemon.take_detections() {
+        Some(rx) => {
+            daemon.spawn(|cancel| report_detections(rx, Duration::from_secs(5), cancel));
+            expected_tasks += 1;
+        }
+        None => {
+            for cam in &cameras {
+                let c = cam.clone();
+                daemon.spawn(|cancel| report_frames(c, Duration::from_secs(5), cancel));
+                expected_tasks += 1;
+            }
+        }
     }
-    // Camera supervisors plus two consumers per camera.
-    let expected_tasks = config.enabled_cameras().count() + 2 * config.cameras.len();
+    for cam in cameras {
+        daemon.spawn(|cancel| log_state_changes(cam, cancel));
+        expected_tasks += 1;
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     let mut watchdog_usec = 0u64;

@@ -14,6 +14,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::camera::{Credentials, RtspUrl};
+pub use crate::detect::motion::MotionConfig;
+pub use crate::detect::runtime::ExecutionProvider;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +26,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub detector: DetectorConfig,
+    #[serde(default)]
+    pub motion: MotionConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
     #[serde(default)]
@@ -89,13 +93,58 @@ impl Default for IngestConfig {
     }
 }
 
-/// `[detector]`: which model runs (detection itself arrives with the detection stage).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[detector]`: the model and the worker pool that runs it.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
     /// Path of the model manifest (`*.toml` beside the `.onnx` file); relative paths are resolved
-    /// against the config file's directory. Default: none (no detection).
+    /// against the config file's directory. Default: none (no detection; frames are only counted).
     pub model: Option<PathBuf>,
+    /// Path of libonnxruntime.so. Default: `ORT_DYLIB_PATH`, then /usr/lib/kinderwatch/, then .deps/onnxruntime/.
+    pub onnxruntime: Option<PathBuf>,
+    /// "cpu", "cuda" or "openvino". Default: "cpu".
+    pub execution_provider: ExecutionProvider,
+    /// Fail at start when the provider is missing, instead of falling back to CPU. Default: false.
+    pub execution_provider_required: bool,
+    /// Worker threads, each with its own session and one intra-op thread. 0 = number of cores. Default: 0.
+    pub workers: usize,
+    /// Detections below this score are dropped. Default: 0.4.
+    pub min_score: f32,
+    /// Same-class boxes overlapping more than this are one object. Default: 0.45.
+    pub nms_iou: f32,
+    /// Labels to report. Default: ["person"].
+    pub classes: Vec<String>,
+    /// Capacity of the queue of results to the next stage; when full, the newest result is
+    /// dropped and counted. Default: 64.
+    pub output_queue: usize,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            model: None,
+            onnxruntime: None,
+            execution_provider: ExecutionProvider::Cpu,
+            execution_provider_required: false,
+            workers: 0,
+            min_score: 0.4,
+            nms_iou: 0.45,
+            classes: vec!["person".into()],
+            output_queue: 64,
+        }
+    }
+}
+
+impl DetectorConfig {
+    /// Workers to start: the configured number, or one per core.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
 }
 
 /// `[logging]`.
@@ -186,6 +235,10 @@ pub struct CameraConfig {
     /// Frames per second handed to detection (the stream is rate-limited to this). Default: 5.
     #[serde(default = "default_detect_fps")]
     pub detect_fps: u32,
+    /// Areas the motion gate ignores (a road, trees, a screen): polygons of [x, y] points in
+    /// normalised frame coordinates (0..1). Default: none.
+    #[serde(default)]
+    pub motion_masks: Vec<Vec<[f32; 2]>>,
     /// Default: true.
     #[serde(default = "default_true")]
     pub enabled: bool,
@@ -393,6 +446,9 @@ impl Config {
         if let Some(m) = &mut self.detector.model {
             resolve(m);
         }
+        if let Some(m) = &mut self.detector.onnxruntime {
+            resolve(m);
+        }
         for cam in &mut self.cameras {
             if let Some(f) = &mut cam.password_file {
                 resolve(f);
@@ -425,6 +481,7 @@ impl Config {
                 ),
             );
         }
+        self.validate_detector(&mut v);
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             v.err(
                 "logging.level",
@@ -498,6 +555,24 @@ impl Config {
                     );
                 }
             }
+            for (m, ring) in cam.motion_masks.iter().enumerate() {
+                let k = key(&format!("motion_masks[{m}]"));
+                if ring.len() < 3 {
+                    v.err(
+                        &k,
+                        format!(
+                            "a polygon needs at least 3 points, this one has {}",
+                            ring.len()
+                        ),
+                    );
+                }
+                if ring.iter().flatten().any(|c| !(0.0..=1.0).contains(c)) {
+                    v.err(
+                        &k,
+                        "coordinates are fractions of the frame: use values in 0..1",
+                    );
+                }
+            }
             if !(1..=30).contains(&cam.detect_fps) {
                 v.err(
                     &key("detect_fps"),
@@ -509,6 +584,49 @@ impl Config {
             }
         }
         v.problems
+    }
+
+    fn validate_detector(&self, v: &mut Validator) {
+        let d = &self.detector;
+        if !(0.0..=1.0).contains(&d.min_score) {
+            v.err("detector.min_score", "use a score in 0..1");
+        }
+        if !(0.0..=1.0).contains(&d.nms_iou) {
+            v.err("detector.nms_iou", "use an overlap in 0..1");
+        }
+        if d.classes.is_empty() {
+            v.err(
+                "detector.classes",
+                "name at least one label, e.g. [\"person\"]",
+            );
+        }
+        if d.output_queue == 0 {
+            v.err("detector.output_queue", "must be at least 1");
+        }
+        if d.workers > 64 {
+            v.err("detector.workers", "at most 64 (0 = one per core)");
+        }
+        if let Some(lib) = &d.onnxruntime
+            && !lib.is_file()
+        {
+            v.err(
+                "detector.onnxruntime",
+                format!(
+                    "{} does not exist; run scripts/setup.sh or point it at libonnxruntime.so",
+                    lib.display()
+                ),
+            );
+        }
+        let m = &self.motion;
+        if !(0.0..=1.0).contains(&m.min_area) {
+            v.err("motion.min_area", "a share of the picture: use 0..1");
+        }
+        if !(0.0..=1.0).contains(&m.background_alpha) || m.background_alpha == 0.0 {
+            v.err("motion.background_alpha", "use a value in (0, 1]");
+        }
+        if m.keepalive.is_zero() {
+            v.err("motion.keepalive", "must be greater than zero");
+        }
     }
 
     fn validate_ingest(&self, v: &mut Validator) {

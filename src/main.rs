@@ -178,12 +178,10 @@ fn check_config(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
             match &config.detector.model {
-                Some(m) => match kinderwatch::detect::ModelManifest::load_verified(m) {
-                    Ok(model) => println!(
-                        "ok: {} (model sha256 verified: {})",
-                        config.summary(),
-                        model.manifest.name
-                    ),
+                Some(m) => match check_model(m, &config) {
+                    Ok(name) => {
+                        println!("ok: {} (model sha256 verified: {name})", config.summary())
+                    }
                     Err(e) => {
                         eprintln!("config {}: detector.model: {e}", file.display());
                         return ExitCode::FAILURE;
@@ -198,6 +196,17 @@ fn check_config(file: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The model file matches its manifest, and the configured classes are among its labels.
+fn check_model(manifest: &Path, config: &Config) -> anyhow::Result<String> {
+    let model = kinderwatch::detect::ModelManifest::load_verified(manifest)?;
+    let params = kinderwatch::detect::detector::DetectorParams {
+        classes: config.detector.classes.clone(),
+        ..Default::default()
+    };
+    kinderwatch::detect::detector::decode_params(&model.manifest, &params)?;
+    Ok(model.manifest.name)
 }
 
 fn start_daemon(config: Config, duration: Option<Duration>) -> anyhow::Result<ExitCode> {

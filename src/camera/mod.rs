@@ -13,7 +13,7 @@ pub mod supervisor;
 mod url;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
@@ -51,6 +51,8 @@ pub struct FrameSlot {
     latest: Mutex<Option<Arc<Frame>>>,
     notify: tokio::sync::Notify,
     overwritten: AtomicU64,
+    /// Called after each `put`, for consumers on OS threads (the detector pool). Must not block.
+    listener: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl FrameSlot {
@@ -64,6 +66,14 @@ impl FrameSlot {
             self.overwritten.fetch_add(1, Ordering::Relaxed);
         }
         self.notify.notify_one();
+        if let Some(listener) = self.listener.get() {
+            listener();
+        }
+    }
+
+    /// Registers the one listener called after every `put`; false if one was already set.
+    pub fn set_listener(&self, listener: Box<dyn Fn() + Send + Sync>) -> bool {
+        self.listener.set(listener).is_ok()
     }
 
     /// Takes the latest frame, leaving the slot empty.

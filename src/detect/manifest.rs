@@ -20,6 +20,8 @@ pub struct ModelManifest {
     /// Output decoder: "nanodet" (GFL heads), "ssd" (TF OD API, NMS inside), "yolo" ([1, 4+C, N]).
     pub family: Family,
     pub input: InputSpec,
+    /// Output tensor names, per family.
+    pub outputs: OutputSpec,
     /// Class labels in output order.
     pub labels: Vec<String>,
     pub source: Source,
@@ -61,6 +63,26 @@ fn one() -> f32 {
 }
 fn ones() -> [f32; 3] {
     [1.0; 3]
+}
+
+/// Output tensors. NanoDet: `scores`/`boxes` per stride (`strides`, `bins` per side).
+/// SSD: `boxes` [1,N,4] (ymin,xmin,ymax,xmax, normalised), `scores` [1,N], `classes` [1,N], `count` [1].
+/// YOLO: `boxes` = the one output, [1, 4+C, N] (or [1, N, 4+C]) with cx,cy,w,h in input pixels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    #[serde(default)]
+    pub scores: Vec<String>,
+    pub boxes: Vec<String>,
+    #[serde(default)]
+    pub classes: Option<String>,
+    #[serde(default)]
+    pub count: Option<String>,
+    #[serde(default)]
+    pub strides: Vec<u32>,
+    /// NanoDet: distribution bins per box side (reg_max + 1).
+    #[serde(default)]
+    pub bins: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

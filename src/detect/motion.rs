@@ -1,0 +1,359 @@
+//! The motion gate: a cheap test that decides whether a frame is worth an inference.
+//!
+//! The frame is block-averaged to a small grayscale grid (about 80 cells wide); cells whose value
+//! differs from a slowly updated background by more than `threshold` are "changed"; if the changed
+//! share of the unmasked cells reaches `min_area`, there is motion. A camera is inferred when there
+//! is motion, for `hold` after it, while it has live tracks, and at least every `keepalive`
+//! (someone standing perfectly still is still found).
+
+use std::time::{Duration, Instant};
+
+use geo::{Contains, Coord, LineString, Point, Polygon};
+use serde::Deserialize;
+
+use crate::camera::Frame;
+
+/// Grid width the frame is reduced to.
+const GRID_W: usize = 80;
+
+/// `[motion]` in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MotionConfig {
+    /// Off: every frame is inferred. Default: true.
+    pub enabled: bool,
+    /// Gray-level difference (0-255) that makes a cell "changed". Default: 18.
+    pub threshold: u8,
+    /// Share of the unmasked picture that must change to count as motion. Default: 0.002 (0.2 %).
+    pub min_area: f32,
+    /// How fast the background follows the picture, per frame (0-1). Default: 0.05.
+    pub background_alpha: f32,
+    /// Keep inferring this long after the last motion. Default: 2s.
+    #[serde(with = "humantime_serde")]
+    pub hold: Duration,
+    /// Infer at least this often on a still scene. Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+}
+
+impl Default for MotionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 18,
+            min_area: 0.002,
+            background_alpha: 0.05,
+            hold: Duration::from_secs(2),
+            keepalive: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a frame is inferred or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateDecision {
+    Infer(InferReason),
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InferReason {
+    /// The gate is off.
+    Disabled,
+    /// The first frame (or the first after a size change).
+    First,
+    Motion,
+    /// Motion stopped less than `hold` ago.
+    Hold,
+    /// The tracker has live tracks on this camera.
+    LiveTracks,
+    Keepalive,
+}
+
+/// One camera's gate.
+pub struct MotionGate {
+    cfg: MotionConfig,
+    /// Normalised polygons whose area is ignored.
+    masks: Vec<Polygon<f32>>,
+    grid: Option<Grid>,
+    last_motion: Option<Instant>,
+    last_inference: Option<Instant>,
+}
+
+struct Grid {
+    frame_w: u32,
+    frame_h: u32,
+    w: usize,
+    h: usize,
+    background: Vec<f32>,
+    /// Per cell: counts towards motion (not masked).
+    active: Vec<bool>,
+    active_cells: usize,
+    current: Vec<f32>,
+}
+
+impl MotionGate {
+    /// `masks`: polygons in normalised frame coordinates ([x, y] pairs).
+    pub fn new(cfg: MotionConfig, masks: &[Vec<[f32; 2]>]) -> Self {
+        let masks = masks
+            .iter()
+            .map(|ring| {
+                Polygon::new(
+                    LineString::from(
+                        ring.iter()
+                            .map(|&[x, y]| Coord { x, y })
+                            .collect::<Vec<_>>(),
+                    ),
+                    vec![],
+                )
+            })
+            .collect();
+        Self {
+            cfg,
+            masks,
+            grid: None,
+            last_motion: None,
+            last_inference: None,
+        }
+    }
+
+    /// Decides about one frame, and learns it into the background.
+    pub fn check(&mut self, frame: &Frame, live_tracks: bool, now: Instant) -> GateDecision {
+        let decision = self.decide(frame, live_tracks, now);
+        if let GateDecision::Infer(_) = decision {
+            self.last_inference = Some(now);
+        }
+        decision
+    }
+
+    fn decide(&mut self, frame: &Frame, live_tracks: bool, now: Instant) -> GateDecision {
+        if !self.cfg.enabled {
+            return GateDecision::Infer(InferReason::Disabled);
+        }
+        let fresh = match &self.grid {
+            Some(g) => g.frame_w != frame.width || g.frame_h != frame.height,
+            None => true,
+        };
+        if fresh {
+            let mut grid = Grid::new(frame.width, frame.height, &self.masks);
+            grid.sample(frame);
+            grid.background.clone_from(&grid.current);
+            self.grid = Some(grid);
+            self.last_motion = Some(now);
+            return GateDecision::Infer(InferReason::First);
+        }
+        let grid = self.grid.as_mut().expect("grid");
+        grid.sample(frame);
+        let threshold = self.cfg.threshold as f32;
+        let mut changed = 0usize;
+        for i in 0..grid.current.len() {
+            if grid.active[i] && (grid.current[i] - grid.background[i]).abs() > threshold {
+                changed += 1;
+            }
+            grid.background[i] +=
+                self.cfg.background_alpha * (grid.current[i] - grid.background[i]);
+        }
+        let share = changed as f32 / grid.active_cells.max(1) as f32;
+        if changed > 0 && share >= self.cfg.min_area {
+            self.last_motion = Some(now);
+            return GateDecision::Infer(InferReason::Motion);
+        }
+        if live_tracks {
+            return GateDecision::Infer(InferReason::LiveTracks);
+        }
+        if self
+            .last_motion
+            .is_some_and(|t| now.duration_since(t) < self.cfg.hold)
+        {
+            return GateDecision::Infer(InferReason::Hold);
+        }
+        if self
+            .last_inference
+            .is_none_or(|t| now.duration_since(t) >= self.cfg.keepalive)
+        {
+            return GateDecision::Infer(InferReason::Keepalive);
+        }
+        GateDecision::Skip
+    }
+}
+
+impl Grid {
+    fn new(frame_w: u32, frame_h: u32, masks: &[Polygon<f32>]) -> Self {
+        let w = GRID_W.min(frame_w as usize).max(1);
+        let h = ((w as f32 * frame_h as f32 / frame_w as f32).round() as usize)
+            .clamp(1, frame_h as usize);
+        let active: Vec<bool> = (0..w * h)
+            .map(|i| {
+                let centre = Point::new(
+                    ((i % w) as f32 + 0.5) / w as f32,
+                    ((i / w) as f32 + 0.5) / h as f32,
+                );
+                !masks.iter().any(|m| m.contains(&centre))
+            })
+            .collect();
+        let active_cells = active.iter().filter(|a| **a).count();
+        Self {
+            frame_w,
+            frame_h,
+            w,
+            h,
+            background: vec![0.0; w * h],
+            active,
+            active_cells,
+            current: vec![0.0; w * h],
+        }
+    }
+
+    /// Block-averages the frame's luma into `current`, sampling every other pixel of each block.
+    fn sample(&mut self, frame: &Frame) {
+        let (fw, fh) = (frame.width as usize, frame.height as usize);
+        for gy in 0..self.h {
+            let (y0, y1) = (
+                gy * fh / self.h,
+                ((gy + 1) * fh / self.h).max(gy * fh / self.h + 1),
+            );
+            for gx in 0..self.w {
+                let (x0, x1) = (
+                    gx * fw / self.w,
+                    ((gx + 1) * fw / self.w).max(gx * fw / self.w + 1),
+                );
+                let (mut sum, mut n) = (0u32, 0u32);
+                for y in (y0..y1).step_by(2) {
+                    let row = &frame.rgb[y * fw * 3..];
+                    for x in (x0..x1).step_by(2) {
+                        let p = &row[x * 3..x * 3 + 3];
+                        sum += (p[0] as u32 + 2 * p[1] as u32 + p[2] as u32) / 4;
+                        n += 1;
+                    }
+                }
+                self.current[gy * self.w + gx] = sum as f32 / n.max(1) as f32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn frame(w: u32, h: u32, paint: impl Fn(u32, u32) -> u8) -> Frame {
+        let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+        for y in 0..h {
+            for x in 0..w {
+                let v = paint(x, y);
+                rgb.extend([v, v, v]);
+            }
+        }
+        Frame {
+            camera: Arc::from("c"),
+            seq: 0,
+            captured_at: SystemTime::now(),
+            captured: Instant::now(),
+            width: w,
+            height: h,
+            rgb,
+        }
+    }
+
+    fn cfg() -> MotionConfig {
+        MotionConfig {
+            keepalive: Duration::from_secs(10),
+            hold: Duration::from_secs(1),
+            ..MotionConfig::default()
+        }
+    }
+
+    #[test]
+    fn still_scene_is_skipped_until_keepalive() {
+        let mut g = MotionGate::new(cfg(), &[]);
+        let t0 = Instant::now();
+        let still = frame(320, 180, |x, y| ((x + y) % 200) as u8);
+        assert_eq!(
+            g.check(&still, false, t0),
+            GateDecision::Infer(InferReason::First)
+        );
+        // Within hold of the first frame.
+        assert_eq!(
+            g.check(&still, false, t0 + Duration::from_millis(500)),
+            GateDecision::Infer(InferReason::Hold)
+        );
+        for i in 0..40 {
+            let t = t0 + Duration::from_millis(1200 + i * 200);
+            assert_eq!(g.check(&still, false, t), GateDecision::Skip, "frame {i}");
+        }
+        assert_eq!(
+            g.check(&still, false, t0 + Duration::from_secs(11)),
+            GateDecision::Infer(InferReason::Keepalive)
+        );
+        // Live tracks keep a still camera inferred.
+        assert_eq!(
+            g.check(&still, true, t0 + Duration::from_secs(12)),
+            GateDecision::Infer(InferReason::LiveTracks)
+        );
+    }
+
+    #[test]
+    fn a_moving_block_is_motion_unless_masked() {
+        let t0 = Instant::now();
+        let bg = |_, _| 60u8;
+        // A 24x48 bright block (a person at this scale) in the left third.
+        let moved = |x: u32, y: u32| {
+            if (40..64).contains(&x) && (60..108).contains(&y) {
+                220
+            } else {
+                60
+            }
+        };
+        let mut g = MotionGate::new(cfg(), &[]);
+        g.check(&frame(320, 180, bg), false, t0);
+        assert_eq!(
+            g.check(&frame(320, 180, moved), false, t0 + Duration::from_secs(5)),
+            GateDecision::Infer(InferReason::Motion)
+        );
+        // The same change inside a mask over the left third is ignored.
+        let mask = vec![[0.0, 0.0], [0.33, 0.0], [0.33, 1.0], [0.0, 1.0]];
+        let mut g = MotionGate::new(cfg(), &[mask]);
+        g.check(&frame(320, 180, bg), false, t0);
+        assert_eq!(
+            g.check(&frame(320, 180, moved), false, t0 + Duration::from_secs(5)),
+            GateDecision::Skip
+        );
+    }
+
+    #[test]
+    fn sensor_noise_is_not_motion() {
+        let t0 = Instant::now();
+        let mut g = MotionGate::new(cfg(), &[]);
+        g.check(
+            &frame(320, 180, |x, y| 100 + ((x * 7 + y * 13) % 5) as u8),
+            false,
+            t0,
+        );
+        let noisy = frame(320, 180, |x, y| 100 + ((x * 3 + y * 11) % 7) as u8);
+        assert_eq!(
+            g.check(&noisy, false, t0 + Duration::from_secs(5)),
+            GateDecision::Skip
+        );
+    }
+
+    #[test]
+    fn disabled_gate_infers_everything() {
+        let mut g = MotionGate::new(
+            MotionConfig {
+                enabled: false,
+                ..cfg()
+            },
+            &[],
+        );
+        let f = frame(64, 36, |_, _| 0);
+        for _ in 0..5 {
+            assert_eq!(
+                g.check(&f, false, Instant::now()),
+                GateDecision::Infer(InferReason::Disabled)
+            );
+        }
+    }
+}
