@@ -385,3 +385,98 @@ fn run_stops_cleanly_on_sigterm() {
     assert!(log.contains("stopped cleanly"), "{log}");
     assert_eq!(log.matches("camera supervisor stopped").count(), 2, "{log}");
 }
+
+// --- detection set-up errors ----------------------------------------------------------------------
+
+fn model_config(extra_detector: &str) -> String {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ssdlite-person.toml");
+    format!(
+        "[detector]\nmodel = \"{}\"\n{extra_detector}\n[site]\nid = \"kg\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/x\"\n",
+        model.display()
+    )
+}
+
+#[test]
+fn unknown_execution_provider_and_class_are_config_errors() {
+    let (ok, _, stderr) = check_config_text(&model_config("execution_provider = \"tpu\""));
+    assert!(!ok);
+    assert!(
+        stderr.contains("detector.execution_provider") && stderr.contains("unknown variant `tpu`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`cpu`, `cuda`"),
+        "the valid values are named: {stderr}"
+    );
+
+    let (ok, _, stderr) = check_config_text(&model_config("classes = [\"unicorn\"]"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("detector.model") && stderr.contains("\"unicorn\" is not a label"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_onnxruntime_library_names_the_path_and_the_fix() {
+    // In the config: a check-config error with the key path.
+    let (ok, _, stderr) = check_config_text(&model_config(
+        "onnxruntime = \"/nonexistent/libonnxruntime.so\"",
+    ));
+    assert!(!ok);
+    assert!(
+        stderr.contains("detector.onnxruntime: /nonexistent/libonnxruntime.so does not exist"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("scripts/setup.sh"), "{stderr}");
+
+    // From the environment: `run` refuses to start, naming the path and the set-up command.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kinderwatch.toml");
+    std::fs::write(&file, model_config("")).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config", file.to_str().unwrap()])
+        .env("ORT_DYLIB_PATH", "/nonexistent/lib/libonnxruntime.so")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("ONNX Runtime library not found: /nonexistent/lib/libonnxruntime.so"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("run scripts/setup.sh"), "{stderr}");
+
+    // A file that is not the library: a load error, not a panic.
+    let fake = dir.path().join("libonnxruntime.so");
+    std::fs::write(&fake, b"not a shared library").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config", file.to_str().unwrap()])
+        .env("ORT_DYLIB_PATH", &fake)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("could not be loaded") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn cuda_required_but_missing_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kinderwatch.toml");
+    std::fs::write(
+        &file,
+        model_config("execution_provider = \"cuda\"\nexecution_provider_required = true"),
+    )
+    .unwrap();
+    let out = kinderwatch(&["run", "--config", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("execution provider Cuda is not available"),
+        "{stderr}"
+    );
+}

@@ -21,6 +21,7 @@ use serde::Serialize;
 pub use self::url::{Credentials, RtspUrl, redact_url};
 
 /// One decoded frame: tightly packed RGB, `width * height * 3` bytes.
+#[derive(Clone)]
 pub struct Frame {
     pub camera: Arc<str>,
     /// Per-camera sequence number, counting from 1 on each daemon start (it survives reconnects).
