@@ -25,6 +25,7 @@ build:
 ## Benchmarks (slow; numbers go to docs/BENCHMARKS.md).
 bench: setup
 	$(CARGO) bench --bench ingest
+	$(CARGO) bench --bench detect
 
 clean-deps:
 	rm -rf .deps

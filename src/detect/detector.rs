@@ -60,6 +60,8 @@ pub struct OnnxDetector {
     manifest: Arc<ModelManifest>,
     labels: Vec<Arc<str>>,
     params: DecodeParams,
+    /// The input tensor, reused frame after frame.
+    scratch: Option<InputTensor>,
 }
 
 impl OnnxDetector {
@@ -82,6 +84,7 @@ impl OnnxDetector {
                 .collect(),
             manifest: Arc::new(model.manifest.clone()),
             params: decode,
+            scratch: None,
         })
     }
 
@@ -92,8 +95,8 @@ impl OnnxDetector {
         w: u32,
         h: u32,
     ) -> Result<Vec<Detection>, DetectError> {
-        let m = &self.manifest;
-        let (input, placement) = preprocess::prepare_with_placement(rgb, w, h, &m.input);
+        let m = self.manifest.clone();
+        let (input, placement) = preprocess::prepare_into(rgb, w, h, &m.input, self.scratch.take());
         let infer = |e: ort::Error| DetectError::Inference(e.to_string());
         let name = m.input.name.as_str();
         let outputs = match &input {
@@ -106,6 +109,7 @@ impl OnnxDetector {
                 self.session.run(ort::inputs![name => v]).map_err(infer)?
             }
         };
+        self.scratch = Some(input);
         let get = |name: &str| -> Result<ndarray::ArrayViewD<'_, f32>, DetectError> {
             outputs
                 .get(name)

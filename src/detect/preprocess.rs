@@ -46,7 +46,7 @@ impl Placement {
 
 /// Prepares `rgb` (packed, `w * h * 3`) for a model with this input spec.
 pub fn prepare(rgb: &[u8], w: u32, h: u32, spec: &InputSpec) -> InputTensor {
-    prepare_with_placement(rgb, w, h, spec).0
+    prepare_into(rgb, w, h, spec, None).0
 }
 
 pub fn prepare_with_placement(
@@ -54,6 +54,18 @@ pub fn prepare_with_placement(
     w: u32,
     h: u32,
     spec: &InputSpec,
+) -> (InputTensor, Placement) {
+    prepare_into(rgb, w, h, spec, None)
+}
+
+/// As [`prepare_with_placement`], reusing `reuse`'s buffer when it has the right shape and type
+/// (every element is overwritten, so a detector keeps one tensor for all its frames).
+pub fn prepare_into(
+    rgb: &[u8],
+    w: u32,
+    h: u32,
+    spec: &InputSpec,
+    reuse: Option<InputTensor>,
 ) -> (InputTensor, Placement) {
     assert_eq!(rgb.len(), (w * h * 3) as usize, "packed RGB frame");
     // Models without a fixed size (the TF SSD) take the frame as it is.
@@ -81,107 +93,142 @@ pub fn prepare_with_placement(
         }
     };
     let shape = match spec.layout {
-        Layout::Nchw => (1, 3, ih as usize, iw as usize),
-        Layout::Nhwc => (1, ih as usize, iw as usize, 3),
+        Layout::Nchw => [1, 3, ih as usize, iw as usize],
+        Layout::Nhwc => [1, ih as usize, iw as usize, 3],
     };
+    let geometry = Geometry::new(w, h, iw, ih, &placement, spec.layout);
     let tensor = match spec.dtype {
         DType::F32 => {
-            let scale = spec.scale;
-            let (mean, std) = (spec.mean, spec.std);
-            let mut t = Array4::<f32>::zeros(shape);
-            fill(
-                rgb,
-                w,
-                h,
-                iw,
-                ih,
-                &placement,
-                spec.layout,
-                t.as_slice_mut().unwrap(),
-                |c, v| (v * scale - mean[c]) / std[c],
-            );
+            let mut t = match reuse {
+                Some(InputTensor::F32(t)) if t.shape() == shape => t,
+                _ => Array4::<f32>::zeros(shape),
+            };
+            let (scale, mean, std) = (spec.scale, spec.mean, spec.std);
+            geometry.fill(rgb, t.as_slice_mut().expect("standard layout"), |c, v| {
+                (v * scale - mean[c]) / std[c]
+            });
             InputTensor::F32(t)
         }
         DType::U8 => {
-            let mut t = Array4::<u8>::zeros(shape);
-            fill(
-                rgb,
-                w,
-                h,
-                iw,
-                ih,
-                &placement,
-                spec.layout,
-                t.as_slice_mut().unwrap(),
-                |_, v| v.round().clamp(0.0, 255.0) as u8,
-            );
+            let mut t = match reuse {
+                Some(InputTensor::U8(t)) if t.shape() == shape => t,
+                _ => Array4::<u8>::zeros(shape),
+            };
+            let out = t.as_slice_mut().expect("standard layout");
+            if geometry.is_identity() && spec.layout == Layout::Nhwc {
+                out.copy_from_slice(rgb);
+            } else {
+                geometry.fill(rgb, out, |_, v| v.round().clamp(0.0, 255.0) as u8);
+            }
             InputTensor::U8(t)
         }
     };
     (tensor, placement)
 }
 
-/// Writes every input pixel: bilinear samples of the frame inside the content rectangle, padding
-/// outside it. Identity size is an exact copy.
-#[allow(clippy::too_many_arguments)]
-fn fill<T: Copy>(
-    rgb: &[u8],
-    w: u32,
-    h: u32,
-    iw: u32,
-    ih: u32,
-    p: &Placement,
+/// Precomputed sampling positions: bilinear, pixel-centre aligned, no antialiasing.
+struct Geometry {
+    w: usize,
+    h: usize,
+    iw: usize,
+    ih: usize,
     layout: Layout,
-    out: &mut [T],
-    convert: impl Fn(usize, f32) -> T,
-) {
-    let (w, h, iw, ih) = (w as usize, h as usize, iw as usize, ih as usize);
-    let plane = iw * ih;
-    // Source coordinate (pixel-centre aligned) and weights per output column, computed once.
-    let sx = p.content_w / w as f32;
-    let sy = p.content_h / h as f32;
-    let cols: Vec<Option<(usize, usize, f32)>> = (0..iw)
-        .map(|x| {
-            let fx = (x as f32 + 0.5 - p.off_x) / sx - 0.5;
-            if (x as f32) < p.off_x || (x as f32) >= p.off_x + p.content_w {
-                return None;
-            }
-            let fx = fx.clamp(0.0, (w - 1) as f32);
-            let x0 = fx.floor() as usize;
-            Some((x0, (x0 + 1).min(w - 1), fx - x0 as f32))
-        })
-        .collect();
-    let pad: [T; 3] = std::array::from_fn(|c| convert(c, PAD_VALUE as f32));
-    for y in 0..ih {
-        let inside_y = (y as f32) >= p.off_y && (y as f32) < p.off_y + p.content_h;
-        let fy = ((y as f32 + 0.5 - p.off_y) / sy - 0.5).clamp(0.0, (h - 1) as f32);
-        let y0 = fy.floor() as usize;
-        let y1 = (y0 + 1).min(h - 1);
-        let wy = fy - y0 as f32;
-        let row0 = &rgb[y0 * w * 3..(y0 + 1) * w * 3];
-        let row1 = &rgb[y1 * w * 3..(y1 + 1) * w * 3];
-        for (x, col) in cols.iter().enumerate() {
-            let px: [T; 3] = match (inside_y, col) {
-                (true, Some((x0, x1, wx))) => std::array::from_fn(|c| {
-                    let a = row0[x0 * 3 + c] as f32;
-                    let b = row0[x1 * 3 + c] as f32;
-                    let cc = row1[x0 * 3 + c] as f32;
-                    let d = row1[x1 * 3 + c] as f32;
-                    let top = a + (b - a) * wx;
-                    let bottom = cc + (d - cc) * wx;
-                    convert(c, top + (bottom - top) * wy)
-                }),
-                _ => pad,
-            };
-            match layout {
-                Layout::Nchw => {
-                    for (c, v) in px.into_iter().enumerate() {
-                        out[c * plane + y * iw + x] = v;
+    /// Per input column inside the content: (left sample index, right sample index, weight) into
+    /// a packed RGB row; `None` outside the content (padding).
+    cols: Vec<Option<(usize, usize, f32)>>,
+    /// Per input row: (upper source row, lower source row, weight), or `None` for padding.
+    rows: Vec<Option<(usize, usize, f32)>>,
+}
+
+impl Geometry {
+    fn new(w: u32, h: u32, iw: u32, ih: u32, p: &Placement, layout: Layout) -> Self {
+        let (w, h, iw, ih) = (w as usize, h as usize, iw as usize, ih as usize);
+        let axis = |n_out: usize,
+                    off: f32,
+                    content: f32,
+                    n_src: usize|
+         -> Vec<Option<(usize, usize, f32)>> {
+            let scale = content / n_src as f32;
+            (0..n_out)
+                .map(|i| {
+                    if (i as f32) < off || (i as f32) >= off + content {
+                        return None;
                     }
+                    let f = ((i as f32 + 0.5 - off) / scale - 0.5).clamp(0.0, (n_src - 1) as f32);
+                    let i0 = f.floor() as usize;
+                    Some((i0, (i0 + 1).min(n_src - 1), f - i0 as f32))
+                })
+                .collect()
+        };
+        let cols = axis(iw, p.off_x, p.content_w, w)
+            .into_iter()
+            .map(|c| c.map(|(a, b, wx)| (a * 3, b * 3, wx)))
+            .collect();
+        Self {
+            w,
+            h,
+            iw,
+            ih,
+            layout,
+            cols,
+            rows: axis(ih, p.off_y, p.content_h, h),
+        }
+    }
+
+    fn is_identity(&self) -> bool {
+        self.w == self.iw
+            && self.h == self.ih
+            && self
+                .cols
+                .iter()
+                .enumerate()
+                .all(|(i, c)| *c == Some((i * 3, (i + 1).min(self.w - 1) * 3, 0.0)))
+            && self
+                .rows
+                .iter()
+                .enumerate()
+                .all(|(i, r)| *r == Some((i, (i + 1).min(self.h - 1), 0.0)))
+    }
+
+    /// Writes every element of `out`: for each input row, blend the two source rows once, then
+    /// sample columns from the blend.
+    fn fill<T: Copy>(&self, rgb: &[u8], out: &mut [T], convert: impl Fn(usize, f32) -> T) {
+        let plane = self.iw * self.ih;
+        let stride = self.w * 3;
+        let pad: [T; 3] = std::array::from_fn(|c| convert(c, PAD_VALUE as f32));
+        let mut blend = vec![0f32; stride];
+        for (y, row) in self.rows.iter().enumerate() {
+            if let Some((y0, y1, wy)) = *row {
+                let r0 = &rgb[y0 * stride..(y0 + 1) * stride];
+                let r1 = &rgb[y1 * stride..(y1 + 1) * stride];
+                for ((b, &a), &c) in blend.iter_mut().zip(r0).zip(r1) {
+                    let a = a as f32;
+                    *b = a + (c as f32 - a) * wy;
                 }
-                Layout::Nhwc => {
-                    let i = (y * iw + x) * 3;
-                    out[i..i + 3].copy_from_slice(&px);
+            }
+            for (x, col) in self.cols.iter().enumerate() {
+                let px: [T; 3] = match (row, col) {
+                    (Some(_), Some((a, b, wx))) => {
+                        let (a, b, wx) = (*a, *b, *wx);
+                        [
+                            convert(0, blend[a] + (blend[b] - blend[a]) * wx),
+                            convert(1, blend[a + 1] + (blend[b + 1] - blend[a + 1]) * wx),
+                            convert(2, blend[a + 2] + (blend[b + 2] - blend[a + 2]) * wx),
+                        ]
+                    }
+                    _ => pad,
+                };
+                match self.layout {
+                    Layout::Nchw => {
+                        let i = y * self.iw + x;
+                        out[i] = px[0];
+                        out[plane + i] = px[1];
+                        out[2 * plane + i] = px[2];
+                    }
+                    Layout::Nhwc => {
+                        let i = (y * self.iw + x) * 3;
+                        out[i..i + 3].copy_from_slice(&px);
+                    }
                 }
             }
         }

@@ -284,6 +284,15 @@ pub fn init() {
     });
 }
 
+/// GStreamer and a warn-level subscriber on stderr, for benchmarks.
+pub fn init_quiet() {
+    gst::init().unwrap();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Everything logged in this test process so far.
 pub fn captured_logs() -> String {
     String::from_utf8_lossy(&LOGS.get_or_init(Arc::default).lock().unwrap()).into_owned()
