@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::detect::FrameDetections;
 use crate::detect::detector::{Detector, DetectorParams, OnnxDetector};
 use crate::detect::manifest::{ModelManifest, VerifiedModel};
-use crate::detect::pool::{DetectorPool, PoolCamera};
+use crate::detect::pool::{CameraStats, DetectorPool, PoolCamera, PoolStats};
 use crate::detect::runtime;
 
 /// How long `run` waits for every pipeline to reach Null after a stop signal.
@@ -185,6 +185,7 @@ pub fn build_detectors(config: &Config) -> anyhow::Result<(VerifiedModel, Vec<Bo
 /// The stand-in consumer of the pool's results until the tracker takes them.
 pub async fn report_detections(
     mut rx: mpsc::Receiver<FrameDetections>,
+    stats: PoolStats,
     period: Duration,
     cancel: CancellationToken,
 ) {
@@ -196,6 +197,7 @@ pub async fn report_detections(
         inference: Duration,
     }
     let mut windows: std::collections::BTreeMap<std::sync::Arc<str>, Window> = Default::default();
+    let mut before: std::collections::HashMap<std::sync::Arc<str>, CameraStats> = Default::default();
     let mut tick = tokio::time::interval(period);
     tick.tick().await;
     loop {
@@ -203,8 +205,20 @@ pub async fn report_detections(
             biased;
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {
-                for (camera, w) in std::mem::take(&mut windows) {
+                let mut windows = std::mem::take(&mut windows);
+                for camera in stats.cameras() {
+                    let w = windows.remove(&camera).unwrap_or_default();
+                    let now = stats.stats(&camera).unwrap_or_default();
+                    let prev = before.insert(camera.clone(), now).unwrap_or_default();
+                    let skipped = now.skipped_motion - prev.skipped_motion;
+                    let dropped = (now.dropped_stale + now.overwritten + now.dropped_output_full)
+                        - (prev.dropped_stale + prev.overwritten + prev.dropped_output_full);
+                    if w.frames + skipped + dropped == 0 {
+                        continue;
+                    }
                     info!(camera = %camera, inferred_frames = w.frames,
+                          skipped_by_motion = format!("{:.0}%", 100.0 * skipped as f64 / (skipped + w.frames).max(1) as f64),
+                          dropped_frames = dropped,
                           objects_per_frame = format!("{:.1}", w.objects as f64 / w.frames.max(1) as f64),
                           max_objects = w.max_objects,
                           mean_inference_ms = (w.inference.as_millis() as u64) / w.frames.max(1),
@@ -261,7 +275,8 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
     let mut expected_tasks = config.enabled_cameras().count();
     match daemon.take_detections() {
         Some(rx) => {
-            daemon.spawn(|cancel| report_detections(rx, Duration::from_secs(5), cancel));
+            let stats = daemon.pool().expect("a pool with detections").stats_reader();
+            daemon.spawn(|cancel| report_detections(rx, stats, Duration::from_secs(5), cancel));
             expected_tasks += 1;
         }
         None => {

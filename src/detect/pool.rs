@@ -72,6 +72,31 @@ struct Shared {
     output: mpsc::Sender<FrameDetections>,
 }
 
+/// Reads per-camera counters of a running pool.
+#[derive(Clone)]
+pub struct PoolStats(Arc<Shared>);
+
+impl PoolStats {
+    pub fn cameras(&self) -> Vec<Arc<str>> {
+        self.0.cameras.iter().map(|e| e.cam.id.clone()).collect()
+    }
+
+    pub fn stats(&self, camera: &str) -> Option<CameraStats> {
+        self.0.cameras.iter().find(|e| &*e.cam.id == camera).map(|e| {
+            let c = &e.counters;
+            CameraStats {
+                inferred: c.inferred.load(Ordering::Relaxed),
+                detections: c.detections.load(Ordering::Relaxed),
+                skipped_motion: c.skipped_motion.load(Ordering::Relaxed),
+                dropped_stale: c.dropped_stale.load(Ordering::Relaxed),
+                dropped_output_full: c.dropped_output_full.load(Ordering::Relaxed),
+                overwritten: e.cam.slot.overwritten(),
+                errors: c.errors.load(Ordering::Relaxed),
+            }
+        })
+    }
+}
+
 pub struct DetectorPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
@@ -141,22 +166,12 @@ impl DetectorPool {
     }
 
     pub fn stats(&self, camera: &str) -> Option<CameraStats> {
-        self.shared
-            .cameras
-            .iter()
-            .find(|e| &*e.cam.id == camera)
-            .map(|e| {
-                let c = &e.counters;
-                CameraStats {
-                    inferred: c.inferred.load(Ordering::Relaxed),
-                    detections: c.detections.load(Ordering::Relaxed),
-                    skipped_motion: c.skipped_motion.load(Ordering::Relaxed),
-                    dropped_stale: c.dropped_stale.load(Ordering::Relaxed),
-                    dropped_output_full: c.dropped_output_full.load(Ordering::Relaxed),
-                    overwritten: e.cam.slot.overwritten(),
-                    errors: c.errors.load(Ordering::Relaxed),
-                }
-            })
+        self.stats_reader().stats(camera)
+    }
+
+    /// A cheap handle for reading the counters from elsewhere (a reporting task, the API).
+    pub fn stats_reader(&self) -> PoolStats {
+        PoolStats(self.shared.clone())
     }
 
     pub fn workers(&self) -> usize {
