@@ -197,7 +197,8 @@ pub async fn report_detections(
         inference: Duration,
     }
     let mut windows: std::collections::BTreeMap<std::sync::Arc<str>, Window> = Default::default();
-    let mut before: std::collections::HashMap<std::sync::Arc<str>, CameraStats> = Default::default();
+    let mut before: std::collections::HashMap<std::sync::Arc<str>, CameraStats> =
+        Default::default();
     let mut tick = tokio::time::interval(period);
     tick.tick().await;
     loop {
@@ -275,7 +276,10 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
     let mut expected_tasks = config.enabled_cameras().count();
     match daemon.take_detections() {
         Some(rx) => {
-            let stats = daemon.pool().expect("a pool with detections").stats_reader();
+            let stats = daemon
+                .pool()
+                .expect("a pool with detections")
+                .stats_reader();
             daemon.spawn(|cancel| report_detections(rx, stats, Duration::from_secs(5), cancel));
             expected_tasks += 1;
         }

@@ -77,6 +77,9 @@ pub struct IngestConfig {
     /// rtspsrc TCP timeout for connecting and reading RTSP replies. Default: 5s.
     #[serde(with = "humantime_serde")]
     pub tcp_timeout: Duration,
+    /// Threads per H.264 decoder; 0 = one per core. With several cameras, one thread each is the
+    /// cheapest (the cameras are the parallelism). Default: 1.
+    pub decoder_threads: u32,
 }
 
 impl Default for IngestConfig {
@@ -89,6 +92,7 @@ impl Default for IngestConfig {
             first_frame_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(10),
             tcp_timeout: Duration::from_secs(5),
+            decoder_threads: 1,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod app;
 pub mod camera;
 pub mod config;
 pub mod detect;
+pub mod rules;
 pub mod telemetry;
 
 /// Initialises GStreamer once; safe to call from many threads and tests.

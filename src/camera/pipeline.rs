@@ -34,6 +34,8 @@ pub struct PipelineSpec {
     pub latency: Duration,
     pub codec: Codec,
     pub tcp_timeout: Duration,
+    /// avdec_h264 `max-threads` (0 = auto).
+    pub decoder_threads: u32,
     /// Output size; `None` keeps the camera's own size (probe).
     pub size: Option<(u32, u32)>,
     /// Output rate limit; `None` passes every frame (probe).

@@ -76,6 +76,7 @@ pub async fn probe(opts: ProbeOptions) -> Result<ProbeReport, ProbeFailure> {
         latency: Duration::from_millis(200),
         codec: opts.codec,
         tcp_timeout: opts.timeout.min(Duration::from_secs(20)),
+        decoder_threads: 0,
         size: None,
         max_fps: None,
     };

@@ -77,6 +77,7 @@ impl CameraSupervisor {
             latency: camera.latency,
             codec: camera.codec,
             tcp_timeout: ingest.tcp_timeout,
+            decoder_threads: ingest.decoder_threads,
             size: Some((camera.detect_width, camera.detect_height)),
             max_fps: Some(camera.detect_fps),
         };

@@ -82,18 +82,22 @@ impl PoolStats {
     }
 
     pub fn stats(&self, camera: &str) -> Option<CameraStats> {
-        self.0.cameras.iter().find(|e| &*e.cam.id == camera).map(|e| {
-            let c = &e.counters;
-            CameraStats {
-                inferred: c.inferred.load(Ordering::Relaxed),
-                detections: c.detections.load(Ordering::Relaxed),
-                skipped_motion: c.skipped_motion.load(Ordering::Relaxed),
-                dropped_stale: c.dropped_stale.load(Ordering::Relaxed),
-                dropped_output_full: c.dropped_output_full.load(Ordering::Relaxed),
-                overwritten: e.cam.slot.overwritten(),
-                errors: c.errors.load(Ordering::Relaxed),
-            }
-        })
+        self.0
+            .cameras
+            .iter()
+            .find(|e| &*e.cam.id == camera)
+            .map(|e| {
+                let c = &e.counters;
+                CameraStats {
+                    inferred: c.inferred.load(Ordering::Relaxed),
+                    detections: c.detections.load(Ordering::Relaxed),
+                    skipped_motion: c.skipped_motion.load(Ordering::Relaxed),
+                    dropped_stale: c.dropped_stale.load(Ordering::Relaxed),
+                    dropped_output_full: c.dropped_output_full.load(Ordering::Relaxed),
+                    overwritten: e.cam.slot.overwritten(),
+                    errors: c.errors.load(Ordering::Relaxed),
+                }
+            })
     }
 }
 

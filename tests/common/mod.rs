@@ -340,6 +340,7 @@ pub fn fast_ingest() -> IngestConfig {
         first_frame_timeout: Duration::from_secs(8),
         stall_timeout: Duration::from_secs(2),
         tcp_timeout: Duration::from_secs(3),
+        decoder_threads: 1,
     }
 }
 

@@ -1,0 +1,14 @@
+//! Tracking and perimeter rules. Pure code: no tokio, GStreamer or ort; times come in as
+//! arguments, so everything here is unit- and property-tested.
+//!
+//! - [`geometry`]: polygons, sides of lines, segment intersection (on `geo`);
+//! - [`tracker`]: per-camera tracks with stable ids, paths and best snapshots;
+//! - [`tripwire`]: line crossings with direction and hysteresis (ONVIF LineDetector);
+//! - [`zone`]: entering, leaving and loitering in polygons (FieldDetector, LoiteringDetector);
+//! - [`schedule`]: weekly arming windows in the site's time zone, with dated exceptions.
+
+pub mod geometry;
+pub mod schedule;
+pub mod tracker;
+pub mod tripwire;
+pub mod zone;
