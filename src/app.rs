@@ -20,8 +20,9 @@ use crate::config::Config;
 use crate::detect::FrameDetections;
 use crate::detect::detector::{Detector, DetectorParams, OnnxDetector};
 use crate::detect::manifest::{ModelManifest, VerifiedModel};
-use crate::detect::pool::{CameraStats, DetectorPool, PoolCamera, PoolStats};
+use crate::detect::pool::{DetectorPool, PoolCamera};
 use crate::detect::runtime;
+use crate::detect::summary::DetectionSummary;
 
 /// How long `run` waits for every pipeline to reach Null after a stop signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -181,65 +182,6 @@ pub fn build_detectors(config: &Config) -> anyhow::Result<(VerifiedModel, Vec<Bo
     Ok((model, detectors))
 }
 
-/// Logs detections: each inferred frame at debug, a summary per camera every `period` at info.
-/// The stand-in consumer of the pool's results until the tracker takes them.
-pub async fn report_detections(
-    mut rx: mpsc::Receiver<FrameDetections>,
-    stats: PoolStats,
-    period: Duration,
-    cancel: CancellationToken,
-) {
-    #[derive(Default)]
-    struct Window {
-        frames: u64,
-        objects: u64,
-        max_objects: usize,
-        inference: Duration,
-    }
-    let mut windows: std::collections::BTreeMap<std::sync::Arc<str>, Window> = Default::default();
-    let mut before: std::collections::HashMap<std::sync::Arc<str>, CameraStats> =
-        Default::default();
-    let mut tick = tokio::time::interval(period);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {
-                let mut windows = std::mem::take(&mut windows);
-                for camera in stats.cameras() {
-                    let w = windows.remove(&camera).unwrap_or_default();
-                    let now = stats.stats(&camera).unwrap_or_default();
-                    let prev = before.insert(camera.clone(), now).unwrap_or_default();
-                    let skipped = now.skipped_motion - prev.skipped_motion;
-                    let dropped = (now.dropped_stale + now.overwritten + now.dropped_output_full)
-                        - (prev.dropped_stale + prev.overwritten + prev.dropped_output_full);
-                    if w.frames + skipped + dropped == 0 {
-                        continue;
-                    }
-                    info!(camera = %camera, inferred_frames = w.frames,
-                          skipped_by_motion = format!("{:.0}%", 100.0 * skipped as f64 / (skipped + w.frames).max(1) as f64),
-                          dropped_frames = dropped,
-                          objects_per_frame = format!("{:.1}", w.objects as f64 / w.frames.max(1) as f64),
-                          max_objects = w.max_objects,
-                          mean_inference_ms = (w.inference.as_millis() as u64) / w.frames.max(1),
-                          "detections");
-                }
-            }
-            result = rx.recv() => {
-                let Some(r) = result else { return };
-                tracing::debug!(camera = %r.frame.camera, seq = r.frame.seq, objects = r.detections.len(),
-                                inference_ms = r.inference.as_millis() as u64, "frame inferred");
-                let w = windows.entry(r.frame.camera.clone()).or_default();
-                w.frames += 1;
-                w.objects += r.detections.len() as u64;
-                w.max_objects = w.max_objects.max(r.detections.len());
-                w.inference += r.inference;
-            }
-        }
-    }
-}
-
 /// Logs, per camera, how many frames arrived in each period. The stand-in consumer of the frame
 /// slots until the detector pool takes them.
 pub async fn report_frames(camera: CameraHandle, period: Duration, cancel: CancellationToken) {
@@ -276,12 +218,20 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
     let mut expected_tasks = config.enabled_cameras().count();
     match daemon.take_detections() {
         Some(rx) => {
-            let stats = daemon
-                .pool()
-                .expect("a pool with detections")
-                .stats_reader();
-            daemon.spawn(|cancel| report_detections(rx, stats, Duration::from_secs(5), cancel));
-            expected_tasks += 1;
+            let pool = daemon.pool().expect("a pool with detections");
+            let summary = DetectionSummary::new(pool.stats_reader());
+            let live = daemon
+                .cameras()
+                .iter()
+                .filter_map(|c| pool.live_tracks_flag(&c.id).map(|f| (c.id.clone(), f)))
+                .collect();
+            let (events_tx, events_rx) = mpsc::channel(256);
+            let config = std::sync::Arc::new(config.clone());
+            daemon.spawn(|cancel| {
+                crate::perimeter::run(config, rx, live, events_tx, Some(summary), cancel)
+            });
+            daemon.spawn(|cancel| crate::perimeter::drain_events(events_rx, cancel));
+            expected_tasks += 2;
         }
         None => {
             for cam in &cameras {

@@ -16,6 +16,10 @@ use serde::Deserialize;
 use crate::camera::{Credentials, RtspUrl};
 pub use crate::detect::motion::MotionConfig;
 pub use crate::detect::runtime::ExecutionProvider;
+use crate::rules::geometry::polygon_problem;
+use crate::rules::schedule::Schedule;
+pub use crate::rules::tripwire::Direction;
+use crate::rules::tripwire::tripwire_problem;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +36,118 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
+    #[serde(default)]
+    pub zones: Vec<ZoneConfig>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// One `[[zones]]` entry: a named polygon on one camera, used by zone and loitering rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// Zone id: `[a-z0-9_-]`, unique. Required.
+    pub id: String,
+    /// The camera it is drawn on. Required.
+    pub camera: String,
+    /// [x, y] points, fractions of the frame (0..1), at least 3, not crossing. Required.
+    pub polygon: Vec<[f32; 2]>,
+}
+
+/// What a rule detects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleKind {
+    /// A person's feet cross a line (`line`, `direction`): event `line_crossed`.
+    Tripwire,
+    /// A person enters a zone (`zone`, `min_frames`): event `zone_entered` (and `zone_left`).
+    Zone,
+    /// A person stays in a zone longer than `dwell`: event `loitering`.
+    Loitering,
+}
+
+/// A dated exception to a rule's weekly schedule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleException {
+    /// "YYYY-MM-DD".
+    pub date: String,
+    /// Windows starting that day instead of the weekly ones ("HH:MM-HH:MM"); empty = not armed.
+    #[serde(default)]
+    pub windows: Vec<String>,
+}
+
+/// One `[[rules]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Rule id: `[a-z0-9_-]`, unique on the site. Required.
+    pub id: String,
+    /// The camera it watches. Required.
+    pub camera: String,
+    /// "tripwire", "zone" or "loitering". Required.
+    pub kind: RuleKind,
+    /// Tripwire: [x, y] points of the line (a polyline), fractions of the frame.
+    #[serde(default)]
+    pub line: Vec<[f32; 2]>,
+    /// Tripwire: "left", "right" or "any", relative to the line's direction on screen
+    /// (first point → last point). Default: "any".
+    #[serde(default)]
+    pub direction: Direction,
+    /// Tripwire: feet closer to the line than this (fraction of the frame) have no side, so
+    /// someone standing on the line does not cross it repeatedly. Default: 0.01.
+    #[serde(default = "default_hysteresis")]
+    pub hysteresis: f32,
+    /// Zone and loitering: the zone id.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Zone: frames in a row inside (or outside) before entering (or leaving) counts. Default: 2.
+    #[serde(default = "default_min_frames")]
+    pub min_frames: u32,
+    /// Zone: also report `zone_left`. Default: false.
+    #[serde(default)]
+    pub report_left: bool,
+    /// Loitering: how long a stay may last. Required for loitering.
+    #[serde(default, with = "humantime_serde::option")]
+    pub dwell: Option<Duration>,
+    /// Labels the rule applies to. Default: ["person"].
+    #[serde(default = "default_classes")]
+    pub classes: Vec<String>,
+    /// Least detection score. Default: 0.5.
+    #[serde(default = "default_rule_min_score")]
+    pub min_score: f32,
+    /// Least box [width, height], fractions of the frame. Default: [0.0, 0.0].
+    #[serde(default)]
+    pub min_box: [f32; 2],
+    /// Weekly windows when the rule is armed, e.g. ["Mon-Fri 19:00-07:30", "Sat,Sun 00:00-24:00"],
+    /// in the site's time zone. Default: empty = always.
+    #[serde(default)]
+    pub schedule: Vec<String>,
+    /// Dated exceptions (holidays). Default: none.
+    #[serde(default)]
+    pub exceptions: Vec<ScheduleException>,
+    /// Armed at start (run-time arming overrides it). Default: true.
+    #[serde(default = "default_true")]
+    pub armed: bool,
+    /// One track fires the rule again only after this long. Default: 60s.
+    #[serde(default = "default_cooldown", with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+fn default_hysteresis() -> f32 {
+    0.01
+}
+fn default_min_frames() -> u32 {
+    2
+}
+fn default_classes() -> Vec<String> {
+    vec!["person".into()]
+}
+fn default_rule_min_score() -> f32 {
+    0.5
+}
+fn default_cooldown() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `[site]`: who this box is.
@@ -243,6 +359,10 @@ pub struct CameraConfig {
     /// normalised frame coordinates (0..1). Default: none.
     #[serde(default)]
     pub motion_masks: Vec<Vec<[f32; 2]>>,
+    /// Areas where detections are ignored by every rule (a road outside the fence, a poster):
+    /// polygons; a detection counts as inside when its feet (bottom centre) are. Default: none.
+    #[serde(default)]
+    pub object_masks: Vec<Vec<[f32; 2]>>,
     /// Default: true.
     #[serde(default = "default_true")]
     pub enabled: bool,
@@ -559,22 +679,14 @@ impl Config {
                     );
                 }
             }
-            for (m, ring) in cam.motion_masks.iter().enumerate() {
-                let k = key(&format!("motion_masks[{m}]"));
-                if ring.len() < 3 {
-                    v.err(
-                        &k,
-                        format!(
-                            "a polygon needs at least 3 points, this one has {}",
-                            ring.len()
-                        ),
-                    );
-                }
-                if ring.iter().flatten().any(|c| !(0.0..=1.0).contains(c)) {
-                    v.err(
-                        &k,
-                        "coordinates are fractions of the frame: use values in 0..1",
-                    );
+            for (name, masks) in [
+                ("motion_masks", &cam.motion_masks),
+                ("object_masks", &cam.object_masks),
+            ] {
+                for (m, ring) in masks.iter().enumerate() {
+                    if let Some(p) = polygon_problem(ring) {
+                        v.err(&key(&format!("{name}[{m}]")), p);
+                    }
                 }
             }
             if !(1..=30).contains(&cam.detect_fps) {
@@ -587,7 +699,109 @@ impl Config {
                 );
             }
         }
+        self.validate_rules(&mut v);
         v.problems
+    }
+
+    fn validate_rules(&self, v: &mut Validator) {
+        let cameras: HashSet<&str> = self.cameras.iter().map(|c| c.id.as_str()).collect();
+        let mut zone_ids = HashSet::new();
+        for (i, z) in self.zones.iter().enumerate() {
+            let key = |k: &str| format!("zones[{i}].{k}");
+            v.id(&key("id"), &z.id);
+            if !zone_ids.insert(z.id.as_str()) {
+                v.err(&key("id"), format!("duplicate zone id {:?}", z.id));
+            }
+            if !cameras.contains(z.camera.as_str()) {
+                v.err(
+                    &key("camera"),
+                    format!("no camera {:?}; use one of the [[cameras]] ids", z.camera),
+                );
+            }
+            if let Some(p) = polygon_problem(&z.polygon) {
+                v.err(&key("polygon"), p);
+            }
+        }
+        let tz = jiff::tz::TimeZone::get(&self.site.time_zone).unwrap_or(jiff::tz::TimeZone::UTC);
+        let mut rule_ids = HashSet::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let key = |k: &str| format!("rules[{i}].{k}");
+            v.id(&key("id"), &r.id);
+            if !rule_ids.insert(r.id.as_str()) {
+                v.err(&key("id"), format!("duplicate rule id {:?}", r.id));
+            }
+            if !cameras.contains(r.camera.as_str()) {
+                v.err(
+                    &key("camera"),
+                    format!("no camera {:?}; use one of the [[cameras]] ids", r.camera),
+                );
+            }
+            match r.kind {
+                RuleKind::Tripwire => {
+                    if let Some(p) = tripwire_problem(&r.line) {
+                        v.err(&key("line"), p);
+                    }
+                    if !(0.0..0.5).contains(&r.hysteresis) {
+                        v.err(
+                            &key("hysteresis"),
+                            "a fraction of the frame: use 0..0.5 (default 0.01)",
+                        );
+                    }
+                }
+                RuleKind::Zone | RuleKind::Loitering => match &r.zone {
+                    None => v.err(
+                        &key("zone"),
+                        "a zone or loitering rule needs zone = \"<zone id>\"",
+                    ),
+                    Some(z) => match self.zones.iter().find(|zc| &zc.id == z) {
+                        None => v.err(
+                            &key("zone"),
+                            format!("no zone {z:?}; define it in [[zones]]"),
+                        ),
+                        Some(zc) if zc.camera != r.camera => v.err(
+                            &key("zone"),
+                            format!(
+                                "zone {z:?} is on camera {:?}, the rule on {:?}",
+                                zc.camera, r.camera
+                            ),
+                        ),
+                        Some(_) => {}
+                    },
+                },
+            }
+            if r.kind == RuleKind::Loitering && r.dwell.is_none_or(|d| d.is_zero()) {
+                v.err(&key("dwell"), "a loitering rule needs dwell, e.g. \"30s\"");
+            }
+            if r.min_frames == 0 {
+                v.err(&key("min_frames"), "must be at least 1");
+            }
+            if !(0.0..=1.0).contains(&r.min_score) {
+                v.err(&key("min_score"), "use a score in 0..1");
+            }
+            if r.classes.is_empty() {
+                v.err(
+                    &key("classes"),
+                    "name at least one label, e.g. [\"person\"]",
+                );
+            }
+            let exceptions: Vec<(String, Vec<String>)> = r
+                .exceptions
+                .iter()
+                .map(|e| (e.date.clone(), e.windows.clone()))
+                .collect();
+            if let Err(e) = Schedule::new(tz.clone(), &r.schedule, &exceptions) {
+                let k = if r
+                    .schedule
+                    .iter()
+                    .any(|w| crate::rules::schedule::Window::parse(w).is_err())
+                {
+                    "schedule"
+                } else {
+                    "exceptions"
+                };
+                v.err(&key(k), e);
+            }
+        }
     }
 
     fn validate_detector(&self, v: &mut Validator) {

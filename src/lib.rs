@@ -8,6 +8,8 @@ pub mod app;
 pub mod camera;
 pub mod config;
 pub mod detect;
+pub mod events;
+pub mod perimeter;
 pub mod rules;
 pub mod telemetry;
 

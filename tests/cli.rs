@@ -480,3 +480,93 @@ fn cuda_required_but_missing_refuses_to_start() {
         "{stderr}"
     );
 }
+
+// --- rules ----------------------------------------------------------------------------------------
+
+#[test]
+fn rule_and_zone_problems_name_their_key_paths() {
+    let text = r#"
+[site]
+id = "kg"
+time_zone = "Europe/Berlin"
+
+[[cameras]]
+id = "gate"
+url = "rtsp://192.0.2.10/s"
+object_masks = [[[0.1, 0.1], [0.2, 0.2]]]
+
+[[cameras]]
+id = "yard"
+url = "rtsp://192.0.2.11/s"
+
+[[zones]]
+id = "bow"
+camera = "gate"
+polygon = [[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]]
+
+[[zones]]
+id = "yard-zone"
+camera = "yard"
+polygon = [[0.1, 0.1], [0.9, 0.1], [0.5, 1.2]]
+
+[[rules]]
+id = "fence"
+camera = "gate"
+kind = "tripwire"
+line = [[0.2, 0.5], [0.2, 0.5], [0.8, 0.5]]
+schedule = ["Mon-Fry 19:00-07:30"]
+
+[[rules]]
+id = "ghost"
+camera = "nowhere"
+kind = "zone"
+zone = "missing"
+
+[[rules]]
+id = "wrong-camera"
+camera = "gate"
+kind = "loitering"
+zone = "yard-zone"
+
+[[rules]]
+id = "holiday"
+camera = "gate"
+kind = "tripwire"
+line = [[0.1, 0.5], [0.9, 0.5]]
+exceptions = [{ date = "2026-02-30", windows = [] }]
+"#;
+    let (ok, _, stderr) = check_config_text(text);
+    assert!(!ok);
+    for expected in [
+        "cameras[0].object_masks[0]: a polygon needs at least 3 points",
+        "zones[0].polygon: edges 0 and 2 cross: the polygon intersects itself",
+        "zones[1].polygon: coordinates are fractions of the frame",
+        "rules[0].line: segment 0 has zero length",
+        "rules[0].schedule: unknown day \"Fry\"",
+        "rules[1].camera: no camera \"nowhere\"",
+        "rules[1].zone: no zone \"missing\"",
+        "rules[2].zone: zone \"yard-zone\" is on camera \"yard\", the rule on \"gate\"",
+        "rules[2].dwell: a loitering rule needs dwell",
+        "rules[3].exceptions: \"2026-02-30\" is not a date",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn demo_config_is_valid() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml");
+    let text = std::fs::read_to_string(file).unwrap().replace(
+        "models/nanodet-coco-416.toml",
+        &format!(
+            "{}/models/nanodet-coco-416.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    );
+    let (ok, stdout, stderr) = check_config_text(&text);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("model sha256 verified"), "{stdout}");
+}

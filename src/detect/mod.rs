@@ -14,6 +14,7 @@ pub mod motion;
 pub mod pool;
 pub mod preprocess;
 pub mod runtime;
+pub mod summary;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,7 +6,9 @@
 //! - [`tripwire`]: line crossings with direction and hysteresis (ONVIF LineDetector);
 //! - [`zone`]: entering, leaving and loitering in polygons (FieldDetector, LoiteringDetector);
 //! - [`schedule`]: weekly arming windows in the site's time zone, with dated exceptions.
+//! - [`engine`]: rules per camera (filters, masks, arming, schedules, cooldowns) → rule hits.
 
+pub mod engine;
 pub mod geometry;
 pub mod schedule;
 pub mod tracker;

@@ -1,0 +1,264 @@
+//! The perimeter stage: detections in, events out. Per camera a [`Tracker`] gives people stable
+//! ids and an [`Engine`] applies that camera's rules; each rule hit becomes an [`Event`] with a
+//! snapshot (the track's best frame, drawn on). Runs as one task; snapshots are encoded off the
+//! async workers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, RuleConfig, RuleKind};
+use crate::detect::FrameDetections;
+use crate::detect::summary::DetectionSummary;
+use crate::events::{Event, EventObject, SnapshotFrame, render_snapshot};
+use crate::rules::engine::{Detector, Engine, ObjectFilter, Rule, RuleHit, RuleShape};
+use crate::rules::geometry::polygon;
+use crate::rules::schedule::Schedule;
+use crate::rules::tracker::{Tracker, TrackerConfig};
+use crate::rules::tripwire::Tripwire;
+use crate::rules::zone::Zone;
+
+/// An event and its JPEG snapshot.
+#[derive(Debug, Clone)]
+pub struct RecordedEvent {
+    pub event: Event,
+    pub snapshot: Option<Vec<u8>>,
+}
+
+/// Builds the rules engine of one camera from a validated config.
+pub fn engine_for(config: &Config, camera: &str) -> Result<Engine, String> {
+    let tz = TimeZone::get(&config.site.time_zone).map_err(|e| e.to_string())?;
+    let cam = config
+        .cameras
+        .iter()
+        .find(|c| c.id == camera)
+        .ok_or_else(|| format!("no camera {camera:?}"))?;
+    let rules = config
+        .rules
+        .iter()
+        .filter(|r| r.camera == camera)
+        .map(|r| rule(config, r, &tz))
+        .collect::<Result<Vec<_>, _>>()?;
+    let masks = cam.object_masks.iter().map(|m| polygon(m)).collect();
+    Ok(Engine::new(rules, masks))
+}
+
+fn rule(config: &Config, r: &RuleConfig, tz: &TimeZone) -> Result<Rule, String> {
+    let points = |v: &[[f32; 2]]| v.iter().map(|p| (p[0], p[1])).collect::<Vec<_>>();
+    let zone_points = || -> Result<&Vec<[f32; 2]>, String> {
+        let id = r.zone.as_deref().ok_or("no zone")?;
+        config
+            .zones
+            .iter()
+            .find(|z| z.id == id)
+            .map(|z| &z.polygon)
+            .ok_or_else(|| format!("no zone {id:?}"))
+    };
+    let (detector, shape) = match r.kind {
+        RuleKind::Tripwire => (
+            Detector::Tripwire {
+                wire: Tripwire::new(points(&r.line), r.hysteresis),
+                direction: r.direction,
+            },
+            RuleShape::Line(points(&r.line)),
+        ),
+        RuleKind::Zone => {
+            let p = zone_points()?;
+            (
+                Detector::Zone {
+                    zone: Zone::new(polygon(p), r.min_frames, None),
+                    report_left: r.report_left,
+                },
+                RuleShape::Polygon(points(p)),
+            )
+        }
+        RuleKind::Loitering => {
+            let p = zone_points()?;
+            (
+                Detector::Loitering {
+                    zone: Zone::new(polygon(p), r.min_frames, r.dwell),
+                },
+                RuleShape::Polygon(points(p)),
+            )
+        }
+    };
+    let schedule = if r.schedule.is_empty() && r.exceptions.is_empty() {
+        Schedule::always(tz.clone())
+    } else {
+        let schedule = if r.schedule.is_empty() {
+            vec!["00:00-24:00".to_owned()]
+        } else {
+            r.schedule.clone()
+        };
+        let ex: Vec<(String, Vec<String>)> = r
+            .exceptions
+            .iter()
+            .map(|e| (e.date.clone(), e.windows.clone()))
+            .collect();
+        Schedule::new(tz.clone(), &schedule, &ex)?
+    };
+    Ok(Rule {
+        id: r.id.as_str().into(),
+        detector,
+        shape,
+        filter: ObjectFilter {
+            classes: r.classes.clone(),
+            min_score: r.min_score,
+            min_box: (r.min_box[0], r.min_box[1]),
+        },
+        schedule,
+        armed: r.armed,
+        cooldown: r.cooldown,
+    })
+}
+
+struct CameraRules {
+    tracker: Tracker<SnapshotFrame>,
+    engine: Engine,
+    live_tracks: Option<Arc<AtomicBool>>,
+}
+
+/// Runs tracking and rules over the pool's results until cancelled; events go to `events`.
+pub async fn run(
+    config: Arc<Config>,
+    mut detections: mpsc::Receiver<FrameDetections>,
+    live_tracks: HashMap<Arc<str>, Arc<AtomicBool>>,
+    events: mpsc::Sender<RecordedEvent>,
+    mut summary: Option<DetectionSummary>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(SUMMARY_PERIOD);
+    tick.tick().await;
+    let mut cameras: HashMap<Arc<str>, CameraRules> = HashMap::new();
+    for cam in config.enabled_cameras() {
+        match engine_for(&config, &cam.id) {
+            Ok(engine) => {
+                let id: Arc<str> = cam.id.as_str().into();
+                cameras.insert(
+                    id.clone(),
+                    CameraRules {
+                        tracker: Tracker::new(TrackerConfig::default()),
+                        engine,
+                        live_tracks: live_tracks.get(&id).cloned(),
+                    },
+                );
+            }
+            Err(e) => warn!(camera = %cam.id, error = %e, "rules not built; camera has no rules"),
+        }
+    }
+    loop {
+        let r = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                if let Some(s) = &mut summary {
+                    s.flush();
+                }
+                continue;
+            }
+            r = detections.recv() => match r { Some(r) => r, None => return },
+        };
+        if let Some(s) = &mut summary {
+            s.record(&r);
+        }
+        let Some(cam) = cameras.get_mut(&r.frame.camera) else {
+            continue;
+        };
+        let t = Timestamp::try_from(r.frame.captured_at).unwrap_or_else(|_| Timestamp::now());
+        let ended = cam.tracker.update(t, &r.detections, &r.frame);
+        let ended_ids: Vec<u64> = ended.iter().map(|tr| tr.id).collect();
+        cam.engine.forget(&ended_ids);
+        let hits = cam.engine.evaluate(t, cam.tracker.tracks());
+        if let Some(flag) = &cam.live_tracks {
+            flag.store(cam.tracker.has_live_tracks(), Ordering::Relaxed);
+        }
+        debug!(camera = %r.frame.camera, seq = r.frame.seq, objects = r.detections.len(),
+               tracks = cam.tracker.tracks().len(), hits = hits.len(), "frame analysed");
+        for hit in hits {
+            let recorded = build_event(&config, cam, &r.frame.camera, &hit).await;
+            let e = &recorded.event;
+            info!(event_id = %e.id, kind = e.kind.as_str(), camera = %e.camera, rule = e.rule.as_deref().unwrap_or(""),
+                  track = hit.track_id, score = format!("{:.2}", hit.score),
+                  snapshot_bytes = recorded.snapshot.as_ref().map_or(0, Vec::len), "event");
+            if events.try_send(recorded).is_err() {
+                metrics::counter!("kinderwatch_events_dropped_total", "camera" => r.frame.camera.to_string()).increment(1);
+                warn!(camera = %r.frame.camera, "event queue full: event not recorded");
+            }
+        }
+    }
+}
+
+async fn build_event(
+    config: &Config,
+    cam: &CameraRules,
+    camera: &str,
+    hit: &RuleHit,
+) -> RecordedEvent {
+    let mut event = Event::new(hit.kind.into(), &config.site.id, camera, hit.time);
+    event.rule = Some(hit.rule.to_string());
+    event.object = Some(EventObject {
+        class: hit.label.to_string(),
+        score: hit.score,
+        bbox: hit.bbox,
+        track_id: hit.track_id,
+        crossing: hit.crossing,
+    });
+    let track = cam.tracker.tracks().iter().find(|t| t.id == hit.track_id);
+    if let Some(t) = track {
+        event.started_at = t.first_seen;
+    }
+    let shape = cam
+        .engine
+        .rules()
+        .iter()
+        .find(|r| r.id == hit.rule)
+        .map(|r| r.shape.clone());
+    let snapshot = match track {
+        Some(t) => {
+            let (_, bbox, frame) = t.best.clone();
+            let tz = TimeZone::get(&config.site.time_zone).unwrap_or(TimeZone::UTC);
+            let caption = format!(
+                "{} {} {} {}",
+                hit.time.to_zoned(tz).strftime("%Y-%m-%d %H:%M:%S"),
+                camera,
+                hit.rule,
+                event.kind.as_str()
+            );
+            tokio::task::spawn_blocking(move || {
+                render_snapshot(&frame, &bbox, shape.as_ref(), &caption)
+            })
+            .await
+            .ok()
+        }
+        None => None,
+    };
+    RecordedEvent { event, snapshot }
+}
+
+/// Logs recorded events' counts; the stand-in consumer until the store takes them.
+pub async fn drain_events(mut rx: mpsc::Receiver<RecordedEvent>, cancel: CancellationToken) {
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            e = rx.recv() => match e {
+                Some(_) => { n += 1; metrics::counter!("kinderwatch_events_total").increment(1); }
+                None => return,
+            },
+        }
+        if n.is_multiple_of(100) {
+            debug!(events = n, "events so far");
+        }
+    }
+}
+
+/// The default period of the detection summary log.
+pub const SUMMARY_PERIOD: Duration = Duration::from_secs(5);
