@@ -216,6 +216,10 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
     let mut daemon = Daemon::start(&config).await?;
     let cameras = daemon.cameras().to_vec();
     let mut expected_tasks = config.enabled_cameras().count();
+    let (events_tx, events_rx) = mpsc::channel(256);
+    daemon.spawn(|cancel| crate::perimeter::drain_events(events_rx, cancel));
+    expected_tasks += 1;
+    let pictures = daemon.pool().map(|p| p.stats_reader());
     match daemon.take_detections() {
         Some(rx) => {
             let pool = daemon.pool().expect("a pool with detections");
@@ -225,13 +229,11 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
                 .iter()
                 .filter_map(|c| pool.live_tracks_flag(&c.id).map(|f| (c.id.clone(), f)))
                 .collect();
-            let (events_tx, events_rx) = mpsc::channel(256);
             let config = std::sync::Arc::new(config.clone());
-            daemon.spawn(|cancel| {
-                crate::perimeter::run(config, rx, live, events_tx, Some(summary), cancel)
-            });
-            daemon.spawn(|cancel| crate::perimeter::drain_events(events_rx, cancel));
-            expected_tasks += 2;
+            let tx = events_tx.clone();
+            daemon
+                .spawn(|cancel| crate::perimeter::run(config, rx, live, tx, Some(summary), cancel));
+            expected_tasks += 1;
         }
         None => {
             for cam in &cameras {
@@ -240,6 +242,17 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
                 expected_tasks += 1;
             }
         }
+    }
+    for cam in &cameras {
+        let (c, site, p, h, tx) = (
+            cam.clone(),
+            config.site.id.clone(),
+            pictures.clone(),
+            config.health.clone(),
+            events_tx.clone(),
+        );
+        daemon.spawn(|cancel| crate::health::watch_camera(c, site, p, h, tx, cancel));
+        expected_tasks += 1;
     }
     for cam in cameras {
         daemon.spawn(|cancel| log_state_changes(cam, cancel));

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::camera::{Credentials, RtspUrl};
 pub use crate::detect::motion::MotionConfig;
 pub use crate::detect::runtime::ExecutionProvider;
+pub use crate::health::HealthConfig;
 use crate::rules::geometry::polygon_problem;
 use crate::rules::schedule::Schedule;
 pub use crate::rules::tripwire::Direction;
@@ -32,6 +33,8 @@ pub struct Config {
     pub detector: DetectorConfig,
     #[serde(default)]
     pub motion: MotionConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
     #[serde(default)]
@@ -844,6 +847,14 @@ impl Config {
         }
         if m.keepalive.is_zero() {
             v.err("motion.keepalive", "must be greater than zero");
+        }
+        for (k, d) in [
+            ("offline_grace", self.health.offline_grace),
+            ("tamper_after", self.health.tamper_after),
+        ] {
+            if d.is_zero() {
+                v.err(&format!("health.{k}"), "must be greater than zero");
+            }
         }
     }
 

@@ -9,6 +9,7 @@ pub mod camera;
 pub mod config;
 pub mod detect;
 pub mod events;
+pub mod health;
 pub mod perimeter;
 pub mod rules;
 pub mod telemetry;

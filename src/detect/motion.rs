@@ -70,6 +70,17 @@ pub enum InferReason {
     Keepalive,
 }
 
+/// What the last frame looked like, for tamper detection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PictureStats {
+    /// Mean gray level, 0-255.
+    pub mean: f32,
+    /// Standard deviation of the gray level across the picture.
+    pub spread: f32,
+    /// Mean absolute change per cell since the previous frame; exactly 0 for a repeated frame.
+    pub change: f32,
+}
+
 /// One camera's gate.
 pub struct MotionGate {
     cfg: MotionConfig,
@@ -78,6 +89,7 @@ pub struct MotionGate {
     grid: Option<Grid>,
     last_motion: Option<Instant>,
     last_inference: Option<Instant>,
+    picture: Option<PictureStats>,
 }
 
 struct Grid {
@@ -90,6 +102,7 @@ struct Grid {
     active: Vec<bool>,
     active_cells: usize,
     current: Vec<f32>,
+    previous: Vec<f32>,
 }
 
 impl MotionGate {
@@ -114,7 +127,13 @@ impl MotionGate {
             grid: None,
             last_motion: None,
             last_inference: None,
+            picture: None,
         }
+    }
+
+    /// Statistics of the last frame checked.
+    pub fn picture(&self) -> Option<PictureStats> {
+        self.picture
     }
 
     /// Decides about one frame, and learns it into the background.
@@ -127,9 +146,6 @@ impl MotionGate {
     }
 
     fn decide(&mut self, frame: &Frame, live_tracks: bool, now: Instant) -> GateDecision {
-        if !self.cfg.enabled {
-            return GateDecision::Infer(InferReason::Disabled);
-        }
         let fresh = match &self.grid {
             Some(g) => g.frame_w != frame.width || g.frame_h != frame.height,
             None => true,
@@ -138,12 +154,22 @@ impl MotionGate {
             let mut grid = Grid::new(frame.width, frame.height, &self.masks);
             grid.sample(frame);
             grid.background.clone_from(&grid.current);
+            grid.previous.clone_from(&grid.current);
             self.grid = Some(grid);
+        } else {
+            let grid = self.grid.as_mut().expect("grid");
+            std::mem::swap(&mut grid.previous, &mut grid.current);
+            grid.sample(frame);
+        }
+        let grid = self.grid.as_mut().expect("grid");
+        self.picture = Some(grid.picture(fresh));
+        if !self.cfg.enabled {
+            return GateDecision::Infer(InferReason::Disabled);
+        }
+        if fresh {
             self.last_motion = Some(now);
             return GateDecision::Infer(InferReason::First);
         }
-        let grid = self.grid.as_mut().expect("grid");
-        grid.sample(frame);
         let threshold = self.cfg.threshold as f32;
         let mut changed = 0usize;
         for i in 0..grid.current.len() {
@@ -201,6 +227,33 @@ impl Grid {
             active,
             active_cells,
             current: vec![0.0; w * h],
+            previous: vec![0.0; w * h],
+        }
+    }
+
+    fn picture(&self, first: bool) -> PictureStats {
+        let n = self.current.len().max(1) as f32;
+        let mean = self.current.iter().sum::<f32>() / n;
+        let var = self
+            .current
+            .iter()
+            .map(|v| (v - mean) * (v - mean))
+            .sum::<f32>()
+            / n;
+        let change = if first {
+            f32::NAN
+        } else {
+            self.current
+                .iter()
+                .zip(&self.previous)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f32>()
+                / n
+        };
+        PictureStats {
+            mean,
+            spread: var.sqrt(),
+            change,
         }
     }
 

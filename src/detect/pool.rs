@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::motion::{GateDecision, MotionConfig, MotionGate};
+use super::motion::{GateDecision, MotionConfig, MotionGate, PictureStats};
 use super::{DetectError, Detector, FrameDetections};
 use crate::camera::{Frame, FrameSlot};
 
@@ -60,6 +60,8 @@ struct CameraEntry {
     live_tracks: Arc<AtomicBool>,
     counters: CameraCounters,
     labels: [(&'static str, String); 1],
+    /// Statistics of the last frame a worker took (for tamper detection).
+    picture: Mutex<Option<PictureStats>>,
 }
 
 struct Shared {
@@ -77,6 +79,12 @@ struct Shared {
 pub struct PoolStats(Arc<Shared>);
 
 impl PoolStats {
+    /// What the camera's last inspected frame looked like.
+    pub fn picture(&self, camera: &str) -> Option<PictureStats> {
+        let e = self.0.cameras.iter().find(|e| &*e.cam.id == camera)?;
+        *e.picture.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn cameras(&self) -> Vec<Arc<str>> {
         self.0.cameras.iter().map(|e| e.cam.id.clone()).collect()
     }
@@ -124,6 +132,7 @@ impl DetectorPool {
                     gate: Mutex::new(MotionGate::new(motion.clone(), &cam.motion_masks)),
                     live_tracks: Arc::default(),
                     counters: CameraCounters::default(),
+                    picture: Mutex::new(None),
                     labels: [("camera", cam.id.to_string())],
                     cam,
                 })
@@ -251,6 +260,14 @@ fn worker(shared: Arc<Shared>, mut detector: Box<dyn Detector>) {
     }
 }
 
+fn gate_picture(entry: &CameraEntry) -> Option<PictureStats> {
+    entry
+        .gate
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .picture()
+}
+
 fn process(shared: &Shared, detector: &mut dyn Detector, index: usize, frame: Arc<Frame>) {
     let entry = &shared.cameras[index];
     let taken = Instant::now();
@@ -261,6 +278,9 @@ fn process(shared: &Shared, detector: &mut dyn Detector, index: usize, frame: Ar
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .check(&frame, live, taken);
+    if let Some(p) = gate_picture(entry) {
+        *entry.picture.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    }
     if decision == GateDecision::Skip {
         entry
             .counters

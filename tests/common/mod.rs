@@ -26,6 +26,8 @@ pub enum Source {
     Clip { path: PathBuf, fps: u32 },
     /// A live H.265 test pattern.
     PatternH265 { width: u32, height: u32, fps: u32 },
+    /// A live H.264 test pattern of one of videotestsrc's patterns ("black", "smpte", ...), 640x360.
+    Named { pattern: &'static str },
     /// A live MJPEG test pattern.
     PatternMjpeg { width: u32, height: u32, fps: u32 },
 }
@@ -66,6 +68,11 @@ fn launch_line(source: &Source) -> String {
             "( videotestsrc is-live=true pattern=ball ! video/x-raw,format=I420,width={width},height={height},framerate={fps}/1 \
              ! valve name=stall drop=false \
              ! x265enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} ! rtph265pay name=pay0 pt=96 )"
+        ),
+        Source::Named { pattern } => format!(
+            "( videotestsrc is-live=true pattern={pattern} ! video/x-raw,format=I420,width=640,height=360,framerate=10/1 \
+             ! valve name=stall drop=false \
+             ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 ! rtph264pay name=pay0 pt=96 )"
         ),
         Source::PatternMjpeg { width, height, fps } => format!(
             "( videotestsrc is-live=true pattern=ball ! video/x-raw,format=I420,width={width},height={height},framerate={fps}/1 \
