@@ -35,6 +35,10 @@ pub struct Daemon {
     model: Option<VerifiedModel>,
     pool: Option<DetectorPool>,
     detections: Option<mpsc::Receiver<FrameDetections>>,
+    rule_commands: (
+        mpsc::Sender<crate::perimeter::RuleCommand>,
+        Option<mpsc::Receiver<crate::perimeter::RuleCommand>>,
+    ),
 }
 
 /// How shutdown went.
@@ -102,6 +106,10 @@ impl Daemon {
             model,
             pool,
             detections,
+            rule_commands: {
+                let (tx, rx) = mpsc::channel(16);
+                (tx, Some(rx))
+            },
         })
     }
 
@@ -115,6 +123,16 @@ impl Daemon {
 
     pub fn pool(&self) -> Option<&DetectorPool> {
         self.pool.as_ref()
+    }
+
+    /// Where run-time rule commands (arm, disarm, list) go.
+    pub fn rule_commands(&self) -> mpsc::Sender<crate::perimeter::RuleCommand> {
+        self.rule_commands.0.clone()
+    }
+
+    /// The receiving end of the rule commands (once), for the perimeter stage.
+    pub fn take_rule_commands(&mut self) -> Option<mpsc::Receiver<crate::perimeter::RuleCommand>> {
+        self.rule_commands.1.take()
     }
 
     /// The detector pool's results (once; `None` without a model or when already taken).
@@ -229,10 +247,18 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
                 .iter()
                 .filter_map(|c| pool.live_tracks_flag(&c.id).map(|f| (c.id.clone(), f)))
                 .collect();
+            if let Err(e) = std::fs::create_dir_all(&config.state.dir) {
+                warn!(dir = %config.state.dir.display(), error = %e, "state directory not usable");
+            }
+            let io = crate::perimeter::PerimeterIo {
+                live_tracks: live,
+                events: events_tx.clone(),
+                summary: Some(summary),
+                commands: daemon.take_rule_commands(),
+                arming: Some(crate::perimeter::ArmingStore::new(&config.state.dir)),
+            };
             let config = std::sync::Arc::new(config.clone());
-            let tx = events_tx.clone();
-            daemon
-                .spawn(|cancel| crate::perimeter::run(config, rx, live, tx, Some(summary), cancel));
+            daemon.spawn(|cancel| crate::perimeter::run(config, rx, io, cancel));
             expected_tasks += 1;
         }
         None => {

@@ -36,6 +36,8 @@ pub struct Config {
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
     pub logging: LoggingConfig,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
@@ -266,6 +268,22 @@ impl DetectorConfig {
                 .map(|n| n.get())
                 .unwrap_or(1),
             n => n,
+        }
+    }
+}
+
+/// `[state]`: where the daemon keeps what must survive a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Default: "/var/lib/kinderwatch" (systemd's StateDirectory=); created if missing.
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/kinderwatch"),
         }
     }
 }
@@ -576,6 +594,7 @@ impl Config {
         if let Some(m) = &mut self.detector.onnxruntime {
             resolve(m);
         }
+        resolve(&mut self.state.dir);
         for cam in &mut self.cameras {
             if let Some(f) = &mut cam.password_file {
                 resolve(f);

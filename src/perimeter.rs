@@ -3,14 +3,16 @@
 //! snapshot (the track's best frame, drawn on). Runs as one task; snapshots are encoded off the
 //! async workers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -125,15 +127,92 @@ struct CameraRules {
     live_tracks: Option<Arc<AtomicBool>>,
 }
 
-/// Runs tracking and rules over the pool's results until cancelled; events go to `events`.
+/// A command to the rules at run time (from the API or MQTT).
+#[derive(Debug)]
+pub enum RuleCommand {
+    /// Arms or disarms a rule; the choice is saved and survives a restart.
+    SetArmed {
+        rule: String,
+        armed: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Every rule with its state.
+    List {
+        reply: oneshot::Sender<Vec<RuleStatus>>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RuleStatus {
+    pub id: String,
+    pub camera: String,
+    pub armed: bool,
+    /// Armed and inside its schedule right now.
+    pub active: bool,
+}
+
+/// Run-time arming choices, saved as JSON in the state directory (written atomically).
+#[derive(Debug, Clone)]
+pub struct ArmingStore {
+    path: PathBuf,
+}
+
+impl ArmingStore {
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            path: state_dir.join("arming.json"),
+        }
+    }
+
+    pub fn load(&self) -> Result<BTreeMap<String, bool>, String> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{}: not valid arming state ({e}); delete it to reset",
+                    self.path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(format!("{}: {e}", self.path.display())),
+        }
+    }
+
+    pub fn save(&self, state: &BTreeMap<String, bool>) -> Result<(), String> {
+        let tmp = self.path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(state).expect("a map of bools serialises"))?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        write().map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+}
+
+/// What the perimeter stage talks to besides the detections.
+pub struct PerimeterIo {
+    /// Per camera: the flag that keeps the camera inferred while it has live tracks.
+    pub live_tracks: HashMap<Arc<str>, Arc<AtomicBool>>,
+    pub events: mpsc::Sender<RecordedEvent>,
+    pub summary: Option<DetectionSummary>,
+    pub commands: Option<mpsc::Receiver<RuleCommand>>,
+    pub arming: Option<ArmingStore>,
+}
+
+/// Runs tracking and rules over the pool's results until cancelled; events go to `io.events`.
 pub async fn run(
     config: Arc<Config>,
     mut detections: mpsc::Receiver<FrameDetections>,
-    live_tracks: HashMap<Arc<str>, Arc<AtomicBool>>,
-    events: mpsc::Sender<RecordedEvent>,
-    mut summary: Option<DetectionSummary>,
+    io: PerimeterIo,
     cancel: CancellationToken,
 ) {
+    let PerimeterIo {
+        live_tracks,
+        events,
+        mut summary,
+        mut commands,
+        arming,
+    } = io;
     let mut tick = tokio::time::interval(SUMMARY_PERIOD);
     tick.tick().await;
     let mut cameras: HashMap<Arc<str>, CameraRules> = HashMap::new();
@@ -153,6 +232,23 @@ pub async fn run(
             Err(e) => warn!(camera = %cam.id, error = %e, "rules not built; camera has no rules"),
         }
     }
+    let mut armed_state = match arming.as_ref().map(ArmingStore::load) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            warn!(error = %e, "run-time arming state not loaded; using the config's armed flags");
+            BTreeMap::new()
+        }
+        None => BTreeMap::new(),
+    };
+    armed_state.retain(|rule, armed| {
+        let known = cameras
+            .values_mut()
+            .any(|c| c.engine.set_armed(rule, *armed));
+        if known {
+            info!(rule = %rule, armed = *armed, "run-time arming restored");
+        }
+        known
+    });
     loop {
         let r = tokio::select! {
             biased;
@@ -161,6 +257,10 @@ pub async fn run(
                 if let Some(s) = &mut summary {
                     s.flush();
                 }
+                continue;
+            }
+            Some(cmd) = async { match commands.as_mut() { Some(c) => c.recv().await, None => std::future::pending().await } } => {
+                handle_command(cmd, &mut cameras, &mut armed_state, arming.as_ref());
                 continue;
             }
             r = detections.recv() => match r { Some(r) => r, None => return },
@@ -191,6 +291,49 @@ pub async fn run(
                 metrics::counter!("kinderwatch_events_dropped_total", "camera" => r.frame.camera.to_string()).increment(1);
                 warn!(camera = %r.frame.camera, "event queue full: event not recorded");
             }
+        }
+    }
+}
+
+fn handle_command(
+    cmd: RuleCommand,
+    cameras: &mut HashMap<Arc<str>, CameraRules>,
+    armed_state: &mut BTreeMap<String, bool>,
+    arming: Option<&ArmingStore>,
+) {
+    match cmd {
+        RuleCommand::SetArmed { rule, armed, reply } => {
+            let known = cameras
+                .values_mut()
+                .any(|c| c.engine.set_armed(&rule, armed));
+            let result = if !known {
+                Err(format!("no rule {rule:?}"))
+            } else {
+                armed_state.insert(rule.clone(), armed);
+                let saved = arming.map(|a| a.save(armed_state)).transpose().map(|_| ());
+                if let Err(e) = &saved {
+                    warn!(rule = %rule, error = %e, "run-time arming not saved; it is lost on restart");
+                }
+                info!(rule = %rule, armed, "rule armed state changed");
+                saved
+            };
+            let _ = reply.send(result);
+        }
+        RuleCommand::List { reply } => {
+            let now = Timestamp::now();
+            let mut list: Vec<RuleStatus> = cameras
+                .iter()
+                .flat_map(|(camera, c)| {
+                    c.engine.rules().iter().map(move |r| RuleStatus {
+                        id: r.id.to_string(),
+                        camera: camera.to_string(),
+                        armed: c.engine.is_armed(r),
+                        active: c.engine.is_active(r, now),
+                    })
+                })
+                .collect();
+            list.sort_by(|a, b| a.id.cmp(&b.id));
+            let _ = reply.send(list);
         }
     }
 }

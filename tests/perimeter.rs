@@ -62,12 +62,17 @@ async fn one_run(server: &RtspTestServer) -> (Vec<RecordedEvent>, bool) {
     let mut pool_rx = daemon.take_detections().unwrap();
     let (tx, rx) = mpsc::channel(FRAMES + 1);
     let (events_tx, mut events_rx) = mpsc::channel(1000);
+    let io = perimeter::PerimeterIo {
+        live_tracks: HashMap::new(),
+        events: events_tx,
+        summary: None,
+        commands: None,
+        arming: None,
+    };
     let stage = tokio::spawn(perimeter::run(
         config.clone(),
         rx,
-        HashMap::new(),
-        events_tx,
-        None,
+        io,
         CancellationToken::new(),
     ));
     // The first FRAMES inferred frames; a dropped frame (one replaced in the camera's slot while

@@ -1,0 +1,165 @@
+//! Run-time arming through the rule command channel, saved in the state directory so that it
+//! survives a restart of the perimeter stage.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use kinderwatch::camera::Frame;
+use kinderwatch::config::Config;
+use kinderwatch::detect::{BBox, Detection, FrameDetections};
+use kinderwatch::events::EventKind;
+use kinderwatch::perimeter::{self, ArmingStore, PerimeterIo, RecordedEvent, RuleCommand};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+const CONFIG: &str = r#"
+[site]
+id = "kg"
+[[cameras]]
+id = "gate"
+url = "rtsp://127.0.0.1/x"
+[[rules]]
+id = "fence"
+camera = "gate"
+kind = "tripwire"
+line = [[0.0, 0.5], [1.0, 0.5]]
+cooldown = "0s"
+"#;
+
+struct Stage {
+    detections: mpsc::Sender<FrameDetections>,
+    commands: mpsc::Sender<RuleCommand>,
+    events: mpsc::Receiver<RecordedEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(state_dir: &Path) -> Stage {
+    let config = Arc::new(Config::from_toml(CONFIG, Path::new("t.toml"), Path::new(".")).unwrap());
+    let (detections, rx) = mpsc::channel(64);
+    let (commands, cmd_rx) = mpsc::channel(4);
+    let (events_tx, events) = mpsc::channel(64);
+    let io = PerimeterIo {
+        live_tracks: HashMap::new(),
+        events: events_tx,
+        summary: None,
+        commands: Some(cmd_rx),
+        arming: Some(ArmingStore::new(state_dir)),
+    };
+    let task = tokio::spawn(perimeter::run(config, rx, io, CancellationToken::new()));
+    Stage {
+        detections,
+        commands,
+        events,
+        task,
+    }
+}
+
+/// A person walking down across the line (one frame per 200 ms), from `t0`.
+async fn walk(stage: &mut Stage, t0: SystemTime) -> Vec<RecordedEvent> {
+    for i in 0..20u64 {
+        let y = 0.2 + 0.03 * i as f32;
+        let frame = Arc::new(Frame {
+            camera: "gate".into(),
+            seq: i + 1,
+            captured_at: t0 + Duration::from_millis(200 * i),
+            captured: Instant::now(),
+            width: 64,
+            height: 48,
+            rgb: vec![100; 64 * 48 * 3],
+        });
+        let d = Detection {
+            class_id: 0,
+            label: "person".into(),
+            score: 0.9,
+            bbox: BBox::new(0.45, y - 0.2, 0.55, y),
+        };
+        stage
+            .detections
+            .send(FrameDetections {
+                frame,
+                detections: vec![d],
+                inference: Duration::ZERO,
+                queue_wait: Duration::ZERO,
+            })
+            .await
+            .unwrap();
+    }
+    // Let the stage drain.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut out = vec![];
+    while let Ok(e) = stage.events.try_recv() {
+        out.push(e);
+    }
+    out
+}
+
+async fn set_armed(stage: &Stage, rule: &str, armed: bool) -> Result<(), String> {
+    let (reply, rx) = oneshot::channel();
+    stage
+        .commands
+        .send(RuleCommand::SetArmed {
+            rule: rule.into(),
+            armed,
+            reply,
+        })
+        .await
+        .unwrap();
+    rx.await.unwrap()
+}
+
+async fn armed(stage: &Stage) -> bool {
+    let (reply, rx) = oneshot::channel();
+    stage
+        .commands
+        .send(RuleCommand::List { reply })
+        .await
+        .unwrap();
+    let list = rx.await.unwrap();
+    assert_eq!(list.len(), 1);
+    list[0].armed
+}
+
+#[tokio::test]
+async fn disarming_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = SystemTime::now();
+    let mut stage = start(dir.path());
+    assert!(armed(&stage).await);
+    let events = walk(&mut stage, t0).await;
+    assert_eq!(events.len(), 1, "armed: one crossing");
+    assert_eq!(events[0].event.kind, EventKind::LineCrossed);
+
+    set_armed(&stage, "fence", false).await.unwrap();
+    assert!(
+        set_armed(&stage, "no-such-rule", false)
+            .await
+            .unwrap_err()
+            .contains("no rule")
+    );
+    assert!(!armed(&stage).await);
+    assert!(
+        walk(&mut stage, t0 + Duration::from_secs(60))
+            .await
+            .is_empty(),
+        "disarmed: silent"
+    );
+    drop(stage.detections);
+    stage.task.await.unwrap();
+
+    // A new stage (a restarted daemon) reads the choice back.
+    let mut stage = start(dir.path());
+    assert!(!armed(&stage).await, "still disarmed after the restart");
+    assert!(
+        walk(&mut stage, t0 + Duration::from_secs(120))
+            .await
+            .is_empty()
+    );
+    set_armed(&stage, "fence", true).await.unwrap();
+    assert_eq!(
+        walk(&mut stage, t0 + Duration::from_secs(180)).await.len(),
+        1
+    );
+    assert!(dir.path().join("arming.json").is_file());
+}
