@@ -260,26 +260,17 @@ fn worker(shared: Arc<Shared>, mut detector: Box<dyn Detector>) {
     }
 }
 
-fn gate_picture(entry: &CameraEntry) -> Option<PictureStats> {
-    entry
-        .gate
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .picture()
-}
-
 fn process(shared: &Shared, detector: &mut dyn Detector, index: usize, frame: Arc<Frame>) {
     let entry = &shared.cameras[index];
     let taken = Instant::now();
     let queue_wait = taken.saturating_duration_since(frame.captured);
     let live = entry.live_tracks.load(Ordering::Relaxed);
-    let decision = entry
-        .gate
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .check(&frame, live, taken);
-    if let Some(p) = gate_picture(entry) {
-        *entry.picture.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    let (decision, picture) = {
+        let mut gate = entry.gate.lock().unwrap_or_else(|e| e.into_inner());
+        (gate.check(&frame, live, taken), gate.picture())
+    };
+    if picture.is_some() {
+        *entry.picture.lock().unwrap_or_else(|e| e.into_inner()) = picture;
     }
     if decision == GateDecision::Skip {
         entry
