@@ -98,14 +98,13 @@ pub fn nanodet(
                     }
                     *d = expected_bin(&mut dist) * stride as f32;
                 }
-                let (x1, y1) = placement.to_frame(cx - side[0], cy - side[1]);
-                let (x2, y2) = placement.to_frame(cx + side[2], cy + side[3]);
-                found.push(Detection {
-                    class_id: class as u32,
-                    label: labels[class].clone(),
+                found.push(detection(
+                    labels,
+                    class,
                     score,
-                    bbox: BBox::new(x1, y1, x2, y2).clamped(),
-                });
+                    placement.to_frame(cx - side[0], cy - side[1]),
+                    placement.to_frame(cx + side[2], cy + side[3]),
+                ));
             }
         }
     }
@@ -161,14 +160,13 @@ pub fn ssd(
         if scores[i] < params.min_score || !params.keeps(class) || class >= labels.len() {
             continue;
         }
-        let (x1, y1) = placement.norm_to_frame(boxes[[0, i, 1]], boxes[[0, i, 0]]);
-        let (x2, y2) = placement.norm_to_frame(boxes[[0, i, 3]], boxes[[0, i, 2]]);
-        found.push(Detection {
-            class_id: class as u32,
-            label: labels[class].clone(),
-            score: scores[i],
-            bbox: BBox::new(x1, y1, x2, y2).clamped(),
-        });
+        found.push(detection(
+            labels,
+            class,
+            scores[i],
+            placement.norm_to_frame(boxes[[0, i, 1]], boxes[[0, i, 0]]),
+            placement.norm_to_frame(boxes[[0, i, 3]], boxes[[0, i, 2]]),
+        ));
     }
     // The model already suppressed overlaps; this only sorts and caps.
     Ok(nms(found, 1.0, params.max_detections))
@@ -206,17 +204,32 @@ pub fn yolo(
                 continue;
             }
             let (cx, cy, w, h) = (out[[0, i]], out[[1, i]], out[[2, i]], out[[3, i]]);
-            let (x1, y1) = placement.to_frame(cx - w / 2.0, cy - h / 2.0);
-            let (x2, y2) = placement.to_frame(cx + w / 2.0, cy + h / 2.0);
-            found.push(Detection {
-                class_id: class as u32,
-                label: labels[class].clone(),
+            found.push(detection(
+                labels,
+                class,
                 score,
-                bbox: BBox::new(x1, y1, x2, y2).clamped(),
-            });
+                placement.to_frame(cx - w / 2.0, cy - h / 2.0),
+                placement.to_frame(cx + w / 2.0, cy + h / 2.0),
+            ));
         }
     }
     Ok(nms(found, params.nms_iou, params.max_detections))
+}
+
+/// A detection from two corners in normalised frame coordinates, clipped to the frame.
+fn detection(
+    labels: &[Arc<str>],
+    class: usize,
+    score: f32,
+    (x1, y1): (f32, f32),
+    (x2, y2): (f32, f32),
+) -> Detection {
+    Detection {
+        class_id: class as u32,
+        label: labels[class].clone(),
+        score,
+        bbox: BBox::new(x1, y1, x2, y2).clamped(),
+    }
 }
 
 /// Greedy non-maximum suppression per class, highest score first; at most `max` survive.

@@ -21,7 +21,7 @@ use super::tripwire::{Crossing, Direction, Tripwire, TripwireState};
 use super::zone::{Zone, ZoneChange, ZoneState};
 use crate::detect::BBox;
 
-/// What happened, as events name it.
+/// What happened (events name it: `crate::events::EventKind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HitKind {
@@ -29,17 +29,6 @@ pub enum HitKind {
     ZoneEntered,
     ZoneLeft,
     Loitering,
-}
-
-impl HitKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::LineCrossed => "line_crossed",
-            Self::ZoneEntered => "zone_entered",
-            Self::ZoneLeft => "zone_left",
-            Self::Loitering => "loitering",
-        }
-    }
 }
 
 /// The geometry a rule tests, drawn on its snapshots.
