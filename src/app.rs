@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::{ApiState, CameraView};
+use crate::store::Store;
+use crate::store::recorder::{RecorderSettings, StoreStatus};
 
 use crate::camera::CameraHandle;
 use crate::camera::supervisor::CameraSupervisor;
@@ -228,15 +232,74 @@ pub async fn report_frames(camera: CameraHandle, period: Duration, cancel: Cance
     }
 }
 
+/// Opens the event store in `<state.dir>/events.db`, off the async workers.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let dir = config.state.dir.join(crate::store::DB_DIR);
+    let store_config = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir, &store_config))
+        .await
+        .context("store open task failed")??;
+    let stats = crate::store::recorder::publish_stats(&store)?;
+    info!(dir = %store.dir().display(), events = stats.events, outbox = stats.outbox,
+          disk_mb = stats.disk_bytes / (1024 * 1024), "event store open");
+    Ok(store)
+}
+
 /// Runs the daemon until SIGINT/SIGTERM, or until `stop_after` has passed (the demo).
 pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result<()> {
     info!(summary = %config.summary(), "starting kinderwatch {}", env!("CARGO_PKG_VERSION"));
+    let metrics_handle = crate::telemetry::install_metrics();
+    let store = open_store(&config).await?;
+    let listener = match config.api.enabled {
+        true => Some(crate::api::bind(config.api.listen).await?),
+        false => None,
+    };
     let mut daemon = Daemon::start(&config).await?;
     let cameras = daemon.cameras().to_vec();
     let mut expected_tasks = config.enabled_cameras().count();
     let (events_tx, events_rx) = mpsc::channel(256);
-    daemon.spawn(|cancel| crate::perimeter::drain_events(events_rx, cancel));
-    expected_tasks += 1;
+    let (store_status_tx, store_status) = watch::channel(StoreStatus::Ok);
+    metrics::gauge!("kinderwatch_store_up").set(1.0);
+    let settings = RecorderSettings {
+        site: config.site.id.clone(),
+        config: config.store.clone(),
+        outbox: false,
+    };
+    let s = store.clone();
+    daemon.spawn(|cancel| {
+        crate::store::recorder::run(s, settings, events_rx, store_status_tx, cancel)
+    });
+    let (s, c) = (store.clone(), config.store.clone());
+    daemon.spawn(|cancel| crate::store::recorder::run_retention(s, c, cancel));
+    expected_tasks += 2;
+    if let Some(h) = metrics_handle.clone() {
+        daemon.spawn(|cancel| crate::telemetry::metrics_upkeep(h, cancel));
+        expected_tasks += 1;
+    }
+    let rule_commands = daemon.pool().is_some().then(|| daemon.rule_commands());
+    if let Some(listener) = listener {
+        let state = ApiState {
+            site: config.site.id.as_str().into(),
+            store: store.clone(),
+            store_status: store_status.clone(),
+            cameras: std::sync::Arc::new(cameras.iter().map(CameraView::from).collect()),
+            rules: rule_commands,
+            metrics: metrics_handle,
+            tokens: crate::api::Tokens::new(&config.api.tokens),
+            request_timeout: config.api.request_timeout,
+        };
+        if config.api.tokens.is_empty() {
+            warn!(
+                "no [[api.tokens]] configured: the HTTP API answers only /healthz; `kinderwatch token` makes one"
+            );
+        }
+        daemon.spawn(|cancel| async move {
+            if let Err(e) = crate::api::serve(listener, state, cancel).await {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+        expected_tasks += 1;
+    }
     let pictures = daemon.pool().map(|p| p.stats_reader());
     match daemon.take_detections() {
         Some(rx) => {

@@ -38,6 +38,10 @@ pub struct Config {
     #[serde(default)]
     pub state: StateConfig,
     #[serde(default)]
+    pub store: crate::store::StoreConfig,
+    #[serde(default)]
+    pub api: crate::api::ApiConfig,
+    #[serde(default)]
     pub logging: LoggingConfig,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
@@ -628,6 +632,7 @@ impl Config {
             );
         }
         self.validate_detector(&mut v);
+        self.validate_store_and_api(&mut v);
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             v.err(
                 "logging.level",
@@ -822,6 +827,46 @@ impl Config {
                     "exceptions"
                 };
                 v.err(&key(k), e);
+            }
+        }
+    }
+
+    fn validate_store_and_api(&self, v: &mut Validator) {
+        let s = &self.store;
+        if s.max_pending == 0 {
+            v.err(
+                "store.max_pending",
+                "use at least 1 (events held while the disk is full)",
+            );
+        }
+        if s.retention_interval < Duration::from_secs(1) {
+            v.err("store.retention_interval", "use at least 1s, e.g. \"10m\"");
+        }
+        if s.write_timeout < Duration::from_millis(100) {
+            v.err("store.write_timeout", "use at least 100ms, e.g. \"10s\"");
+        }
+        let a = &self.api;
+        if a.request_timeout < Duration::from_millis(100) {
+            v.err("api.request_timeout", "use at least 100ms, e.g. \"10s\"");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in a.tokens.iter().enumerate() {
+            if t.name.trim().is_empty() {
+                v.err(
+                    &format!("api.tokens[{i}].name"),
+                    "give the token holder's name",
+                );
+            } else if !names.insert(t.name.as_str()) {
+                v.err(
+                    &format!("api.tokens[{i}].name"),
+                    format!("{:?} is used twice; names must be unique", t.name),
+                );
+            }
+            if !crate::api::auth::is_sha256_hex(t.sha256.trim()) {
+                v.err(
+                    &format!("api.tokens[{i}].sha256"),
+                    "not a SHA-256 in hex (64 digits); `kinderwatch token` makes a token and its hash",
+                );
             }
         }
     }

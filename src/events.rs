@@ -13,7 +13,7 @@ use imageproc::drawing::{
 };
 use imageproc::rect::Rect;
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::camera::Frame;
@@ -22,7 +22,7 @@ use crate::rules::engine::{HitKind, RuleShape};
 use crate::rules::tripwire::Crossing;
 
 /// Every kind of event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     LineCrossed,
@@ -32,6 +32,10 @@ pub enum EventKind {
     CameraOffline,
     CameraOnline,
     CameraTampered,
+    /// The event store cannot write (disk full, write stalled); events wait in memory.
+    StorageFailed,
+    /// The event store writes again; the events that waited are recorded.
+    StorageRecovered,
 }
 
 impl From<HitKind> for EventKind {
@@ -55,12 +59,14 @@ impl EventKind {
             Self::CameraOffline => "camera_offline",
             Self::CameraOnline => "camera_online",
             Self::CameraTampered => "camera_tampered",
+            Self::StorageFailed => "storage_failed",
+            Self::StorageRecovered => "storage_recovered",
         }
     }
 }
 
 /// The object that fired a rule.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventObject {
     pub class: String,
     pub score: f32,
@@ -68,31 +74,40 @@ pub struct EventObject {
     pub bbox: BBox,
     pub track_id: u64,
     /// For `line_crossed`: the side the object crossed to.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crossing: Option<Crossing>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub id: Uuid,
     pub kind: EventKind,
     pub site: String,
-    pub camera: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `None` for site-wide events (storage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<EventObject>,
     /// When the object was first seen (rule events) or the condition began (health events).
     pub started_at: Timestamp,
     /// When the event happened.
     pub time: Timestamp,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
 impl Event {
     /// A new event with a fresh UUID v7 whose timestamp is the event time.
     pub fn new(kind: EventKind, site: &str, camera: &str, time: Timestamp) -> Self {
+        let mut e = Self::site_event(kind, site, time);
+        e.camera = Some(camera.to_owned());
+        e
+    }
+
+    /// A site-wide event (no camera).
+    pub fn site_event(kind: EventKind, site: &str, time: Timestamp) -> Self {
         let ts = uuid::Timestamp::from_unix(
             uuid::NoContext,
             time.as_second().max(0) as u64,
@@ -102,7 +117,7 @@ impl Event {
             id: Uuid::new_v7(ts),
             kind,
             site: site.to_owned(),
-            camera: camera.to_owned(),
+            camera: None,
             rule: None,
             object: None,
             started_at: time,

@@ -4,14 +4,17 @@
 //! → tracking and rules → events → store → alerts and API. [`app`] wires the stages together and
 //! supervises them; [`config`] is the one TOML file that describes a site.
 
+pub mod api;
 pub mod app;
 pub mod camera;
 pub mod config;
 pub mod detect;
 pub mod events;
 pub mod health;
+pub mod history;
 pub mod perimeter;
 pub mod rules;
+pub mod store;
 pub mod telemetry;
 
 /// Initialises GStreamer once; safe to call from many threads and tests.

@@ -64,8 +64,67 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
     },
+    /// Print recorded events, newest first: from the running daemon's API, or with --db from a
+    /// stopped daemon's state directory.
+    Events {
+        /// Events of the last DURATION (e.g. 2h, 30m, 7days).
+        #[arg(long, conflicts_with = "from")]
+        since: Option<String>,
+        /// From this time (RFC 3339, e.g. 2026-11-22T08:00:00Z).
+        #[arg(long)]
+        from: Option<String>,
+        /// Until this time (RFC 3339, exclusive).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        camera: Option<String>,
+        /// line_crossed, zone_entered, zone_left, loitering, camera_offline, camera_online,
+        /// camera_tampered, storage_failed, storage_recovered.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        rule: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        format: CliFormat,
+        /// Read this state directory (or events.db) directly; the daemon must be stopped.
+        #[arg(long, conflicts_with_all = ["api", "config"])]
+        db: Option<PathBuf>,
+        /// The daemon's API, e.g. http://127.0.0.1:8080 (default: api.listen from --config).
+        #[arg(long)]
+        api: Option<String>,
+        /// Config file to take api.listen from.
+        #[arg(long, short, default_value = "/etc/kinderwatch/kinderwatch.toml")]
+        config: PathBuf,
+        /// File holding the API token (default: the KINDERWATCH_TOKEN environment variable).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Make a new API token; print it once, with the [[api.tokens]] entry (its hash) for the config.
+    Token {
+        /// Who will hold the token.
+        #[arg(long, default_value = "operator")]
+        name: String,
+        #[arg(long, value_enum, default_value = "read")]
+        role: CliRole,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CliFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CliRole {
+    Read,
+    Admin,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -106,6 +165,80 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::Token { name, role } => {
+            let (token, hash) = kinderwatch::api::auth::new_token();
+            let role = match role {
+                CliRole::Read => "read",
+                CliRole::Admin => "admin",
+            };
+            eprintln!("# Give this token to {name} (it is shown only now):");
+            println!("{token}");
+            eprintln!("# Add this to the config ([api] section):");
+            eprintln!("[[api.tokens]]\nname = {name:?}\nrole = \"{role}\"\nsha256 = \"{hash}\"");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events {
+            since,
+            from,
+            to,
+            camera,
+            kind,
+            rule,
+            limit,
+            format,
+            db,
+            api,
+            config,
+            token_file,
+        } => {
+            let mut query = Vec::new();
+            for (k, v) in [
+                ("since", since),
+                ("from", from),
+                ("to", to),
+                ("camera", camera),
+                ("kind", kind),
+                ("rule", rule),
+            ] {
+                if let Some(v) = v {
+                    query.push((k.to_owned(), v));
+                }
+            }
+            let source = match db {
+                Some(dir) => kinderwatch::history::Source::Db(dir),
+                None => {
+                    let base = match api {
+                        Some(a) => a,
+                        None => {
+                            let c = Config::load(&config).with_context(
+                                || "give --api URL, or a readable --config to take api.listen from",
+                            )?;
+                            format!("http://{}", c.api.listen)
+                        }
+                    };
+                    let token = match token_file {
+                        Some(f) => std::fs::read_to_string(&f)
+                            .with_context(|| format!("--token-file {}", f.display()))?
+                            .trim()
+                            .to_owned(),
+                        None => std::env::var("KINDERWATCH_TOKEN").map_err(|_| {
+                            anyhow::anyhow!(
+                                "no API token: set KINDERWATCH_TOKEN or give --token-file (`kinderwatch token` makes one)"
+                            )
+                        })?,
+                    };
+                    kinderwatch::history::Source::Api { base, token }
+                }
+            };
+            let events = kinderwatch::history::fetch(&source, &query, limit.max(1))?;
+            let format = match format {
+                CliFormat::Table => kinderwatch::history::Format::Table,
+                CliFormat::Json => kinderwatch::history::Format::Json,
+                CliFormat::Csv => kinderwatch::history::Format::Csv,
+            };
+            kinderwatch::history::print(&events, format, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { config } => {
             let config = Config::load(&config)?;
             start_daemon(config, None)

@@ -284,7 +284,7 @@ pub async fn run(
         for hit in hits {
             let recorded = build_event(&config, cam, &r.frame.camera, &hit).await;
             let e = &recorded.event;
-            info!(event_id = %e.id, kind = e.kind.as_str(), camera = %e.camera, rule = e.rule.as_deref().unwrap_or(""),
+            info!(event_id = %e.id, kind = e.kind.as_str(), camera = e.camera.as_deref().unwrap_or(""), rule = e.rule.as_deref().unwrap_or(""),
                   track = hit.track_id, score = format!("{:.2}", hit.score),
                   snapshot_bytes = recorded.snapshot.as_ref().map_or(0, Vec::len), "event");
             if events.try_send(recorded).is_err() {
@@ -383,24 +383,6 @@ async fn build_event(
         None => None,
     };
     RecordedEvent { event, snapshot }
-}
-
-/// Logs recorded events' counts; the stand-in consumer until the store takes them.
-pub async fn drain_events(mut rx: mpsc::Receiver<RecordedEvent>, cancel: CancellationToken) {
-    let mut n = 0u64;
-    loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            e = rx.recv() => match e {
-                Some(_) => { n += 1; metrics::counter!("kinderwatch_events_total").increment(1); }
-                None => return,
-            },
-        }
-        if n.is_multiple_of(100) {
-            debug!(events = n, "events so far");
-        }
-    }
 }
 
 /// The default period of the detection summary log.

@@ -27,3 +27,32 @@ pub fn init(format: LogFormat, level: &str) {
     // A second init (tests, demo after check) keeps the first subscriber.
     let _ = result;
 }
+
+/// Installs the Prometheus recorder (once per process) and returns its handle for `/metrics`.
+/// `None` when another recorder was installed first (some tests install their own).
+pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| tracing::debug!(error = %e, "Prometheus recorder not installed"))
+                .ok()
+        })
+        .clone()
+}
+
+/// Keeps the Prometheus histograms' windows current; runs until `cancel`.
+pub async fn metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}

@@ -67,7 +67,7 @@ async fn dropped_camera_goes_offline_after_the_grace_and_online_on_return() {
         .await
         .expect("camera_offline");
     assert_eq!(off.event.kind, EventKind::CameraOffline);
-    assert_eq!(off.event.camera, "door");
+    assert_eq!(off.event.camera.as_deref(), Some("door"));
     assert!(off.event.started_at < off.event.time, "{:?}", off.event);
     // Reported once while it stays down.
     assert!(next_event(&mut rx, Duration::from_secs(3)).await.is_none());

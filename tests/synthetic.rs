@@ -218,7 +218,10 @@ async fn one_walk_gives_one_crossing_one_entry_one_loitering() {
 
     let mut by_camera: BTreeMap<String, Vec<RecordedEvent>> = BTreeMap::new();
     while let Ok(e) = events_rx.try_recv() {
-        by_camera.entry(e.event.camera.clone()).or_default().push(e);
+        by_camera
+            .entry(e.event.camera.clone().unwrap_or_default())
+            .or_default()
+            .push(e);
     }
     let armed = by_camera.remove("armed").unwrap_or_default();
     let mut kinds: Vec<EventKind> = armed.iter().map(|e| e.event.kind).collect();

@@ -23,7 +23,7 @@ pub enum Direction {
 }
 
 /// The side an object crossed *to*.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Crossing {
     Left,

@@ -1,0 +1,166 @@
+//! The operators' HTTP API (axum): event history, snapshots, cameras, rules, health, metrics.
+//!
+//! Bound to `api.listen` (default loopback). Every route but `/healthz` needs a bearer token
+//! (see [`auth`]); arming and disarming need the admin role. Requests time out after
+//! `api.request_timeout` and bodies are capped at [`MAX_BODY`]. Store reads run on the blocking
+//! pool. The API never touches cameras: it reads their status through watch channels and sends
+//! rule commands to the perimeter stage.
+
+pub mod auth;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::camera::{CameraHandle, CameraStatus};
+use crate::perimeter::RuleCommand;
+use crate::store::Store;
+use crate::store::recorder::StoreStatus;
+
+pub use auth::{Role, TokenConfig, Tokens};
+pub use routes::{event_json, parse_event_query};
+
+/// The largest request body accepted (the API takes no bodies today).
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// `[api]` in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Default: true.
+    pub enabled: bool,
+    /// Default: "127.0.0.1:8080". Use a VPN address, not a public one, to reach it remotely.
+    pub listen: SocketAddr,
+    /// Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            request_timeout: Duration::from_secs(10),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// A camera as the API sees it.
+#[derive(Clone)]
+pub struct CameraView {
+    pub id: Arc<str>,
+    pub name: String,
+    pub status: watch::Receiver<CameraStatus>,
+}
+
+impl From<&CameraHandle> for CameraView {
+    fn from(h: &CameraHandle) -> Self {
+        Self {
+            id: h.id.clone(),
+            name: h.name.clone(),
+            status: h.status.clone(),
+        }
+    }
+}
+
+/// Everything the handlers read.
+#[derive(Clone)]
+pub struct ApiState {
+    pub site: Arc<str>,
+    pub store: Store,
+    pub store_status: watch::Receiver<StoreStatus>,
+    pub cameras: Arc<Vec<CameraView>>,
+    pub rules: Option<mpsc::Sender<RuleCommand>>,
+    pub metrics: Option<PrometheusHandle>,
+    pub tokens: Tokens,
+    pub request_timeout: Duration,
+}
+
+/// An error answer: `{"error": code, "reason": words, "parameter": name?}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub reason: String,
+    pub parameter: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            reason: reason.into(),
+            parameter: None,
+        }
+    }
+
+    pub fn bad_parameter(name: &str, reason: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_parameter",
+            reason: reason.into(),
+            parameter: Some(name.to_owned()),
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %e, "API request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the daemon could not answer; see its log",
+        )
+    }
+
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({ "error": self.code, "reason": self.reason });
+        if let Some(p) = self.parameter {
+            body["parameter"] = p.into();
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Binds `addr`; the error names the address and the config key.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("api.listen {addr}: cannot listen ({e}); choose a free address or set api.enabled = false")
+    })
+}
+
+/// Serves until `cancel`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    info!(%addr, "HTTP API listening");
+    axum::serve(listener, routes::router(state))
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+}

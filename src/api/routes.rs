@@ -1,0 +1,402 @@
+//! Routes and handlers.
+
+use std::time::{Instant, SystemTime};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use uuid::Uuid;
+
+use super::auth::{self, Role};
+use super::{ApiError, ApiState, MAX_BODY};
+use crate::events::EventKind;
+use crate::perimeter::RuleCommand;
+use crate::store::query::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::store::{Cursor, EventQuery, StoredEvent};
+
+pub(super) fn router(state: ApiState) -> Router {
+    let read = Router::new()
+        .route("/api/v1/events", get(list_events))
+        .route("/api/v1/events/{id}", get(get_event))
+        .route("/api/v1/events/{id}/snapshot.jpg", get(get_snapshot))
+        .route("/api/v1/cameras", get(cameras))
+        .route("/api/v1/rules", get(list_rules))
+        .route("/api/v1/store", get(store_stats))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(
+            (state.tokens.clone(), Role::Read),
+            auth::require,
+        ));
+    let admin = Router::new()
+        .route("/api/v1/rules/{id}/arm", post(arm))
+        .route("/api/v1/rules/{id}/disarm", post(disarm))
+        .route_layer(middleware::from_fn_with_state(
+            (state.tokens.clone(), Role::Admin),
+            auth::require,
+        ));
+    let timeout = state.request_timeout;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(read)
+        .merge(admin)
+        .fallback(|| async { ApiError::not_found("no such route; see docs/api.md") })
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(middleware::from_fn(log_request))
+}
+
+/// Logs method, path (never the query or headers: no tokens in logs), status and duration.
+async fn log_request(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if response.status().is_server_error() {
+        tracing::warn!(%method, %path, status, ms, "API request");
+    } else {
+        tracing::debug!(%method, %path, status, ms, "API request");
+    }
+    metrics::counter!("kinderwatch_api_requests_total", "status" => status.to_string())
+        .increment(1);
+    response
+}
+
+/// Runs a blocking store call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+/// Parses `?camera=&kind=&rule=&from=&to=&since=&limit=&cursor=`; every problem names its
+/// parameter.
+pub fn parse_event_query(raw: Option<&str>, now: Timestamp) -> Result<EventQuery, ApiError> {
+    let mut q = EventQuery {
+        limit: DEFAULT_LIMIT,
+        ..EventQuery::default()
+    };
+    let mut since = None;
+    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        let (k, v) = (k.as_ref(), v.into_owned());
+        match k {
+            "camera" => q.camera = Some(v),
+            "rule" => q.rule = Some(v),
+            "kind" => {
+                q.kind = Some(
+                    serde_json::from_value::<EventKind>(Value::String(v.clone())).map_err(
+                        |_| {
+                            ApiError::bad_parameter(
+                                "kind",
+                                format!("unknown event kind {v:?}; use one of {}", kinds()),
+                            )
+                        },
+                    )?,
+                )
+            }
+            "from" | "to" => {
+                let t: Timestamp = v.parse().map_err(|_| {
+                    ApiError::bad_parameter(
+                        k,
+                        format!("{v:?} is not an RFC 3339 time such as 2026-11-22T08:00:00Z"),
+                    )
+                })?;
+                if k == "from" {
+                    q.from = Some(t);
+                } else {
+                    q.to = Some(t);
+                }
+            }
+            "since" => {
+                let d = humantime::parse_duration(&v).map_err(|_| {
+                    ApiError::bad_parameter(
+                        "since",
+                        format!("{v:?} is not a duration such as 2h or 30m"),
+                    )
+                })?;
+                since = Some(d);
+            }
+            "limit" => {
+                q.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_parameter(
+                            "limit",
+                            format!("use a number from 1 to {MAX_LIMIT}"),
+                        )
+                    })?
+            }
+            "cursor" => {
+                q.cursor =
+                    Some(Cursor::parse(&v).map_err(|e| ApiError::bad_parameter("cursor", e))?)
+            }
+            other => {
+                return Err(ApiError::bad_parameter(
+                    other,
+                    "unknown parameter; use camera, kind, rule, from, to, since, limit or cursor",
+                ));
+            }
+        }
+    }
+    if let Some(d) = since {
+        if q.from.is_some() {
+            return Err(ApiError::bad_parameter(
+                "since",
+                "give either since or from, not both",
+            ));
+        }
+        let d = jiff::SignedDuration::try_from(d)
+            .map_err(|_| ApiError::bad_parameter("since", "too long"))?;
+        q.from = Some(now.checked_sub(d).unwrap_or(Timestamp::MIN));
+    }
+    if let (Some(from), Some(to)) = (q.from, q.to)
+        && from >= to
+    {
+        return Err(ApiError::bad_parameter("to", "must be after from"));
+    }
+    Ok(q)
+}
+
+fn kinds() -> String {
+    [
+        EventKind::LineCrossed,
+        EventKind::ZoneEntered,
+        EventKind::ZoneLeft,
+        EventKind::Loitering,
+        EventKind::CameraOffline,
+        EventKind::CameraOnline,
+        EventKind::CameraTampered,
+        EventKind::StorageFailed,
+        EventKind::StorageRecovered,
+    ]
+    .map(EventKind::as_str)
+    .join(", ")
+}
+
+/// An event as the API shows it: the stored JSON plus where its snapshot is.
+pub fn event_json(s: &StoredEvent) -> Value {
+    let mut v = serde_json::to_value(&s.event).unwrap_or(Value::Null);
+    if s.snapshot_len > 0 {
+        v["snapshot_url"] = format!("/api/v1/events/{}/snapshot.jpg", s.event.id).into();
+    }
+    v
+}
+
+async fn list_events(
+    State(state): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = parse_event_query(raw.as_deref(), Timestamp::now())?;
+    let store = state.store.clone();
+    let page = blocking(move || store.query(&q)).await?;
+    Ok(Json(json!({
+        "events": page.events.iter().map(event_json).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor.map(|c| c.encode()),
+    })))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(id)
+        .map_err(|_| ApiError::bad_parameter("id", format!("{id:?} is not an event id (a UUID)")))
+}
+
+async fn get_event(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let store = state.store.clone();
+    match blocking(move || store.get(&id)).await? {
+        Some(e) => Ok(Json(event_json(&e))),
+        None => Err(ApiError::not_found(format!("no event {id}"))),
+    }
+}
+
+async fn get_snapshot(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let store = state.store.clone();
+    match blocking(move || store.snapshot(&id)).await? {
+        Some(jpeg) => Ok((
+            [
+                (header::CONTENT_TYPE, "image/jpeg"),
+                (header::CACHE_CONTROL, "private, max-age=86400, immutable"),
+            ],
+            jpeg,
+        )
+            .into_response()),
+        None => Err(ApiError::not_found(format!("no snapshot for event {id}"))),
+    }
+}
+
+fn rfc3339(t: SystemTime) -> Option<String> {
+    Timestamp::try_from(t).ok().map(|t| t.to_string())
+}
+
+async fn cameras(State(state): State<ApiState>) -> Json<Value> {
+    let cams: Vec<Value> = state
+        .cameras
+        .iter()
+        .map(|c| {
+            let s = c.status.borrow().clone();
+            json!({
+                "id": &*c.id,
+                "name": c.name,
+                "state": s.state.as_str(),
+                "since": rfc3339(s.since),
+                "fps": (s.fps * 10.0).round() / 10.0,
+                "frames_received": s.frames_received,
+                "reconnects": s.reconnects,
+                "last_error": s.last_error,
+                "last_frame_at": s.last_frame_at.and_then(rfc3339),
+                "retry_at": s.retry_at.and_then(rfc3339),
+            })
+        })
+        .collect();
+    Json(json!({ "cameras": cams }))
+}
+
+fn rules_sender(state: &ApiState) -> Result<tokio::sync::mpsc::Sender<RuleCommand>, ApiError> {
+    state.rules.clone().ok_or_else(|| {
+        ApiError::unavailable("rules are not running (no detector model configured)")
+    })
+}
+
+const RULE_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn list_rules(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let tx = rules_sender(&state)?;
+    let (reply, rx) = oneshot::channel();
+    tx.send(RuleCommand::List { reply })
+        .await
+        .map_err(|_| ApiError::unavailable("the rules stage has stopped"))?;
+    let rules = tokio::time::timeout(RULE_REPLY_TIMEOUT, rx)
+        .await
+        .map_err(|_| ApiError::unavailable("the rules stage did not answer"))?
+        .map_err(|_| ApiError::unavailable("the rules stage has stopped"))?;
+    Ok(Json(json!({ "rules": rules })))
+}
+
+async fn arm(state: State<ApiState>, id: Path<String>) -> Result<Json<Value>, ApiError> {
+    set_armed(state, id, true).await
+}
+
+async fn disarm(state: State<ApiState>, id: Path<String>) -> Result<Json<Value>, ApiError> {
+    set_armed(state, id, false).await
+}
+
+async fn set_armed(
+    State(state): State<ApiState>,
+    Path(rule): Path<String>,
+    armed: bool,
+) -> Result<Json<Value>, ApiError> {
+    let tx = rules_sender(&state)?;
+    let (reply, rx) = oneshot::channel();
+    tx.send(RuleCommand::SetArmed {
+        rule: rule.clone(),
+        armed,
+        reply,
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the rules stage has stopped"))?;
+    tokio::time::timeout(RULE_REPLY_TIMEOUT, rx)
+        .await
+        .map_err(|_| ApiError::unavailable("the rules stage did not answer"))?
+        .map_err(|_| ApiError::unavailable("the rules stage has stopped"))?
+        .map_err(ApiError::not_found)?;
+    tracing::info!(rule = %rule, armed, "rule armed state changed through the API");
+    Ok(Json(json!({ "rule": rule, "armed": armed })))
+}
+
+async fn store_stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let stats = blocking(move || store.stats()).await?;
+    let status = state.store_status.borrow().clone();
+    Ok(Json(json!({ "status": status, "stats": stats })))
+}
+
+async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let handle = state
+        .metrics
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("no metrics recorder in this process"))?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response())
+}
+
+async fn healthz(State(state): State<ApiState>) -> Response {
+    let store = state.store_status.borrow().clone();
+    let streaming = state
+        .cameras
+        .iter()
+        .filter(|c| c.status.borrow().state == crate::camera::CameraState::Streaming)
+        .count();
+    let ok = store.is_ok();
+    let body = json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "site": &*state.site,
+        "version": env!("CARGO_PKG_VERSION"),
+        "store": store,
+        "cameras": { "total": state.cameras.len(), "streaming": streaming },
+    });
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_checked_by_name() {
+        let now: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let q =
+            parse_event_query(Some("camera=gate&kind=line_crossed&limit=5&since=2h"), now).unwrap();
+        assert_eq!(q.camera.as_deref(), Some("gate"));
+        assert_eq!(q.kind, Some(EventKind::LineCrossed));
+        assert_eq!(q.limit, 5);
+        assert_eq!(q.from, Some("2026-11-22T10:00:00Z".parse().unwrap()));
+        for (raw, name) in [
+            ("kind=jumping", "kind"),
+            ("from=yesterday", "from"),
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("cursor=abc", "cursor"),
+            ("colour=red", "colour"),
+            ("since=2h&from=2026-11-22T00:00:00Z", "since"),
+            ("from=2026-11-22T10:00:00Z&to=2026-11-22T09:00:00Z", "to"),
+        ] {
+            let e = parse_event_query(Some(raw), now).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{raw}");
+            assert_eq!(e.parameter.as_deref(), Some(name), "{raw}");
+        }
+    }
+}

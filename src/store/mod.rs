@@ -1,0 +1,490 @@
+//! The event history: a sled database in the state directory.
+//!
+//! An event, its snapshot, its camera index entry and its outbox entry are written in one sled
+//! transaction, and the database is flushed (fsync) before [`Store::record`] returns: an event
+//! counts as recorded only then. Every call here blocks; async code calls it through
+//! `spawn_blocking` (see [`recorder`] and the API).
+//!
+//! sled 0.34 hangs for good in `flush` once the disk is full (measured on a full tmpfs: the
+//! flush waits forever, even after space returns), so the store never lets it get there:
+//! [`Store::record`] refuses a batch while the file system has less than the configured reserve
+//! free, and the recorder keeps such events in memory until space returns.
+
+pub mod keys;
+mod migrate;
+pub mod query;
+pub mod recorder;
+pub mod retention;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::Deserialize;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use uuid::Uuid;
+
+use crate::events::Event;
+use crate::perimeter::RecordedEvent;
+
+pub use query::{Cursor, EventQuery, Page};
+pub use retention::{RetentionPolicy, RetentionReport};
+
+/// The schema this code writes. See `migrate.rs` for the older ones it can open.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The database lives in this subdirectory of `state.dir`.
+pub const DB_DIR: &str = "events.db";
+
+/// `[store]` in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Events older than this many days are deleted (0: keep by age forever). Default: 30.
+    pub retention_days: u32,
+    /// Event JSON and snapshots above this many MB are deleted, oldest first (0: no limit).
+    /// Default: 4096.
+    pub max_size_mb: u64,
+    /// How often retention runs. Default: 10m.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// Writes stop while the file system has less than this many MB free, so that the database
+    /// never meets a full disk; events wait in memory and are written when space returns.
+    /// Default: 256.
+    pub min_free_mb: u64,
+    /// Events held in memory while the store cannot write; beyond this the oldest are lost (and
+    /// counted). Default: 10000.
+    pub max_pending: usize,
+    /// A write taking longer than this marks the store failed. Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// sled's page cache, MB. Default: 64.
+    pub cache_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 30,
+            max_size_mb: 4096,
+            retention_interval: Duration::from_secs(600),
+            min_free_mb: 256,
+            max_pending: 10_000,
+            write_timeout: Duration::from_secs(10),
+            cache_mb: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "event database {dir} is in use by another process (is the daemon running? query it with `kinderwatch events` without --db)"
+    )]
+    InUse { dir: PathBuf },
+    #[error(
+        "event database {dir} is corrupt ({detail}); move it aside (mv {dir} {dir}.corrupt) and start again with an empty one"
+    )]
+    Corrupt { dir: PathBuf, detail: String },
+    #[error(
+        "{dir} is not a kinderwatch event database ({detail}); point state.dir at a directory of its own"
+    )]
+    Foreign { dir: PathBuf, detail: String },
+    #[error(
+        "event database {dir} has schema version {found}, newer than this kinderwatch supports ({supported}); run a newer kinderwatch"
+    )]
+    NewerSchema {
+        dir: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error(
+        "only {free_mb} MB free on the disk of {dir} (reserve {reserve_mb} MB); events wait in memory until space returns"
+    )]
+    DiskFull {
+        dir: PathBuf,
+        free_mb: u64,
+        reserve_mb: u64,
+    },
+    #[error("event database {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("event database: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("event database: stored event {id} does not decode: {detail}")]
+    Decode { id: String, detail: String },
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => Self::Sled(e),
+        }
+    }
+}
+
+/// What the store holds, for metrics and the API.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StoreStats {
+    pub events: u64,
+    /// Bytes of event JSON and snapshots (what retention by size counts).
+    pub stored_bytes: u64,
+    /// The database files on disk.
+    pub disk_bytes: u64,
+    pub oldest: Option<Timestamp>,
+    pub newest: Option<Timestamp>,
+    pub outbox: u64,
+}
+
+/// One event waiting in the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub seq: u64,
+    pub event: Event,
+}
+
+/// A handle to the open database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    db: sled::Db,
+    events: sled::Tree,
+    by_camera: sled::Tree,
+    snapshots: sled::Tree,
+    outbox: sled::Tree,
+    meta: sled::Tree,
+    min_free_bytes: u64,
+    outbox_changed: tokio::sync::Notify,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`, migrating an older schema. Refuses a directory
+    /// that holds something else, a corrupt database, one in use, or a newer schema.
+    pub fn open(dir: &Path, config: &StoreConfig) -> Result<Self, StoreError> {
+        check_directory(dir)?;
+        let db = open_sled(dir, config.cache_mb)?;
+        let tree = |name: &str| db.open_tree(name);
+        let store = Self {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                events: tree(keys::EVENTS)?,
+                by_camera: tree(keys::BY_CAMERA)?,
+                snapshots: tree(keys::SNAPSHOTS)?,
+                outbox: tree(keys::OUTBOX)?,
+                meta: tree(keys::META)?,
+                db,
+                min_free_bytes: config.min_free_mb * 1024 * 1024,
+                outbox_changed: tokio::sync::Notify::new(),
+            }),
+        };
+        migrate::bring_up_to_date(&store.inner.db, dir)?;
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Writes events (with their snapshots, camera index and, with `outbox`, outbox entries) in
+    /// one transaction and flushes it to disk. When this returns `Ok`, every event in `batch`
+    /// survives a crash. Refuses with [`StoreError::DiskFull`] below the free-space reserve.
+    pub fn record(&self, batch: &[RecordedEvent], outbox: bool) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let encoded: Vec<(Vec<u8>, &RecordedEvent)> = batch
+            .iter()
+            .map(|r| {
+                let json = serde_json::to_vec(&r.event).expect("events serialise");
+                let snapshot_len = r.snapshot.as_ref().map_or(0, Vec::len);
+                (keys::event_value(&json, snapshot_len), r)
+            })
+            .collect();
+        let bytes: u64 = encoded
+            .iter()
+            .map(|(value, r)| (value.len() + r.snapshot.as_ref().map_or(0, Vec::len)) as u64)
+            .sum();
+        self.check_free_space(bytes)?;
+        let seqs = if outbox {
+            encoded
+                .iter()
+                .map(|_| self.inner.db.generate_id())
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
+        let i = &self.inner;
+        (&i.events, &i.by_camera, &i.snapshots, &i.outbox, &i.meta).transaction(
+            |(events, by_camera, snapshots, outbox_tree, meta)| {
+                for (n, (value, r)) in encoded.iter().enumerate() {
+                    let id = r.event.id.as_bytes();
+                    events.insert(id.as_slice(), value.as_slice())?;
+                    if let Some(camera) = &r.event.camera {
+                        by_camera.insert(keys::camera_key(camera, &r.event.id), &[])?;
+                    }
+                    if let Some(jpeg) = &r.snapshot {
+                        snapshots.insert(id.as_slice(), jpeg.as_slice())?;
+                    }
+                    if let Some(seq) = seqs.get(n) {
+                        outbox_tree.insert(&seq.to_be_bytes(), id.as_slice())?;
+                    }
+                }
+                add_counter(meta, keys::META_STORED_BYTES, bytes as i64)?;
+                add_counter(meta, keys::META_EVENT_COUNT, encoded.len() as i64)?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            },
+        )?;
+        i.db.flush()?;
+        if outbox {
+            i.outbox_changed.notify_waiters();
+        }
+        Ok(())
+    }
+
+    fn check_free_space(&self, incoming: u64) -> Result<(), StoreError> {
+        let free = free_bytes(&self.inner.dir).map_err(|source| StoreError::Io {
+            dir: self.inner.dir.clone(),
+            source,
+        })?;
+        // sled writes a value more than once (log, then segment rewrites); keep room for that.
+        if free
+            < self
+                .inner
+                .min_free_bytes
+                .saturating_add(incoming.saturating_mul(3))
+        {
+            return Err(StoreError::DiskFull {
+                dir: self.inner.dir.clone(),
+                free_mb: free / (1024 * 1024),
+                reserve_mb: self.inner.min_free_bytes / (1024 * 1024),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, id: &Uuid) -> Result<Option<StoredEvent>, StoreError> {
+        match self.inner.events.get(id.as_bytes())? {
+            Some(v) => decode_stored(id.as_bytes(), &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn snapshot(&self, id: &Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inner.snapshots.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// One page of events, newest first. See [`EventQuery`].
+    pub fn query(&self, q: &EventQuery) -> Result<Page, StoreError> {
+        query::run(self, q)
+    }
+
+    /// Up to `max` outbox entries after sequence `after` (exclusive), oldest first. Entries whose
+    /// event is gone (it cannot be: retention keeps them) are skipped.
+    pub fn outbox_after(
+        &self,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let start = after.map_or(0, |s| s.saturating_add(1));
+        let mut out = Vec::new();
+        for kv in self.inner.outbox.range(start.to_be_bytes()..) {
+            let (k, v) = kv?;
+            let seq = keys::u64_value(Some(&k));
+            if let Some(ev) = self.inner.events.get(&v)? {
+                out.push(OutboxEntry {
+                    seq,
+                    event: decode_stored(&v, &ev)?.event,
+                });
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes an entry once the broker acknowledged it. Not flushed at once: after a crash the
+    /// entry may be published again (at-least-once, same event id).
+    pub fn outbox_remove(&self, seq: u64) -> Result<(), StoreError> {
+        self.inner.outbox.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.inner.outbox.len()
+    }
+
+    /// Resolves the next time events are added to the outbox.
+    pub async fn outbox_changed(&self) {
+        self.inner.outbox_changed.notified().await
+    }
+
+    /// The time of the oldest event still in the outbox.
+    pub fn outbox_oldest(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self.inner.outbox.first()?.map(|(_, id)| keys::id_time(&id)))
+    }
+
+    pub(crate) fn outbox_ids(&self) -> Result<HashSet<[u8; 16]>, StoreError> {
+        let mut ids = HashSet::new();
+        for kv in self.inner.outbox.iter() {
+            let (_, v) = kv?;
+            if let Ok(id) = <[u8; 16]>::try_from(v.as_ref()) {
+                ids.insert(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let i = &self.inner;
+        Ok(StoreStats {
+            events: keys::u64_value(i.meta.get(keys::META_EVENT_COUNT)?.as_deref()),
+            stored_bytes: keys::u64_value(i.meta.get(keys::META_STORED_BYTES)?.as_deref()),
+            disk_bytes: i.db.size_on_disk()?,
+            oldest: i.events.first()?.map(|(k, _)| keys::id_time(&k)),
+            newest: i.events.last()?.map(|(k, _)| keys::id_time(&k)),
+            outbox: i.outbox.len() as u64,
+        })
+    }
+
+    /// Deletes old events by the policy. See [`retention`].
+    pub fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now: Timestamp,
+    ) -> Result<RetentionReport, StoreError> {
+        retention::run(self, policy, now)
+    }
+
+    /// Flushes everything written so far (the outbox removals included).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    fn trees(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+fn add_counter(
+    meta: &sled::transaction::TransactionalTree,
+    key: &[u8],
+    delta: i64,
+) -> Result<(), sled::transaction::UnabortableTransactionError> {
+    let old = keys::u64_value(meta.get(key)?.as_deref());
+    let new = (old as i64).saturating_add(delta).max(0) as u64;
+    meta.insert(key, &new.to_be_bytes())?;
+    Ok(())
+}
+
+/// An event as stored, with whether it has a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub event: Event,
+    /// Bytes of the snapshot JPEG; 0 when there is none.
+    pub snapshot_len: usize,
+}
+
+pub(crate) fn decode_stored(key: &[u8], value: &[u8]) -> Result<StoredEvent, StoreError> {
+    let bad = |detail: String| StoreError::Decode {
+        id: keys::uuid_from_key(key).map_or_else(|| hex::encode(key), |u| u.to_string()),
+        detail,
+    };
+    let (snapshot_len, json) =
+        keys::split_event_value(value).ok_or_else(|| bad("unknown value layout".into()))?;
+    let event = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    Ok(StoredEvent {
+        event,
+        snapshot_len,
+    })
+}
+
+/// A directory that exists, is not empty and has no sled `conf` file is someone else's.
+fn check_directory(dir: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        dir: dir.to_owned(),
+        source,
+    };
+    if !dir.exists() {
+        return std::fs::create_dir_all(dir).map_err(io);
+    }
+    if !dir.is_dir() {
+        return Err(StoreError::Foreign {
+            dir: dir.to_owned(),
+            detail: "it is a file, not a directory".into(),
+        });
+    }
+    let mut entries = std::fs::read_dir(dir).map_err(io)?;
+    if entries.next().is_some() && !dir.join("conf").is_file() {
+        return Err(StoreError::Foreign {
+            dir: dir.to_owned(),
+            detail: "the directory has files but no sled `conf`".into(),
+        });
+    }
+    Ok(())
+}
+
+/// sled panics on some corruptions rather than returning an error; both become
+/// [`StoreError::Corrupt`], without the panic's message and backtrace on stderr.
+fn open_sled(dir: &Path, cache_mb: u64) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_mb.max(1) * 1024 * 1024)
+        .flush_every_ms(Some(200));
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
+    std::panic::set_hook(hook);
+    let corrupt = |detail: String| StoreError::Corrupt {
+        dir: dir.to_owned(),
+        detail,
+    };
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(sled::Error::Io(e)))
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.to_string().contains("could not acquire lock") =>
+        {
+            Err(StoreError::InUse {
+                dir: dir.to_owned(),
+            })
+        }
+        Ok(Err(sled::Error::Io(e))) => Err(StoreError::Io {
+            dir: dir.to_owned(),
+            source: e,
+        }),
+        Ok(Err(e)) => Err(corrupt(e.to_string())),
+        Err(panic) => Err(corrupt(
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "sled could not read it".into()),
+        )),
+    }
+}
+
+/// Bytes available to this process on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}

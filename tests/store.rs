@@ -1,0 +1,588 @@
+//! The event store on a real sled database in temp dirs: queries by every filter, pagination,
+//! retention, schema migration, refusal of foreign/corrupt/busy databases, and a process killed
+//! with SIGKILL while writing.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use kinderwatch::events::{Event, EventKind, EventObject};
+use kinderwatch::perimeter::RecordedEvent;
+use kinderwatch::store::keys;
+use kinderwatch::store::{EventQuery, RetentionPolicy, Store, StoreConfig, StoreError};
+use uuid::Uuid;
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        min_free_mb: 1,
+        ..StoreConfig::default()
+    }
+}
+
+fn event(kind: EventKind, camera: &str, rule: Option<&str>, time: Timestamp) -> RecordedEvent {
+    let mut e = Event::new(kind, "site-1", camera, time);
+    e.rule = rule.map(str::to_owned);
+    if rule.is_some() {
+        e.object = Some(EventObject {
+            class: "person".into(),
+            score: 0.8,
+            bbox: kinderwatch::detect::BBox::new(0.1, 0.2, 0.3, 0.6),
+            track_id: 7,
+            crossing: None,
+        });
+    }
+    RecordedEvent {
+        event: e,
+        snapshot: rule.map(|_| vec![0xff, 0xd8, 1, 2, 3, 0xff, 0xd9]),
+    }
+}
+
+/// 1,200 events over 3 cameras ("gate" is a prefix of "gate-2" on purpose), 4 kinds, 2 rules,
+/// one every 30 s starting 10 hours ago.
+fn fill(store: &Store, outbox: bool) -> Vec<RecordedEvent> {
+    let start = Timestamp::now() - SignedDuration::from_hours(10);
+    let cams = ["gate", "gate-2", "yard"];
+    let all: Vec<RecordedEvent> = (0..1200)
+        .map(|i| {
+            let t = start + SignedDuration::from_secs(30 * i as i64);
+            match i % 4 {
+                0 => event(EventKind::LineCrossed, cams[i % 3], Some("fence"), t),
+                1 => event(EventKind::ZoneEntered, cams[i % 3], Some("sandbox"), t),
+                2 => event(EventKind::Loitering, cams[i % 3], Some("sandbox"), t),
+                _ => event(EventKind::CameraOffline, cams[i % 3], None, t),
+            }
+        })
+        .collect();
+    for chunk in all.chunks(50) {
+        store.record(chunk, outbox).unwrap();
+    }
+    all
+}
+
+/// Every page of `q`, following cursors, as ids.
+fn walk(store: &Store, mut q: EventQuery) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for _ in 0..10_000 {
+        let page = store.query(&q).unwrap();
+        assert!(page.events.len() <= q.limit);
+        ids.extend(page.events.iter().map(|e| e.event.id));
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => return ids,
+        }
+    }
+    panic!("pagination did not end");
+}
+
+#[test]
+fn queries_filter_and_paginate_without_gaps_or_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &config()).unwrap();
+    let all = fill(&store, false);
+    let newest_first = |pred: &dyn Fn(&Event) -> bool| -> Vec<Uuid> {
+        let mut v: Vec<&Event> = all.iter().map(|r| &r.event).filter(|e| pred(e)).collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.id));
+        v.iter().map(|e| e.id).collect()
+    };
+    let from = all[300].event.time;
+    let to = all[700].event.time;
+    let cases: Vec<(EventQuery, Vec<Uuid>)> = vec![
+        (EventQuery::default(), newest_first(&|_| true)),
+        (
+            EventQuery {
+                camera: Some("gate".into()),
+                ..Default::default()
+            },
+            newest_first(&|e| e.camera.as_deref() == Some("gate")),
+        ),
+        (
+            EventQuery {
+                kind: Some(EventKind::Loitering),
+                ..Default::default()
+            },
+            newest_first(&|e| e.kind == EventKind::Loitering),
+        ),
+        (
+            EventQuery {
+                rule: Some("fence".into()),
+                ..Default::default()
+            },
+            newest_first(&|e| e.rule.as_deref() == Some("fence")),
+        ),
+        (
+            EventQuery {
+                from: Some(from),
+                to: Some(to),
+                ..Default::default()
+            },
+            newest_first(&|e| e.time >= from && e.time < to),
+        ),
+        (
+            EventQuery {
+                camera: Some("gate-2".into()),
+                kind: Some(EventKind::ZoneEntered),
+                rule: Some("sandbox".into()),
+                from: Some(from),
+                to: Some(to),
+                ..Default::default()
+            },
+            newest_first(&|e| {
+                e.camera.as_deref() == Some("gate-2")
+                    && e.kind == EventKind::ZoneEntered
+                    && e.time >= from
+                    && e.time < to
+            }),
+        ),
+        (
+            EventQuery {
+                camera: Some("nowhere".into()),
+                ..Default::default()
+            },
+            vec![],
+        ),
+    ];
+    for (q, expected) in cases {
+        for limit in [1000, 100, 7] {
+            let q = EventQuery { limit, ..q.clone() };
+            let got = walk(&store, q.clone());
+            let unique: HashSet<_> = got.iter().collect();
+            assert_eq!(unique.len(), got.len(), "repeats for {q:?}");
+            assert_eq!(got, expected, "query {q:?}");
+        }
+    }
+    // Get by id, snapshot bytes, and stats.
+    let e = &all[4];
+    let stored = store.get(&e.event.id).unwrap().unwrap();
+    assert_eq!(stored.event, e.event);
+    assert_eq!(store.snapshot(&e.event.id).unwrap(), e.snapshot);
+    assert!(store.get(&Uuid::now_v7()).unwrap().is_none());
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.events, 1200);
+    assert_eq!(
+        stats.oldest,
+        Some(keys::id_time(all[0].event.id.as_bytes()))
+    );
+    assert!(stats.disk_bytes > 0);
+}
+
+#[test]
+fn pages_stay_consistent_while_new_events_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &config()).unwrap();
+    let all = fill(&store, false);
+    let mut q = EventQuery {
+        limit: 50,
+        ..Default::default()
+    };
+    let first = store.query(&q).unwrap();
+    // Newer events arrive between pages; the walk goes on from where it stopped.
+    store
+        .record(
+            &[event(
+                EventKind::LineCrossed,
+                "gate",
+                Some("fence"),
+                Timestamp::now(),
+            )],
+            false,
+        )
+        .unwrap();
+    let mut ids: Vec<Uuid> = first.events.iter().map(|e| e.event.id).collect();
+    q.cursor = first.next_cursor;
+    ids.extend(walk(&store, q));
+    let mut expected: Vec<Uuid> = all.iter().map(|r| r.event.id).collect();
+    expected.reverse();
+    assert_eq!(ids, expected);
+}
+
+#[test]
+fn retention_by_age_and_size_keeps_outbox_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &config()).unwrap();
+    let now = Timestamp::now();
+    let days = |d: i64| now - SignedDuration::from_hours(24 * d);
+    let old: Vec<RecordedEvent> = (0..20)
+        .map(|i| {
+            event(
+                EventKind::LineCrossed,
+                "gate",
+                Some("fence"),
+                days(40) + SignedDuration::from_secs(i),
+            )
+        })
+        .collect();
+    let recent: Vec<RecordedEvent> = (0..20)
+        .map(|i| {
+            event(
+                EventKind::LineCrossed,
+                "yard",
+                Some("fence"),
+                days(2) + SignedDuration::from_secs(i),
+            )
+        })
+        .collect();
+    store.record(&old[..15], false).unwrap();
+    // Five old events still wait for the broker.
+    store.record(&old[15..], true).unwrap();
+    store.record(&recent, false).unwrap();
+    let policy = RetentionPolicy {
+        max_age: Some(Duration::from_secs(30 * 86_400)),
+        max_bytes: None,
+    };
+    let report = store.apply_retention(&policy, now).unwrap();
+    assert_eq!(report.deleted_by_age, 15);
+    assert_eq!(report.kept_for_outbox, 5);
+    for r in &old[..15] {
+        assert!(store.get(&r.event.id).unwrap().is_none());
+        assert!(store.snapshot(&r.event.id).unwrap().is_none());
+    }
+    for r in old[15..].iter().chain(&recent) {
+        assert!(store.get(&r.event.id).unwrap().is_some());
+    }
+    let by_camera = walk(
+        &store,
+        EventQuery {
+            camera: Some("gate".into()),
+            limit: 100,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        by_camera.len(),
+        5,
+        "camera index entries go with their events"
+    );
+    assert_eq!(store.stats().unwrap().events, 25);
+
+    // By size: keep at most the bytes of ~10 events; the outbox entries stay regardless.
+    let per_event = store.stats().unwrap().stored_bytes / 25;
+    let policy = RetentionPolicy {
+        max_age: None,
+        max_bytes: Some(per_event * 10),
+    };
+    let report = store.apply_retention(&policy, now).unwrap();
+    assert_eq!(report.deleted_by_size, 15);
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.events, 10);
+    assert!(stats.stored_bytes <= per_event * 10 + per_event / 2);
+    for r in &old[15..] {
+        assert!(
+            store.get(&r.event.id).unwrap().is_some(),
+            "outbox entries are never deleted"
+        );
+    }
+    // The newest five survive; the oldest of the recent ones went first.
+    for r in &recent[15..] {
+        assert!(store.get(&r.event.id).unwrap().is_some());
+    }
+    assert!(store.get(&recent[0].event.id).unwrap().is_none());
+    // Once published, the old ones go too.
+    for e in store.outbox_after(None, 100).unwrap() {
+        store.outbox_remove(e.seq).unwrap();
+    }
+    let policy = RetentionPolicy {
+        max_age: Some(Duration::from_secs(30 * 86_400)),
+        max_bytes: None,
+    };
+    assert_eq!(
+        store.apply_retention(&policy, now).unwrap().deleted_by_age,
+        5
+    );
+}
+
+#[test]
+fn outbox_is_in_recording_order_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<Uuid> = {
+        let store = Store::open(dir.path(), &config()).unwrap();
+        let events: Vec<RecordedEvent> = (0..30)
+            .map(|_| {
+                event(
+                    EventKind::LineCrossed,
+                    "gate",
+                    Some("fence"),
+                    Timestamp::now(),
+                )
+            })
+            .collect();
+        for chunk in events.chunks(7) {
+            store.record(chunk, true).unwrap();
+        }
+        let first = store.outbox_after(None, 10).unwrap();
+        for e in &first {
+            store.outbox_remove(e.seq).unwrap();
+        }
+        store.flush().unwrap();
+        events[10..].iter().map(|r| r.event.id).collect()
+    };
+    let store = Store::open(dir.path(), &config()).unwrap();
+    assert_eq!(store.outbox_len(), 20);
+    let left: Vec<Uuid> = store
+        .outbox_after(None, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.event.id)
+        .collect();
+    assert_eq!(left, ids);
+    let seqs: Vec<u64> = store
+        .outbox_after(None, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    let after = store.outbox_after(Some(seqs[4]), 3).unwrap();
+    assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs[5..8]);
+}
+
+/// Writes a database in the version-1 layout by hand (plain event JSON, a `camera_index` tree
+/// keyed `camera ∥ 0 ∥ id`, no counters).
+fn write_v1(dir: &Path, events: &[RecordedEvent]) {
+    let db = sled::open(dir).unwrap();
+    let meta = db.open_tree("meta").unwrap();
+    meta.insert("format", "kinderwatch-events").unwrap();
+    meta.insert("schema_version", &1u32.to_be_bytes()).unwrap();
+    let ev = db.open_tree("events").unwrap();
+    let snaps = db.open_tree("snapshots").unwrap();
+    let index = db.open_tree("camera_index").unwrap();
+    for r in events {
+        let id = r.event.id.as_bytes();
+        ev.insert(id, serde_json::to_vec(&r.event).unwrap())
+            .unwrap();
+        if let Some(s) = &r.snapshot {
+            snaps.insert(id, s.as_slice()).unwrap();
+        }
+        let camera = r.event.camera.clone().unwrap();
+        index
+            .insert([camera.as_bytes(), &[0], id].concat(), &[])
+            .unwrap();
+    }
+    db.flush().unwrap();
+}
+
+#[test]
+fn a_version_1_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = Timestamp::now() - SignedDuration::from_hours(1);
+    let events: Vec<RecordedEvent> = (0..40)
+        .map(|i| {
+            let cam = ["gate", "gate-2"][i % 2];
+            event(
+                EventKind::LineCrossed,
+                cam,
+                Some("fence"),
+                start + SignedDuration::from_secs(i as i64),
+            )
+        })
+        .collect();
+    write_v1(dir.path(), &events);
+    let store = Store::open(dir.path(), &config()).unwrap();
+    let gate = walk(
+        &store,
+        EventQuery {
+            camera: Some("gate".into()),
+            limit: 10,
+            ..Default::default()
+        },
+    );
+    let mut expected: Vec<Uuid> = events
+        .iter()
+        .filter(|r| r.event.camera.as_deref() == Some("gate"))
+        .map(|r| r.event.id)
+        .collect();
+    expected.reverse();
+    assert_eq!(gate, expected);
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.events, 40);
+    assert!(stats.stored_bytes > 40 * 100);
+    let e = store.get(&events[3].event.id).unwrap().unwrap();
+    assert_eq!(e.event, events[3].event);
+    assert_eq!(e.snapshot_len, events[3].snapshot.as_ref().unwrap().len());
+    drop(store);
+    // Reopening is a no-op, and version 2 is what is on disk now.
+    let db = sled::open(dir.path()).unwrap();
+    let v = db
+        .open_tree("meta")
+        .unwrap()
+        .get("schema_version")
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.as_ref(), &2u32.to_be_bytes());
+    assert!(
+        !db.tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"camera_index")
+    );
+}
+
+#[test]
+fn foreign_corrupt_busy_and_newer_databases_are_refused_with_reasons() {
+    // A directory with someone else's files.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
+    let e = Store::open(dir.path(), &config()).err().expect("refused");
+    assert!(matches!(e, StoreError::Foreign { .. }), "{e}");
+    assert!(
+        e.to_string().contains("not a kinderwatch event database"),
+        "{e}"
+    );
+
+    // Someone else's sled database.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert("hello", "world").unwrap();
+        db.flush().unwrap();
+    }
+    let e = Store::open(dir.path(), &config()).err().expect("refused");
+    assert!(matches!(e, StoreError::Foreign { .. }), "{e}");
+
+    // Ours, in use by another handle (the daemon).
+    let dir = tempfile::tempdir().unwrap();
+    let open = Store::open(dir.path(), &config()).unwrap();
+    let e = Store::open(dir.path(), &config()).err().expect("refused");
+    assert!(matches!(e, StoreError::InUse { .. }), "{e}");
+    assert!(e.to_string().contains("is the daemon running"), "{e}");
+    drop(open);
+
+    // Written by a newer kinderwatch.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert("format", "kinderwatch-events").unwrap();
+        meta.insert("schema_version", &9u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let e = Store::open(dir.path(), &config()).err().expect("refused");
+    assert!(matches!(e, StoreError::NewerSchema { found: 9, .. }), "{e}");
+
+    // Corrupt: garbage over the log.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), &config()).unwrap();
+        fill(&store, false);
+    }
+    let db_file = dir.path().join("db");
+    let mut bytes = std::fs::read(&db_file).unwrap();
+    for b in bytes.iter_mut().take(64 * 1024) {
+        *b = 0xff;
+    }
+    std::fs::write(&db_file, bytes).unwrap();
+    let e = Store::open(dir.path(), &config()).err().expect("refused");
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("move it aside"), "{e}");
+}
+
+/// The child side of the SIGKILL test: writes batches as fast as it can and prints each id once
+/// `record` returned (recorded = flushed). Runs only when the parent sets KW_STORE_CHILD.
+#[test]
+#[ignore = "run by sigkill_during_writes_loses_no_recorded_event"]
+fn sigkill_child_writer() {
+    let Some(dir) = std::env::var_os("KW_STORE_CHILD") else {
+        return;
+    };
+    let store = Store::open(Path::new(&dir), &config()).unwrap();
+    let snapshot = vec![0x5a; 50_000];
+    let mut out = std::io::stdout().lock();
+    for n in 0u64.. {
+        let batch: Vec<RecordedEvent> = (0..1 + n % 8)
+            .map(|_| {
+                let mut r = event(
+                    EventKind::LineCrossed,
+                    "gate",
+                    Some("fence"),
+                    Timestamp::now(),
+                );
+                r.snapshot = Some(snapshot.clone());
+                r
+            })
+            .collect();
+        store.record(&batch, true).unwrap();
+        for r in &batch {
+            use std::io::Write;
+            writeln!(out, "recorded {}", r.event.id).unwrap();
+        }
+        use std::io::Write;
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn sigkill_during_writes_loses_no_recorded_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acknowledged: Vec<Uuid> = Vec::new();
+    for round in 0..4u64 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "sigkill_child_writer",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("KW_STORE_CHILD", dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut ids = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(id) = line.strip_prefix("recorded ") {
+                    // A line cut by the kill does not parse and does not count.
+                    if let Ok(id) = Uuid::try_parse(id) {
+                        ids.push(id);
+                    }
+                }
+            }
+            ids
+        });
+        // Kill at a different moment each round, mid-write.
+        let wait = 400 + (round * 373 + rand_ms()) % 900;
+        std::thread::sleep(Duration::from_millis(wait));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let ids = reader.join().unwrap();
+        assert!(
+            !ids.is_empty(),
+            "round {round}: the child recorded nothing in {wait} ms"
+        );
+        acknowledged.extend(ids);
+        // The database opens, and every acknowledged event is there with its snapshot.
+        let store = Store::open(dir.path(), &config())
+            .unwrap_or_else(|e| panic!("round {round}: database does not open after SIGKILL: {e}"));
+        for id in &acknowledged {
+            let e = store.get(id).unwrap();
+            assert!(e.is_some(), "round {round}: acknowledged event {id} lost");
+            assert_eq!(store.snapshot(id).unwrap().map(|s| s.len()), Some(50_000));
+        }
+        let in_outbox: HashSet<Uuid> = store
+            .outbox_after(None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.id)
+            .collect();
+        assert!(
+            acknowledged.iter().all(|id| in_outbox.contains(id)),
+            "round {round}: outbox entry lost"
+        );
+    }
+    eprintln!(
+        "{} acknowledged events survived 4 SIGKILLs",
+        acknowledged.len()
+    );
+}
+
+fn rand_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        % 997
+}
