@@ -26,6 +26,7 @@ build:
 bench: setup
 	$(CARGO) bench --bench ingest
 	$(CARGO) bench --bench detect
+	$(CARGO) bench --bench store
 
 clean-deps:
 	rm -rf .deps

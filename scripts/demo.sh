@@ -12,6 +12,11 @@ coproc CAMERA { exec "$BIN/examples/sample_camera"; }
 trap 'kill "$CAMERA_PID" 2>/dev/null || true' EXIT
 read -r -t 20 url <&"${CAMERA[0]}" || { echo "demo: the sample camera did not start" >&2; exit 1; }
 echo "demo: sample camera at $url (Ctrl-C to stop)" >&2
+echo "demo: while it runs, ask the API: curl -H 'Authorization: Bearer kw_demo' http://127.0.0.1:8080/api/v1/events?limit=5" >&2
 args=(demo --camera-url "$url")
 [ -n "${DEMO_DURATION:-}" ] && args+=(--duration "$DEMO_DURATION")
-"$BIN/kinderwatch" "${args[@]}"
+status=0
+"$BIN/kinderwatch" "${args[@]}" || status=$?
+echo "demo: the newest events recorded in .deps/demo-state (kinderwatch events --db):" >&2
+"$BIN/kinderwatch" events --db .deps/demo-state --since 15m --limit 15 || true
+exit "$status"

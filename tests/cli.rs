@@ -340,8 +340,9 @@ fn run_stops_cleanly_on_sigterm() {
     std::fs::write(
         &file,
         format!(
-            "[site]\nid = \"kg\"\n[[cameras]]\nid = \"one\"\nurl = \"{0}\"\n[[cameras]]\nid = \"two\"\nurl = \"{0}\"\n",
-            server.url()
+            "[site]\nid = \"kg\"\n{1}[[cameras]]\nid = \"one\"\nurl = \"{0}\"\n[[cameras]]\nid = \"two\"\nurl = \"{0}\"\n",
+            server.url(),
+            isolated()
         ),
     )
     .unwrap();
@@ -391,8 +392,19 @@ fn run_stops_cleanly_on_sigterm() {
 fn model_config(extra_detector: &str) -> String {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ssdlite-person.toml");
     format!(
-        "[detector]\nmodel = \"{}\"\n{extra_detector}\n[site]\nid = \"kg\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/x\"\n",
-        model.display()
+        "[detector]\nmodel = \"{}\"\n{extra_detector}\n[site]\nid = \"kg\"\n{}[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/x\"\n",
+        model.display(),
+        isolated()
+    )
+}
+
+/// `[state]` in a fresh temp dir and `[api]` on a free port, so that daemons started by tests
+/// in parallel never share a database or a port (nor touch /var/lib/kinderwatch).
+fn isolated() -> String {
+    let dir = tempfile::tempdir().unwrap().keep();
+    format!(
+        "[state]\ndir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        dir.display()
     )
 }
 
@@ -569,4 +581,255 @@ fn demo_config_is_valid() {
     let (ok, stdout, stderr) = check_config_text(&text);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("model sha256 verified"), "{stdout}");
+}
+
+// --- event history ----------------------------------------------------------------------------------
+
+/// A daemon child that a failing test does not leave running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn events_command_reads_the_daemons_api_and_a_stopped_database() {
+    use jiff::{SignedDuration, Timestamp};
+    use kinderwatch::events::{Event, EventKind};
+    use kinderwatch::perimeter::RecordedEvent;
+    use kinderwatch::store::{Store, StoreConfig};
+
+    let state = tempfile::tempdir().unwrap();
+    // One event a minute from 44.5 minutes ago: 15 of them in the last 30 minutes, with 30 s of
+    // margin on both sides of that boundary.
+    let t0 = Timestamp::now() - SignedDuration::from_secs(44 * 60 + 30);
+    let events: Vec<RecordedEvent> = (0..30)
+        .map(|i| {
+            let cam = ["gate", "yard"][i % 2];
+            let kind = [
+                EventKind::LineCrossed,
+                EventKind::Loitering,
+                EventKind::CameraOffline,
+            ][i % 3];
+            let mut e = Event::new(
+                kind,
+                "kg",
+                cam,
+                t0 + SignedDuration::from_secs(60 * i as i64),
+            );
+            e.rule = (kind != EventKind::CameraOffline).then(|| "fence, north".to_owned());
+            RecordedEvent {
+                event: e,
+                snapshot: None,
+            }
+        })
+        .collect();
+    {
+        let store = Store::open(&state.path().join("events.db"), &StoreConfig::default()).unwrap();
+        store.record(&events, false).unwrap();
+    }
+    let server = RtspTestServer::start(
+        Source::Pattern {
+            width: 320,
+            height: 240,
+            fps: 10,
+        },
+        Auth::None,
+    );
+    let (token, hash) = kinderwatch::api::auth::new_token();
+    let port = free_port();
+    let file = state.path().join("kinderwatch.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[site]\nid = \"kg\"\n[state]\ndir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[[api.tokens]]\nname = \"ops\"\nrole = \"read\"\nsha256 = \"{hash}\"\n[[cameras]]\nid = \"gate\"\nurl = \"{}\"\n",
+            state.path().display(),
+            server.url()
+        ),
+    )
+    .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["run", "--config", file.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("the API did not start; log:\n{}", log.join("\n")));
+        let ready = line.contains("HTTP API listening");
+        log.push(line);
+        if ready {
+            break;
+        }
+    }
+    let api = format!("http://127.0.0.1:{port}");
+    let events_cmd = |args: &[&str], token: &str| {
+        Command::new(BIN)
+            .arg("events")
+            .args(args)
+            .env("KINDERWATCH_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+
+    // JSON over the API, filtered by camera, newest first.
+    let out = events_cmd(
+        &["--api", &api, "--camera", "gate", "--format", "json"],
+        &token,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let expected: Vec<String> = events
+        .iter()
+        .rev()
+        .filter(|r| r.event.camera.as_deref() == Some("gate"))
+        .map(|r| r.event.id.to_string())
+        .collect();
+    let ids: Vec<String> = got
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, expected);
+
+    // CSV with a kind filter; the rule's comma is quoted.
+    let out = events_cmd(
+        &["--api", &api, "--kind", "loitering", "--format", "csv"],
+        &token,
+    );
+    let csv = text(&out);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "id,time,kind,camera,rule,class,score,detail,snapshot_url"
+    );
+    assert_eq!(lines.len(), 1 + 10, "{csv}");
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l.contains(",loitering,") && l.contains("\"fence, north\"")),
+        "{csv}"
+    );
+
+    // A table of the last 30 minutes.
+    let out = events_cmd(
+        &["--api", &api, "--since", "30m", "--limit", "1000"],
+        &token,
+    );
+    let table = text(&out);
+    assert!(table.starts_with("TIME (UTC)"), "{table}");
+    assert!(table.trim_end().ends_with("\n15 events"), "{table}");
+    // --limit caps the total across pages.
+    let out = events_cmd(&["--api", &api, "--limit", "7", "--format", "json"], &token);
+    let got: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got.len(), 7);
+
+    // A wrong token, a bad value, and the database while the daemon holds it.
+    let out = events_cmd(&["--api", &api], "kw_wrong");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = events_cmd(&["--api", &api, "--since", "soon"], &token);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("parameter since"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = events_cmd(&["--db", state.path().to_str().unwrap()], "");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by another process"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Stopped: --db reads the same events.
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.0.wait().unwrap().success());
+    let out = events_cmd(
+        &[
+            "--db",
+            state.path().to_str().unwrap(),
+            "--camera",
+            "gate",
+            "--format",
+            "json",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<String> = got
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, expected);
+    let out = events_cmd(&["--db", "/nonexistent/state"], "");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no event database at /nonexistent/state")
+    );
+}
+
+#[test]
+fn token_command_prints_a_token_and_a_matching_config_entry() {
+    let out = kinderwatch(&["token", "--name", "city-center", "--role", "admin"]);
+    assert!(out.status.success());
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(token.starts_with("kw_") && token.len() == 67, "{token}");
+    let entry = &stderr[stderr.find("[[api.tokens]]").expect("a config entry")..];
+    let text = format!(
+        "[site]\nid = \"kg\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://192.0.2.1/x\"\n[api]\n{entry}"
+    );
+    let config =
+        kinderwatch::config::Config::from_toml(&text, Path::new("t.toml"), Path::new(".")).unwrap();
+    let tokens = kinderwatch::api::Tokens::new(&config.api.tokens);
+    let caller = tokens
+        .check(&token)
+        .expect("the printed hash matches the token");
+    assert_eq!(caller.role, kinderwatch::api::Role::Admin);
+    assert_eq!(&*caller.name, "city-center");
+    assert!(
+        !stderr.contains(&token),
+        "the token is printed once, on stdout"
+    );
 }

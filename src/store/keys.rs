@@ -4,7 +4,8 @@
 //!   milliseconds, big-endian) → [`VALUE_TAG`] ∥ snapshot length (u32 big-endian, 0: none) ∥
 //!   event JSON. Byte order is time order; the length lets a page say which events have a
 //!   snapshot, and retention count bytes, without reading the snapshots.
-//! - `by_camera`: camera length (1 byte) ∥ camera ∥ event id → empty. The length prefix keeps
+//! - `by_camera`: camera length (1 byte) ∥ camera ∥ event id → event kind (so a kind filter
+//!   skips other events without reading them). The length prefix keeps
 //!   one camera's keys from running into another's whose id starts the same.
 //! - `snapshots`: event id → JPEG.
 //! - `outbox`: sequence (u64 big-endian) → event id.

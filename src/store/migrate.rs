@@ -5,7 +5,7 @@
 //!   with only the format and `schema_version`. A camera id that is a prefix of another (`gate`,
 //!   `gate-2`) could not be range-scanned exactly in that layout.
 //! - **Version 2**: event values carry a header with the snapshot length, `by_camera` is keyed
-//!   `len ∥ camera ∥ event id`, the `outbox` tree, and the byte and event counters in `meta`
+//!   `len ∥ camera ∥ event id` (value: the event kind), the `outbox` tree, and the byte and event counters in `meta`
 //!   that retention by size reads.
 //!
 //! A migration runs in one go at open; it is idempotent (rebuilding an index and recounting), so
@@ -93,7 +93,7 @@ fn v1_to_v2(db: &sled::Db) -> Result<(), StoreError> {
             detail: e.to_string(),
         })?;
         if let Some(camera) = &event.camera {
-            index.insert(keys::camera_key(camera, &event.id), &[]);
+            index.insert(keys::camera_key(camera, &event.id), event.kind.as_str());
         }
         let snapshot_len = keys::split_event_value(&value).map_or(0, |(n, _)| n);
         bytes += (value.len() + snapshot_len) as u64;

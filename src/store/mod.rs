@@ -231,7 +231,8 @@ impl Store {
                     let id = r.event.id.as_bytes();
                     events.insert(id.as_slice(), value.as_slice())?;
                     if let Some(camera) = &r.event.camera {
-                        by_camera.insert(keys::camera_key(camera, &r.event.id), &[])?;
+                        by_camera
+                            .insert(keys::camera_key(camera, &r.event.id), r.event.kind.as_str())?;
                     }
                     if let Some(jpeg) = &r.snapshot {
                         snapshots.insert(id.as_slice(), jpeg.as_slice())?;

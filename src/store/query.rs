@@ -87,6 +87,16 @@ pub(super) fn run(store: &Store, q: &EventQuery) -> Result<Page, StoreError> {
         };
         scanned += 1;
         last_key = Some(id);
+        // The camera index holds the kind: skip other kinds without reading the event.
+        if q.camera.is_some()
+            && let Some(kind) = q.kind
+            && v.as_ref() != kind.as_str().as_bytes()
+        {
+            if scanned >= MAX_SCAN {
+                break;
+            }
+            continue;
+        }
         let stored = if q.camera.is_some() {
             match t.events.get(id_bytes)? {
                 Some(v) => decode_stored(id_bytes, &v)?,

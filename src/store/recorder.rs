@@ -290,43 +290,53 @@ pub fn publish_stats(store: &Store) -> Result<super::StoreStats, StoreError> {
     Ok(stats)
 }
 
-/// Applies retention every `retention_interval` (and once at start), off the async workers.
+/// How often the store's size, oldest event and outbox depth gauges are refreshed.
+const STATS_PERIOD: Duration = Duration::from_secs(15);
+
+/// Applies retention every `retention_interval` (and once at start) and refreshes the store
+/// gauges every [`STATS_PERIOD`], off the async workers.
 pub async fn run_retention(store: Store, config: StoreConfig, cancel: CancellationToken) {
     let policy = super::RetentionPolicy::from_config(&config);
-    let mut tick = tokio::time::interval(config.retention_interval.max(Duration::from_secs(1)));
+    let mut retention =
+        tokio::time::interval(config.retention_interval.max(Duration::from_secs(1)));
+    let mut stats = tokio::time::interval(STATS_PERIOD);
     loop {
-        tokio::select! {
+        let apply = tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+            _ = retention.tick() => true,
+            _ = stats.tick() => false,
+        };
         let s = store.clone();
         let done = tokio::task::spawn_blocking(move || {
-            let report = s.apply_retention(&policy, Timestamp::now());
-            let stats = publish_stats(&s);
-            (report, stats)
+            let report = apply.then(|| s.apply_retention(&policy, Timestamp::now()));
+            (report, publish_stats(&s))
         })
         .await;
-        match done {
-            Ok((Ok(report), stats)) => {
-                let deleted = report.deleted_by_age + report.deleted_by_size;
-                if deleted > 0 {
-                    metrics::counter!("kinderwatch_store_retention_deleted_total", "reason" => "age")
-                        .increment(report.deleted_by_age);
-                    metrics::counter!("kinderwatch_store_retention_deleted_total", "reason" => "size")
-                        .increment(report.deleted_by_size);
-                    info!(
-                        by_age = report.deleted_by_age,
-                        by_size = report.deleted_by_size,
-                        kept_for_outbox = report.kept_for_outbox,
-                        "retention deleted old events"
-                    );
-                }
-                if let Err(e) = stats {
-                    warn!(error = %e, "event store statistics unavailable");
-                }
+        let (report, stats) = match done {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "retention task panicked");
+                continue;
             }
-            Ok((Err(e), _)) => warn!(error = %e, "retention failed; retrying at the next interval"),
-            Err(e) => warn!(error = %e, "retention task panicked"),
+        };
+        if let Err(e) = stats {
+            warn!(error = %e, "event store statistics unavailable");
+        }
+        match report {
+            Some(Ok(report)) if report.deleted_by_age + report.deleted_by_size > 0 => {
+                metrics::counter!("kinderwatch_store_retention_deleted_total", "reason" => "age")
+                    .increment(report.deleted_by_age);
+                metrics::counter!("kinderwatch_store_retention_deleted_total", "reason" => "size")
+                    .increment(report.deleted_by_size);
+                info!(
+                    by_age = report.deleted_by_age,
+                    by_size = report.deleted_by_size,
+                    kept_for_outbox = report.kept_for_outbox,
+                    "retention deleted old events"
+                );
+            }
+            Some(Err(e)) => warn!(error = %e, "retention failed; retrying at the next interval"),
+            _ => {}
         }
     }
 }

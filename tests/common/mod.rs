@@ -278,10 +278,19 @@ impl Write for CaptureWriter {
 pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        gst::init().unwrap();
         let recorder = metrics_util::debugging::DebuggingRecorder::new();
         let _ = METRICS.set(recorder.snapshotter());
         recorder.install().expect("install the metrics recorder");
+        init_logs();
+    });
+}
+
+/// GStreamer and the capturing debug-level subscriber, without a metrics recorder (for tests
+/// that read the daemon's own Prometheus recorder).
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        gst::init().unwrap();
         let buf = LOGS.get_or_init(Arc::default).clone();
         tracing_subscriber::fmt()
             .with_env_filter("debug,glib=warn")
@@ -410,4 +419,16 @@ pub async fn wait_state(
     timeout: Duration,
 ) -> CameraStatus {
     wait_for(rx, timeout, &format!("state {state}"), |s| s.state == state).await
+}
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` after `timeout`.
+pub async fn poll_until(timeout: Duration, what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

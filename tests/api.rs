@@ -1,0 +1,511 @@
+//! The HTTP API on port 0 over a real sled store, the real perimeter stage (rules, arming) and
+//! the real recorder: auth and roles, bad parameters, pagination, snapshots, arming, metrics.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use jiff::{SignedDuration, Timestamp};
+use kinderwatch::api::{self, ApiState, CameraView, Role, TokenConfig, Tokens};
+use kinderwatch::camera::{CameraState, CameraStatus, Frame};
+use kinderwatch::config::Config;
+use kinderwatch::detect::{BBox, Detection, FrameDetections};
+use kinderwatch::events::{BOX_COLOUR, Event, EventKind};
+use kinderwatch::perimeter::{self, ArmingStore, PerimeterIo, RecordedEvent, RuleCommand};
+use kinderwatch::store::recorder::{self, RecorderSettings, StoreStatus};
+use kinderwatch::store::{Store, StoreConfig};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+mod common;
+
+const CONFIG: &str = r#"
+[site]
+id = "kg-7"
+[[cameras]]
+id = "gate"
+url = "rtsp://127.0.0.1/x"
+[[rules]]
+id = "fence"
+camera = "gate"
+kind = "tripwire"
+line = [[0.0, 0.5], [1.0, 0.5]]
+cooldown = "0s"
+"#;
+
+struct Harness {
+    rt: tokio::runtime::Runtime,
+    base: String,
+    read: String,
+    admin: String,
+    store: Store,
+    detections: mpsc::Sender<FrameDetections>,
+    camera_status: watch::Sender<CameraStatus>,
+    cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn start() -> Harness {
+    common::init_logs();
+    let metrics = kinderwatch::telemetry::install_metrics();
+    assert!(
+        metrics.is_some(),
+        "this test binary installs no other recorder"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store_config = StoreConfig {
+        min_free_mb: 1,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(&dir.path().join("events.db"), &store_config).unwrap();
+    let config = Arc::new(Config::from_toml(CONFIG, Path::new("t.toml"), Path::new(".")).unwrap());
+    let (read, read_hash) = api::auth::new_token();
+    let (admin, admin_hash) = api::auth::new_token();
+    let tokens = Tokens::new(&[
+        TokenConfig {
+            name: "operator".into(),
+            role: Role::Read,
+            sha256: read_hash,
+        },
+        TokenConfig {
+            name: "city-center".into(),
+            role: Role::Admin,
+            sha256: admin_hash,
+        },
+    ]);
+    let cancel = CancellationToken::new();
+    let (detections, detections_rx) = mpsc::channel(64);
+    let (commands, commands_rx) = mpsc::channel(4);
+    let (events_tx, events_rx) = mpsc::channel(64);
+    let (status_tx, store_status) = watch::channel(StoreStatus::Ok);
+    let (camera_status, camera_rx) = watch::channel(CameraStatus::new(CameraState::Connecting));
+    let base = rt.block_on(async {
+        let io = PerimeterIo {
+            live_tracks: HashMap::new(),
+            events: events_tx,
+            summary: None,
+            commands: Some(commands_rx),
+            arming: Some(ArmingStore::new(dir.path())),
+        };
+        tokio::spawn(perimeter::run(config, detections_rx, io, cancel.clone()));
+        let settings = RecorderSettings {
+            site: "kg-7".into(),
+            config: store_config,
+            outbox: false,
+        };
+        tokio::spawn(recorder::run(
+            store.clone(),
+            settings,
+            events_rx,
+            status_tx,
+            cancel.clone(),
+        ));
+        let listener = api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = ApiState {
+            site: "kg-7".into(),
+            store: store.clone(),
+            store_status,
+            cameras: Arc::new(vec![CameraView {
+                id: "gate".into(),
+                name: "Front gate".into(),
+                status: camera_rx,
+            }]),
+            rules: Some(commands),
+            metrics,
+            tokens,
+            request_timeout: Duration::from_secs(5),
+        };
+        tokio::spawn(api::serve(listener, state, cancel.clone()));
+        base
+    });
+    Harness {
+        rt,
+        base,
+        read,
+        admin,
+        store,
+        detections,
+        camera_status,
+        cancel,
+        _dir: dir,
+    }
+}
+
+/// (status, body) of a request; `token` None sends no Authorization header.
+fn call(h: &Harness, method: &str, path: &str, token: Option<&str>) -> (u16, Vec<u8>, String) {
+    let mut req = ureq::request(method, &format!("{}{path}", h.base));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let resp = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let status = resp.status();
+    let content_type = resp.content_type().to_owned();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
+    (status, body, content_type)
+}
+
+fn json(h: &Harness, path: &str, token: &str) -> (u16, Value) {
+    let (status, body, _) = call(h, "GET", path, Some(token));
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// A person walking down across the fence line on camera `gate`.
+fn walk_across(h: &Harness) {
+    let t0 = SystemTime::now();
+    h.rt.block_on(async {
+        for i in 0..20u64 {
+            let y = 0.2 + 0.03 * i as f32;
+            let frame = Arc::new(Frame {
+                camera: "gate".into(),
+                seq: i + 1,
+                captured_at: t0 + Duration::from_millis(200 * i),
+                captured: Instant::now(),
+                width: 320,
+                height: 240,
+                rgb: vec![100; 320 * 240 * 3],
+            });
+            let d = Detection {
+                class_id: 0,
+                label: "person".into(),
+                // Rising scores make the last frame the track's best (the snapshot's frame).
+                score: 0.6 + 0.015 * i as f32,
+                bbox: BBox::new(0.40, y - 0.3, 0.60, y),
+            };
+            h.detections
+                .send(FrameDetections {
+                    frame,
+                    detections: vec![d],
+                    inference: Duration::ZERO,
+                    queue_wait: Duration::ZERO,
+                })
+                .await
+                .unwrap();
+        }
+    });
+}
+
+fn wait_events(h: &Harness, query: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = json(h, &format!("/api/v1/events?{query}"), &h.read);
+        assert_eq!(status, 200, "{v}");
+        let events = v["events"].as_array().cloned().unwrap_or_default();
+        if events.len() >= n {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited for {n} events matching {query}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn auth_needs_a_known_token_and_the_right_role() {
+    let h = start();
+    let (status, body, _) = call(&h, "GET", "/healthz", None);
+    assert_eq!(status, 200);
+    let health: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["site"], "kg-7");
+
+    for path in [
+        "/api/v1/events",
+        "/api/v1/cameras",
+        "/api/v1/rules",
+        "/metrics",
+    ] {
+        let (status, body, _) = call(&h, "GET", path, None);
+        assert_eq!(status, 401, "{path} without a token");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "unauthorized");
+        assert_eq!(
+            call(&h, "GET", path, Some("kw_not-a-token")).0,
+            401,
+            "{path}"
+        );
+        assert_eq!(call(&h, "GET", path, Some(&h.read)).0, 200, "{path} read");
+        assert_eq!(call(&h, "GET", path, Some(&h.admin)).0, 200, "{path} admin");
+    }
+    // Arming needs admin.
+    let (status, body, _) = call(&h, "POST", "/api/v1/rules/fence/disarm", Some(&h.read));
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(call(&h, "POST", "/api/v1/rules/fence/disarm", None).0, 401);
+    assert_eq!(
+        call(&h, "POST", "/api/v1/rules/fence/disarm", Some(&h.admin)).0,
+        200
+    );
+    assert_eq!(
+        call(&h, "POST", "/api/v1/rules/fence/arm", Some(&h.admin)).0,
+        200
+    );
+
+    // No token (nor its hash) ever reaches the logs.
+    let logs = common::captured_logs();
+    assert!(logs.contains("API request"), "requests are logged");
+    for secret in [&h.read, &h.admin] {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a token leaked into the logs"
+        );
+        assert!(
+            !logs.contains(&secret[3..20]),
+            "part of a token leaked into the logs"
+        );
+    }
+}
+
+#[test]
+fn bad_parameters_get_400_naming_them() {
+    let h = start();
+    for (query, param) in [
+        ("kind=jumping", "kind"),
+        ("from=yesterday", "from"),
+        ("to=2026-13-01T00:00:00Z", "to"),
+        ("limit=0", "limit"),
+        ("limit=5000", "limit"),
+        ("limit=ten", "limit"),
+        ("cursor=zzz", "cursor"),
+        ("since=forever", "since"),
+        ("colour=red", "colour"),
+    ] {
+        let (status, v) = json(&h, &format!("/api/v1/events?{query}"), &h.read);
+        assert_eq!(status, 400, "{query}: {v}");
+        assert_eq!(v["error"], "bad_parameter", "{query}");
+        assert_eq!(v["parameter"], param, "{query}: {v}");
+        assert!(!v["reason"].as_str().unwrap().is_empty());
+    }
+    let (status, v) = json(&h, "/api/v1/events/not-a-uuid", &h.read);
+    assert_eq!((status, v["parameter"].as_str()), (400, Some("id")));
+    let unknown = uuid::Uuid::now_v7();
+    assert_eq!(
+        json(&h, &format!("/api/v1/events/{unknown}"), &h.read).0,
+        404
+    );
+    assert_eq!(
+        call(
+            &h,
+            "GET",
+            &format!("/api/v1/events/{unknown}/snapshot.jpg"),
+            Some(&h.read)
+        )
+        .0,
+        404
+    );
+    let (status, v) = json(&h, "/api/v1/nothing", &h.read);
+    assert_eq!((status, v["error"].as_str()), (404, Some("not_found")));
+    let (status, body, _) = call(&h, "POST", "/api/v1/rules/no-such-rule/arm", Some(&h.admin));
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    // Bodies are capped.
+    let big = vec![b'x'; 100 * 1024];
+    let resp = ureq::post(&format!("{}/api/v1/rules/fence/arm", h.base))
+        .set("Authorization", &format!("Bearer {}", h.admin))
+        .send_bytes(&big);
+    let status = match resp {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(s, _)) => s,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(status, 413);
+}
+
+#[test]
+fn pages_over_http_have_no_gaps_or_repeats_and_filters_apply() {
+    let h = start();
+    let start_t = Timestamp::now() - SignedDuration::from_hours(3);
+    let all: Vec<RecordedEvent> = (0..250)
+        .map(|i| {
+            let cam = ["gate", "yard"][i % 2];
+            let kind = [EventKind::LineCrossed, EventKind::CameraOffline][i % 5 / 4];
+            let mut e = Event::new(
+                kind,
+                "kg-7",
+                cam,
+                start_t + SignedDuration::from_secs(20 * i as i64),
+            );
+            e.rule = (kind == EventKind::LineCrossed).then(|| "fence".to_owned());
+            RecordedEvent {
+                event: e,
+                snapshot: None,
+            }
+        })
+        .collect();
+    h.store.record(&all, false).unwrap();
+    let walk = |query: &str| -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/events?limit=30&{query}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let (status, v) = json(&h, &path, &h.read);
+            assert_eq!(status, 200, "{v}");
+            for e in v["events"].as_array().unwrap() {
+                ids.push(e["id"].as_str().unwrap().to_owned());
+            }
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return ids,
+            }
+        }
+    };
+    let expect = |pred: &dyn Fn(&Event) -> bool| -> Vec<String> {
+        all.iter()
+            .rev()
+            .filter(|r| pred(&r.event))
+            .map(|r| r.event.id.to_string())
+            .collect()
+    };
+    let got = walk("");
+    assert_eq!(got.len(), 250);
+    assert_eq!(got.iter().collect::<HashSet<_>>().len(), 250);
+    assert_eq!(got, expect(&|_| true));
+    assert_eq!(
+        walk("camera=yard"),
+        expect(&|e| e.camera.as_deref() == Some("yard"))
+    );
+    assert_eq!(
+        walk("kind=camera_offline"),
+        expect(&|e| e.kind == EventKind::CameraOffline)
+    );
+    assert_eq!(
+        walk("rule=fence&camera=gate"),
+        expect(&|e| e.rule.is_some() && e.camera.as_deref() == Some("gate"))
+    );
+    let from = all[100].event.time;
+    let to = all[200].event.time;
+    let q = format!(
+        "from={}&to={}",
+        url_encode(&from.to_string()),
+        url_encode(&to.to_string())
+    );
+    assert_eq!(walk(&q), expect(&|e| e.time >= from && e.time < to));
+}
+
+fn url_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[test]
+fn a_crossing_is_served_with_its_snapshot_and_arming_works_over_http() {
+    let h = start();
+    walk_across(&h);
+    let events = wait_events(&h, "kind=line_crossed", 1);
+    let e = &events[0];
+    assert_eq!(e["camera"], "gate");
+    assert_eq!(e["rule"], "fence");
+    assert_eq!(e["site"], "kg-7");
+    let id = e["id"].as_str().unwrap();
+    let (status, one) = json(&h, &format!("/api/v1/events/{id}"), &h.read);
+    assert_eq!(status, 200);
+    assert_eq!(&one, e);
+
+    // The snapshot is a JPEG with the object's box drawn in the box colour.
+    let url = e["snapshot_url"].as_str().expect("a snapshot");
+    let (status, jpeg, content_type) = call(&h, "GET", url, Some(&h.read));
+    assert_eq!((status, content_type.as_str()), (200, "image/jpeg"));
+    let img = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)
+        .expect("a valid JPEG")
+        .to_rgb8();
+    assert_eq!(img.dimensions(), (320, 240));
+    // The snapshot is the track's best frame, the last one: box rows 113..185, left edge at x1
+    // (the same in every frame).
+    let x1 = (e["object"]["bbox"]["x1"].as_f64().unwrap() * 320.0) as u32;
+    let near = |p: &image::Rgb<u8>| {
+        p.0.iter()
+            .zip(BOX_COLOUR)
+            .all(|(a, b)| (*a as i32 - b as i32).abs() <= 40)
+    };
+    let edge_pixels = (40..240)
+        .filter(|&y| (x1..x1 + 3).any(|x| near(img.get_pixel(x, y))))
+        .count();
+    assert!(
+        edge_pixels >= 50,
+        "box colour on the left edge at x={x1}: {edge_pixels} rows"
+    );
+    assert!(
+        !near(img.get_pixel(20, 200)),
+        "the background is not box-coloured"
+    );
+
+    // Disarmed over HTTP: the next crossing makes no event; armed again: it does.
+    assert_eq!(
+        call(&h, "POST", "/api/v1/rules/fence/disarm", Some(&h.admin)).0,
+        200
+    );
+    let (_, rules) = json(&h, "/api/v1/rules", &h.read);
+    assert_eq!(rules["rules"][0]["id"], "fence");
+    assert_eq!(rules["rules"][0]["armed"], false);
+    walk_across(&h);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        wait_events(&h, "kind=line_crossed", 1).len(),
+        1,
+        "disarmed: no new event"
+    );
+    assert_eq!(
+        call(&h, "POST", "/api/v1/rules/fence/arm", Some(&h.admin)).0,
+        200
+    );
+    walk_across(&h);
+    assert_eq!(wait_events(&h, "kind=line_crossed", 2).len(), 2);
+}
+
+#[test]
+fn cameras_health_and_metrics_report_state() {
+    let h = start();
+    let (status, v) = json(&h, "/api/v1/cameras", &h.read);
+    assert_eq!(status, 200);
+    assert_eq!(v["cameras"][0]["id"], "gate");
+    assert_eq!(v["cameras"][0]["state"], "connecting");
+    h.camera_status.send_modify(|s| {
+        s.state = CameraState::Streaming;
+        s.fps = 5.04;
+        s.last_frame_at = Some(SystemTime::now());
+        s.last_error = Some("connection refused".into());
+    });
+    let (_, v) = json(&h, "/api/v1/cameras", &h.read);
+    let cam = &v["cameras"][0];
+    assert_eq!(cam["state"], "streaming");
+    assert_eq!(cam["fps"], 5.0);
+    assert_eq!(cam["last_error"], "connection refused");
+    let last: Timestamp = cam["last_frame_at"].as_str().unwrap().parse().unwrap();
+    assert!((Timestamp::now() - last).get_seconds() < 5);
+    let (status, body, _) = call(&h, "GET", "/healthz", None);
+    assert_eq!(status, 200);
+    let health: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(health["cameras"]["streaming"], 1);
+
+    walk_across(&h);
+    wait_events(&h, "kind=line_crossed", 1);
+    let (status, body, content_type) = call(&h, "GET", "/metrics", Some(&h.read));
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/plain"));
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.lines().any(|l| l.starts_with("kinderwatch_store_events_recorded_total") && !l.ends_with(" 0")),
+        "{text}"
+    );
+    assert!(text.contains("kinderwatch_api_requests_total"), "{text}");
+}
