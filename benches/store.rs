@@ -103,6 +103,10 @@ fn measure(store: &Store, queries: &[EventQuery]) -> (Duration, Duration, usize)
 }
 
 fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("store benchmark: run with `cargo bench --bench store`");
+        return;
+    }
     let n: usize = std::env::var("KW_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -12,7 +12,7 @@ use kinderwatch::camera::{CameraState, CameraStatus, Frame};
 use kinderwatch::config::Config;
 use kinderwatch::detect::{BBox, Detection, FrameDetections};
 use kinderwatch::events::{BOX_COLOUR, Event, EventKind};
-use kinderwatch::perimeter::{self, ArmingStore, PerimeterIo, RecordedEvent, RuleCommand};
+use kinderwatch::perimeter::{self, ArmingStore, PerimeterIo, RecordedEvent};
 use kinderwatch::store::recorder::{self, RecorderSettings, StoreStatus};
 use kinderwatch::store::{Store, StoreConfig};
 use serde_json::Value;
