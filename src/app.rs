@@ -263,7 +263,7 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
     let settings = RecorderSettings {
         site: config.site.id.clone(),
         config: config.store.clone(),
-        outbox: false,
+        outbox: config.mqtt.is_some(),
     };
     let s = store.clone();
     daemon.spawn(|cancel| {
@@ -277,12 +277,29 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
         expected_tasks += 1;
     }
     let rule_commands = daemon.pool().is_some().then(|| daemon.rule_commands());
+    let camera_views: std::sync::Arc<Vec<CameraView>> =
+        std::sync::Arc::new(cameras.iter().map(CameraView::from).collect());
+    if let Some(mqtt) = &config.mqtt {
+        let settings = crate::alert::publisher::PublisherSettings {
+            config: mqtt.clone(),
+            site: config.site.id.clone(),
+            cameras: camera_views.clone(),
+            commands: crate::alert::commands::CommandContext {
+                store: store.clone(),
+                rules: rule_commands.clone(),
+                cameras: camera_views.clone(),
+            },
+        };
+        let s = store.clone();
+        daemon.spawn(|cancel| crate::alert::publisher::run(s, settings, cancel));
+        expected_tasks += 1;
+    }
     if let Some(listener) = listener {
         let state = ApiState {
             site: config.site.id.as_str().into(),
             store: store.clone(),
             store_status: store_status.clone(),
-            cameras: std::sync::Arc::new(cameras.iter().map(CameraView::from).collect()),
+            cameras: camera_views,
             rules: rule_commands,
             metrics: metrics_handle,
             tokens: crate::api::Tokens::new(&config.api.tokens),

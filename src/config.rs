@@ -41,6 +41,9 @@ pub struct Config {
     pub store: crate::store::StoreConfig,
     #[serde(default)]
     pub api: crate::api::ApiConfig,
+    /// Absent: no MQTT alerts (events are stored and served by the API only).
+    #[serde(default)]
+    pub mqtt: Option<crate::alert::MqttConfig>,
     #[serde(default)]
     pub logging: LoggingConfig,
     #[serde(default)]
@@ -832,6 +835,11 @@ impl Config {
     }
 
     fn validate_store_and_api(&self, v: &mut Validator) {
+        if let Some(m) = &self.mqtt {
+            for (key, message) in m.problems() {
+                v.err(&format!("mqtt.{key}"), message);
+            }
+        }
         let s = &self.store;
         if s.max_pending == 0 {
             v.err(

@@ -4,6 +4,7 @@
 //! → tracking and rules → events → store → alerts and API. [`app`] wires the stages together and
 //! supervises them; [`config`] is the one TOML file that describes a site.
 
+pub mod alert;
 pub mod api;
 pub mod app;
 pub mod camera;

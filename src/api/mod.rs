@@ -28,7 +28,9 @@ use crate::store::Store;
 use crate::store::recorder::StoreStatus;
 
 pub use auth::{Role, TokenConfig, Tokens};
-pub use routes::{event_json, parse_event_query};
+pub use routes::{
+    camera_json, cameras_json, event_json, parse_event_query, rule_set_armed, rules_list,
+};
 
 /// The largest request body accepted (the API takes no bodies today).
 pub const MAX_BODY: usize = 16 * 1024;
@@ -150,6 +152,11 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!("api.listen {addr}: cannot listen ({e}); choose a free address or set api.enabled = false")
     })
+}
+
+/// The whole API as a tower service (what [`serve`] runs).
+pub fn router(state: ApiState) -> axum::Router {
+    routes::router(state)
 }
 
 /// Serves until `cancel`.

@@ -255,26 +255,28 @@ fn rfc3339(t: SystemTime) -> Option<String> {
 }
 
 async fn cameras(State(state): State<ApiState>) -> Json<Value> {
-    let cams: Vec<Value> = state
-        .cameras
-        .iter()
-        .map(|c| {
-            let s = c.status.borrow().clone();
-            json!({
-                "id": &*c.id,
-                "name": c.name,
-                "state": s.state.as_str(),
-                "since": rfc3339(s.since),
-                "fps": (s.fps * 10.0).round() / 10.0,
-                "frames_received": s.frames_received,
-                "reconnects": s.reconnects,
-                "last_error": s.last_error,
-                "last_frame_at": s.last_frame_at.and_then(rfc3339),
-                "retry_at": s.retry_at.and_then(rfc3339),
-            })
-        })
-        .collect();
-    Json(json!({ "cameras": cams }))
+    Json(json!({ "cameras": cameras_json(&state.cameras) }))
+}
+
+/// Every camera's status as the API and MQTT commands show it.
+pub fn cameras_json(cameras: &[super::CameraView]) -> Vec<Value> {
+    cameras.iter().map(camera_json).collect()
+}
+
+pub fn camera_json(c: &super::CameraView) -> Value {
+    let s = c.status.borrow().clone();
+    json!({
+        "id": &*c.id,
+        "name": c.name,
+        "state": s.state.as_str(),
+        "since": rfc3339(s.since),
+        "fps": (s.fps * 10.0).round() / 10.0,
+        "frames_received": s.frames_received,
+        "reconnects": s.reconnects,
+        "last_error": s.last_error,
+        "last_frame_at": s.last_frame_at.and_then(rfc3339),
+        "retry_at": s.retry_at.and_then(rfc3339),
+    })
 }
 
 fn rules_sender(state: &ApiState) -> Result<tokio::sync::mpsc::Sender<RuleCommand>, ApiError> {
@@ -285,16 +287,43 @@ fn rules_sender(state: &ApiState) -> Result<tokio::sync::mpsc::Sender<RuleComman
 
 const RULE_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-async fn list_rules(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let tx = rules_sender(&state)?;
+/// Every rule with its state, from the rules stage.
+pub async fn rules_list(
+    tx: &tokio::sync::mpsc::Sender<RuleCommand>,
+) -> Result<Vec<crate::perimeter::RuleStatus>, ApiError> {
     let (reply, rx) = oneshot::channel();
     tx.send(RuleCommand::List { reply })
         .await
         .map_err(|_| ApiError::unavailable("the rules stage has stopped"))?;
-    let rules = tokio::time::timeout(RULE_REPLY_TIMEOUT, rx)
+    tokio::time::timeout(RULE_REPLY_TIMEOUT, rx)
         .await
         .map_err(|_| ApiError::unavailable("the rules stage did not answer"))?
-        .map_err(|_| ApiError::unavailable("the rules stage has stopped"))?;
+        .map_err(|_| ApiError::unavailable("the rules stage has stopped"))
+}
+
+/// Arms or disarms a rule through the rules stage; 404 for an unknown rule.
+pub async fn rule_set_armed(
+    tx: &tokio::sync::mpsc::Sender<RuleCommand>,
+    rule: &str,
+    armed: bool,
+) -> Result<(), ApiError> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(RuleCommand::SetArmed {
+        rule: rule.to_owned(),
+        armed,
+        reply,
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the rules stage has stopped"))?;
+    tokio::time::timeout(RULE_REPLY_TIMEOUT, rx)
+        .await
+        .map_err(|_| ApiError::unavailable("the rules stage did not answer"))?
+        .map_err(|_| ApiError::unavailable("the rules stage has stopped"))?
+        .map_err(ApiError::not_found)
+}
+
+async fn list_rules(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let rules = rules_list(&rules_sender(&state)?).await?;
     Ok(Json(json!({ "rules": rules })))
 }
 
@@ -311,20 +340,7 @@ async fn set_armed(
     Path(rule): Path<String>,
     armed: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let tx = rules_sender(&state)?;
-    let (reply, rx) = oneshot::channel();
-    tx.send(RuleCommand::SetArmed {
-        rule: rule.clone(),
-        armed,
-        reply,
-    })
-    .await
-    .map_err(|_| ApiError::unavailable("the rules stage has stopped"))?;
-    tokio::time::timeout(RULE_REPLY_TIMEOUT, rx)
-        .await
-        .map_err(|_| ApiError::unavailable("the rules stage did not answer"))?
-        .map_err(|_| ApiError::unavailable("the rules stage has stopped"))?
-        .map_err(ApiError::not_found)?;
+    rule_set_armed(&rules_sender(&state)?, &rule, armed).await?;
     tracing::info!(rule = %rule, armed, "rule armed state changed through the API");
     Ok(Json(json!({ "rule": rule, "armed": armed })))
 }

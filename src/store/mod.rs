@@ -148,6 +148,8 @@ pub struct StoreStats {
 pub struct OutboxEntry {
     pub seq: u64,
     pub event: Event,
+    /// Bytes of the event's snapshot; 0 when it has none.
+    pub snapshot_len: usize,
 }
 
 /// A handle to the open database; cheap to clone.
@@ -248,7 +250,8 @@ impl Store {
         )?;
         i.db.flush()?;
         if outbox {
-            i.outbox_changed.notify_waiters();
+            // One consumer (the publisher): a permit is kept if it is not waiting right now.
+            i.outbox_changed.notify_one();
         }
         Ok(())
     }
@@ -303,9 +306,11 @@ impl Store {
             let (k, v) = kv?;
             let seq = keys::u64_value(Some(&k));
             if let Some(ev) = self.inner.events.get(&v)? {
+                let stored = decode_stored(&v, &ev)?;
                 out.push(OutboxEntry {
                     seq,
-                    event: decode_stored(&v, &ev)?.event,
+                    event: stored.event,
+                    snapshot_len: stored.snapshot_len,
                 });
             }
             if out.len() >= max {

@@ -341,6 +341,8 @@ pub fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
         .unwrap_or(0)
 }
 
+pub mod broker;
+
 // --- configs and waiting ----------------------------------------------------------------------
 
 use kinderwatch::camera::{CameraState, CameraStatus};

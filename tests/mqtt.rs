@@ -1,0 +1,565 @@
+//! MQTT alerts against a real mosquitto on a free port: the documented payload (checked against
+//! the JSON Schema), a broker outage, TLS with password auth, a wrong password, commands over
+//! request/response, and the daemon killed with SIGKILL (outbox and last will).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use kinderwatch::alert::MqttConfig;
+use kinderwatch::alert::commands::CommandContext;
+use kinderwatch::alert::payload::SCHEMA;
+use kinderwatch::alert::publisher::{self, PublisherSettings};
+use kinderwatch::api::CameraView;
+use kinderwatch::camera::{CameraState, CameraStatus};
+use kinderwatch::config::Config;
+use kinderwatch::events::{Event, EventKind, EventObject};
+use kinderwatch::perimeter::{self, ArmingStore, PerimeterIo, RecordedEvent};
+use kinderwatch::store::recorder::{self, RecorderSettings, StoreStatus};
+use kinderwatch::store::{Store, StoreConfig};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::broker::{self, Broker, Received};
+
+const SITE: &str = "kg-7";
+
+fn mqtt_config(port: u16, extra: &str) -> MqttConfig {
+    let text = format!(
+        "[site]\nid = \"{SITE}\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/x\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nbackoff_initial = \"200ms\"\nbackoff_max = \"1s\"\nsnapshot_base_url = \"http://10.8.0.7:8080\"\n{extra}\n"
+    );
+    Config::from_toml(&text, Path::new("t.toml"), Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .mqtt
+        .unwrap()
+}
+
+struct Site {
+    events: mpsc::Sender<RecordedEvent>,
+    store: Store,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Store + recorder (with the outbox) + publisher + the real rules stage for commands.
+fn start_site(config: MqttConfig) -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    let store_config = StoreConfig {
+        min_free_mb: 1,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(&dir.path().join("events.db"), &store_config).unwrap();
+    let cancel = CancellationToken::new();
+    let (events, events_rx) = mpsc::channel(256);
+    let (status_tx, _status) = watch::channel(StoreStatus::Ok);
+    let rules_config = Arc::new(
+        Config::from_toml(
+            "[site]\nid = \"kg-7\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/x\"\n[[rules]]\nid = \"fence\"\ncamera = \"gate\"\nkind = \"tripwire\"\nline = [[0.0, 0.5], [1.0, 0.5]]\n",
+            Path::new("t.toml"),
+            Path::new("."),
+        )
+        .unwrap(),
+    );
+    let (_detections, detections_rx) = mpsc::channel(4);
+    let (commands, commands_rx) = mpsc::channel(4);
+    let (rule_events, _rule_events_rx) = mpsc::channel(4);
+    let (_cam_tx, cam_rx) = watch::channel(CameraStatus::new(CameraState::Streaming));
+    std::mem::forget(_cam_tx);
+    std::mem::forget(_detections);
+    let cameras = Arc::new(vec![CameraView {
+        id: "gate".into(),
+        name: "Gate".into(),
+        status: cam_rx,
+    }]);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(perimeter::run(
+        rules_config,
+        detections_rx,
+        PerimeterIo {
+            live_tracks: HashMap::new(),
+            events: rule_events,
+            summary: None,
+            commands: Some(commands_rx),
+            arming: Some(ArmingStore::new(dir.path())),
+        },
+        cancel.clone(),
+    )));
+    tasks.push(tokio::spawn(recorder::run(
+        store.clone(),
+        RecorderSettings {
+            site: SITE.into(),
+            config: store_config,
+            outbox: true,
+        },
+        events_rx,
+        status_tx,
+        cancel.clone(),
+    )));
+    let settings = PublisherSettings {
+        config,
+        site: SITE.into(),
+        cameras: cameras.clone(),
+        commands: CommandContext {
+            store: store.clone(),
+            rules: Some(commands),
+            cameras,
+        },
+    };
+    tasks.push(tokio::spawn(publisher::run(
+        store.clone(),
+        settings,
+        cancel.clone(),
+    )));
+    Site {
+        events,
+        store,
+        cancel,
+        tasks,
+        _dir: dir,
+    }
+}
+
+impl Site {
+    async fn stop(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
+fn crossing(n: usize) -> RecordedEvent {
+    let mut e = Event::new(EventKind::LineCrossed, SITE, "gate", Timestamp::now());
+    e.rule = Some("fence".into());
+    e.detail = Some(format!("n={n}"));
+    e.object = Some(EventObject {
+        class: "person".into(),
+        score: 0.81,
+        bbox: kinderwatch::detect::BBox::new(0.4, 0.2, 0.55, 0.7),
+        track_id: 42,
+        crossing: Some(kinderwatch::rules::tripwire::Crossing::Right),
+    });
+    RecordedEvent {
+        event: e,
+        snapshot: Some(vec![0xff, 0xd8, 0xff, 0xd9]),
+    }
+}
+
+fn schema() -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(SCHEMA).unwrap();
+    jsonschema::validator_for(&schema).expect("a valid JSON Schema")
+}
+
+fn is_event(m: &Received) -> bool {
+    m.topic.starts_with(&format!("kinderwatch/{SITE}/events/")) && !m.topic.ends_with("/snapshot")
+}
+
+#[tokio::test]
+async fn an_event_is_delivered_with_the_documented_payload() {
+    common::init_logs();
+    let broker = Broker::start("");
+    let (_sub, mut rx) =
+        broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/#"), |_| {}).await;
+    let site = start_site(mqtt_config(broker.port, "publish_snapshots = true"));
+    let online = broker::next_matching(&mut rx, Duration::from_secs(10), "status online", |m| {
+        m.topic == format!("kinderwatch/{SITE}/status")
+    })
+    .await;
+    assert_eq!(online.payload, b"online");
+    let cam = broker::next_matching(&mut rx, Duration::from_secs(5), "camera status", |m| {
+        m.topic == format!("kinderwatch/{SITE}/cameras/gate/status")
+    })
+    .await;
+    let cam: Value = serde_json::from_slice(&cam.payload).unwrap();
+    assert_eq!(cam["state"], "streaming");
+
+    let sent = crossing(1);
+    site.events.send(sent.clone()).await.unwrap();
+    let m = broker::next_matching(&mut rx, Duration::from_secs(10), "the alert", is_event).await;
+    assert_eq!(
+        m.topic,
+        format!("kinderwatch/{SITE}/events/gate/line_crossed")
+    );
+    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+    let validator = schema();
+    let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "payload {v} does not match the schema: {errors:?}"
+    );
+    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["event_id"], sent.event.id.to_string());
+    assert_eq!(v["site"], SITE);
+    assert_eq!(v["camera"], "gate");
+    assert_eq!(v["rule"], "fence");
+    assert_eq!(v["kind"], "line_crossed");
+    assert_eq!(v["object"]["class"], "person");
+    assert_eq!(v["object"]["crossing"], "right");
+    assert_eq!(v["time"], sent.event.time.to_string());
+    assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        v["snapshot"]["url"],
+        format!(
+            "http://10.8.0.7:8080/api/v1/events/{}/snapshot.jpg",
+            sent.event.id
+        )
+    );
+    assert_eq!(v["snapshot"]["bytes"], 4);
+    let props = m.properties.expect("MQTT 5 properties");
+    assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    // The snapshot on its own topic.
+    let snap = broker::next_matching(&mut rx, Duration::from_secs(5), "the snapshot", |m| {
+        m.topic.ends_with("/line_crossed/snapshot")
+    })
+    .await;
+    assert_eq!(snap.payload, vec![0xff, 0xd8, 0xff, 0xd9]);
+    // The schema is really checked: a payload without its id fails it.
+    let mut broken = v.clone();
+    broken.as_object_mut().unwrap().remove("event_id");
+    assert!(!validator.is_valid(&broken));
+    // Acknowledged: the outbox is empty.
+    let store = site.store.clone();
+    common::poll_until(Duration::from_secs(5), "an empty outbox", move || {
+        store.outbox_len() == 0
+    })
+    .await;
+    site.stop().await;
+    // A clean stop says offline (retained).
+    let off = broker::next_matching(&mut rx, Duration::from_secs(5), "status offline", |m| {
+        m.topic == format!("kinderwatch/{SITE}/status")
+    })
+    .await;
+    assert_eq!(off.payload, b"offline");
+}
+
+#[tokio::test]
+async fn a_broker_outage_loses_nothing_and_order_is_kept() {
+    common::init_logs();
+    let mut broker = Broker::start("");
+    let (_sub, mut rx) =
+        broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/events/#"), |_| {}).await;
+    let site = start_site(mqtt_config(broker.port, ""));
+    site.events.send(crossing(0)).await.unwrap();
+    broker::next_matching(
+        &mut rx,
+        Duration::from_secs(10),
+        "the first alert",
+        is_event,
+    )
+    .await;
+
+    broker.stop();
+    let mut sent = Vec::new();
+    for n in 1..=100 {
+        let e = crossing(n);
+        sent.push(e.event.id.to_string());
+        site.events.send(e).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let store = site.store.clone();
+    common::poll_until(
+        Duration::from_secs(10),
+        "100 alerts in the outbox",
+        move || store.outbox_len() >= 100,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.restart();
+
+    let mut got: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sent.iter().all(|id| got.contains(id)) {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 100 arrived",
+            sent.iter().filter(|id| got.contains(id)).count()
+        );
+        let m = broker::next_matching(
+            &mut rx,
+            Duration::from_secs(30),
+            "alerts after the outage",
+            is_event,
+        )
+        .await;
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        got.push(v["event_id"].as_str().unwrap().to_owned());
+    }
+    // In order: the first arrival of each id follows the recording order.
+    let mut firsts: Vec<&String> = Vec::new();
+    for id in &got {
+        if sent.contains(id) && !firsts.contains(&id) {
+            firsts.push(id);
+        }
+    }
+    assert_eq!(
+        firsts,
+        sent.iter().collect::<Vec<_>>(),
+        "alerts arrived out of order"
+    );
+    let store = site.store.clone();
+    common::poll_until(Duration::from_secs(10), "an empty outbox", move || {
+        store.outbox_len() == 0
+    })
+    .await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn commands_over_request_response() {
+    common::init_logs();
+    let broker = Broker::start("");
+    let (client, mut rx) = broker::subscribe(broker.port, "center/replies/#", |_| {}).await;
+    let site = start_site(mqtt_config(broker.port, ""));
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        let e = crossing(n);
+        sent.push(e.event.id.to_string());
+        site.events.send(e).await.unwrap();
+    }
+    let store = site.store.clone();
+    common::poll_until(Duration::from_secs(10), "5 stored events", move || {
+        store.stats().map(|s| s.events >= 5).unwrap_or(false)
+    })
+    .await;
+    // The publisher subscribes to the command topics after connecting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let ask = |command: &str, body: &str, id: &str| {
+        let props = PublishProperties {
+            response_topic: Some("center/replies/kg-7".into()),
+            correlation_data: Some(Bytes::from(id.to_owned())),
+            ..Default::default()
+        };
+        let topic = format!("kinderwatch/{SITE}/commands/{command}");
+        let client = client.clone();
+        let body = body.to_owned();
+        async move {
+            client
+                .publish_with_properties(topic, QoS::AtLeastOnce, false, body, props)
+                .await
+                .unwrap();
+        }
+    };
+    ask("query/events", r#"{"camera": "gate", "limit": 3}"#, "q1").await;
+    let r = reply(&mut rx, "q1").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let ids: Vec<&str> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    // Newest first by id (ids order by time; within one millisecond their order is arbitrary).
+    let mut by_id = sent.clone();
+    by_id.sort_by(|a, b| b.cmp(a));
+    let newest: Vec<&str> = by_id.iter().take(3).map(String::as_str).collect();
+    assert_eq!(ids, newest);
+    let cursor = r["next_cursor"].as_str().expect("a cursor").to_owned();
+    ask(
+        "query/events",
+        &format!(r#"{{"camera": "gate", "limit": 3, "cursor": "{cursor}"}}"#),
+        "q2",
+    )
+    .await;
+    let r = reply(&mut rx, "q2").await;
+    assert_eq!(r["events"].as_array().unwrap().len(), 2);
+
+    ask("admin/disarm", r#"{"rule": "fence"}"#, "a1").await;
+    assert_eq!(reply(&mut rx, "a1").await["armed"], false);
+    ask("query/rules", "", "r1").await;
+    let r = reply(&mut rx, "r1").await;
+    assert_eq!(r["rules"][0]["armed"], false, "{r}");
+    ask("admin/arm", r#"{"rule": "fence"}"#, "a2").await;
+    assert_eq!(reply(&mut rx, "a2").await["ok"], true);
+    ask("query/cameras", "{}", "c1").await;
+    assert_eq!(
+        reply(&mut rx, "c1").await["cameras"][0]["state"],
+        "streaming"
+    );
+
+    // Garbage gets an error reply, never a crash.
+    for (command, body, id, error) in [
+        ("query/events", "{not json", "g1", "bad_request"),
+        (
+            "query/events",
+            r#"{"kind": "jumping"}"#,
+            "g2",
+            "bad_parameter",
+        ),
+        ("query/events", "[1, 2]", "g3", "bad_request"),
+        (
+            "admin/arm",
+            r#"{"rule": "no-such-rule"}"#,
+            "g4",
+            "not_found",
+        ),
+        ("admin/arm", "{}", "g5", "bad_parameter"),
+        ("self-destruct", "{}", "g6", "unknown_command"),
+    ] {
+        ask(command, body, id).await;
+        let r = reply(&mut rx, id).await;
+        assert_eq!(r["ok"], false, "{command} {body}: {r}");
+        assert_eq!(r["error"], error, "{command} {body}: {r}");
+    }
+    // Still alive: a good query after the garbage.
+    ask("query/cameras", "{}", "c2").await;
+    assert_eq!(reply(&mut rx, "c2").await["ok"], true);
+    site.stop().await;
+}
+
+/// The reply whose correlation data is `id`.
+async fn reply(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Received>, id: &str) -> Value {
+    let id = Bytes::from(id.to_owned());
+    let m = broker::next_matching(rx, Duration::from_secs(10), "a reply", move |m| {
+        m.properties
+            .as_ref()
+            .and_then(|p| p.correlation_data.clone())
+            == Some(id.clone())
+    })
+    .await;
+    serde_json::from_slice(&m.payload).unwrap()
+}
+
+/// A CA and a server certificate for 127.0.0.1, as PEM files in `dir`.
+fn make_certs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kinderwatch test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    (paths.0, paths.1, paths.2)
+}
+
+#[tokio::test]
+async fn tls_with_password_auth_delivers_and_a_wrong_password_is_a_clear_rate_limited_error() {
+    common::init_logs();
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(certs.path());
+    let passwords = certs.path().join("passwd");
+    let ok = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args(["kg-7", "s3cret-mqtt-pass", "center"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    // Add the center's user.
+    assert!(
+        std::process::Command::new("mosquitto_passwd")
+            .args(["-b"])
+            .arg(&passwords)
+            .args(["center", "center-pass"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let broker = Broker::start(&format!(
+        "allow_anonymous false\npassword_file {}\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        passwords.display(),
+        ca.display(),
+        cert.display(),
+        key.display()
+    ));
+    let ca_bytes = std::fs::read(&ca).unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (_sub, mut rx) = broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/#"), |o| {
+        o.set_credentials("center", "center-pass");
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Simple {
+                ca: ca_bytes.clone(),
+                alpn: None,
+                client_auth: None,
+            },
+        ));
+    })
+    .await;
+    let password_file = certs.path().join("mqtt-password");
+    std::fs::write(&password_file, "s3cret-mqtt-pass\n").unwrap();
+    let tls = format!(
+        "tls = true\nca_file = \"{}\"\nusername = \"kg-7\"\npassword_file = \"{}\"\n",
+        ca.display(),
+        password_file.display()
+    );
+    let site = start_site(mqtt_config(broker.port, &tls));
+    let e = crossing(7);
+    site.events.send(e.clone()).await.unwrap();
+    let m = broker::next_matching(
+        &mut rx,
+        Duration::from_secs(15),
+        "the alert over TLS",
+        is_event,
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["event_id"], e.event.id.to_string());
+    site.stop().await;
+
+    // A wrong password: a clear error, logged once (not once per retry), no crash, no password.
+    let wrong_file = certs.path().join("wrong-password");
+    std::fs::write(&wrong_file, "not-the-password\n").unwrap();
+    let tls = format!(
+        "tls = true\nca_file = \"{}\"\nusername = \"kg-7\"\npassword_file = \"{}\"\n",
+        ca.display(),
+        wrong_file.display()
+    );
+    let site = start_site(mqtt_config(broker.port, &tls));
+    let e = crossing(8);
+    site.events.send(e.clone()).await.unwrap();
+    // With backoff 200ms..1s, 4 s are several attempts.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!site.tasks.iter().any(|t| t.is_finished()), "a task ended");
+    assert_eq!(site.store.outbox_len(), 1, "the alert waits in the outbox");
+    let logs = common::captured_logs();
+    let refusals = logs.matches("the broker refused the credentials").count();
+    assert_eq!(
+        refusals, 1,
+        "logged once while the error stays the same:\n{logs}"
+    );
+    assert!(
+        logs.contains("mqtt.password_file"),
+        "the error names the key to check"
+    );
+    assert!(!logs.contains("not-the-password") && !logs.contains("s3cret-mqtt-pass"));
+    site.stop().await;
+}
+
+#[test]
+fn config_problems_name_their_keys() {
+    let text = "[site]\nid = \"kg\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/x\"\n[mqtt]\nhost = \"mqtt://broker\"\ntls = true\nca_file = \"/nonexistent/ca.pem\"\nusername = \"kg\"\npassword_file = \"/nonexistent/pw\"\ntopic_prefix = \"kw/#\"\n";
+    let e = Config::from_toml(text, Path::new("t.toml"), Path::new("."))
+        .unwrap_err()
+        .to_string();
+    for key in [
+        "mqtt.host",
+        "mqtt.ca_file",
+        "mqtt.password_file",
+        "mqtt.topic_prefix",
+    ] {
+        assert!(e.contains(key), "{key} missing in:\n{e}");
+    }
+    assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+}
