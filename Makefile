@@ -27,6 +27,7 @@ bench: setup
 	$(CARGO) bench --bench ingest
 	$(CARGO) bench --bench detect
 	$(CARGO) bench --bench store
+	$(CARGO) bench --bench mqtt
 
 clean-deps:
 	rm -rf .deps

@@ -260,10 +260,18 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
     let (events_tx, events_rx) = mpsc::channel(256);
     let (store_status_tx, store_status) = watch::channel(StoreStatus::Ok);
     metrics::gauge!("kinderwatch_store_up").set(1.0);
+    let (live_tx, live_rx) = match config.mqtt.is_some() {
+        true => {
+            let (tx, rx) = mpsc::channel(1024);
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
     let settings = RecorderSettings {
         site: config.site.id.clone(),
         config: config.store.clone(),
         outbox: config.mqtt.is_some(),
+        live: live_tx,
     };
     let s = store.clone();
     daemon.spawn(|cancel| {
@@ -289,6 +297,7 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
                 rules: rule_commands.clone(),
                 cameras: camera_views.clone(),
             },
+            live: live_rx,
         };
         let s = store.clone();
         daemon.spawn(|cancel| crate::alert::publisher::run(s, settings, cancel));

@@ -106,6 +106,7 @@ fn start() -> Harness {
             site: "kg-7".into(),
             config: store_config,
             outbox: false,
+            live: None,
         };
         tokio::spawn(recorder::run(
             store.clone(),

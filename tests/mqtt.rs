@@ -51,6 +51,10 @@ struct Site {
 
 /// Store + recorder (with the outbox) + publisher + the real rules stage for commands.
 fn start_site(config: MqttConfig) -> Site {
+    start_site_live(config, None)
+}
+
+fn start_site_live(config: MqttConfig, live: Option<mpsc::Receiver<recorder::LiveEvent>>) -> Site {
     let dir = tempfile::tempdir().unwrap();
     let store_config = StoreConfig {
         min_free_mb: 1,
@@ -98,6 +102,7 @@ fn start_site(config: MqttConfig) -> Site {
             site: SITE.into(),
             config: store_config,
             outbox: true,
+            live: None,
         },
         events_rx,
         status_tx,
@@ -112,6 +117,7 @@ fn start_site(config: MqttConfig) -> Site {
             rules: Some(commands),
             cameras,
         },
+        live,
     };
     tasks.push(tokio::spawn(publisher::run(
         store.clone(),
@@ -562,4 +568,137 @@ fn config_problems_name_their_keys() {
         assert!(e.contains(key), "{key} missing in:\n{e}");
     }
     assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+}
+
+/// The daemon binary with this state dir and broker; killed (SIGKILL) on drop.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(config: &Path) -> Self {
+        Self(
+            std::process::Command::new(env!("CARGO_BIN_EXE_kinderwatch"))
+                .args(["run", "--config"])
+                .arg(config)
+                .env_remove("RUST_LOG")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn kill9(mut self) {
+        self.0.kill().unwrap(); // SIGKILL
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn after_sigkill_the_outbox_is_published_on_restart_and_the_last_will_says_offline() {
+    common::init_logs();
+    let state = tempfile::tempdir().unwrap();
+    let mut sent = Vec::new();
+    {
+        let store = Store::open(&state.path().join("events.db"), &StoreConfig::default()).unwrap();
+        let events: Vec<RecordedEvent> = (0..50).map(crossing).collect();
+        sent.extend(events.iter().map(|e| e.event.id.to_string()));
+        store.record(&events, true).unwrap();
+    }
+    let mut broker = Broker::start("");
+    broker.stop();
+    let config = state.path().join("kinderwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[site]\nid = \"{SITE}\"\n[state]\ndir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nkeep_alive = \"5s\"\nbackoff_initial = \"200ms\"\nbackoff_max = \"1s\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/x\"\n",
+            state.path().display(),
+            broker.port
+        ),
+    )
+    .unwrap();
+
+    // The broker is down: the daemon cannot publish, and is killed with the 50 in its outbox.
+    let daemon = Daemon::start(&config);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.kill9();
+    {
+        let store = Store::open(&state.path().join("events.db"), &StoreConfig::default()).unwrap();
+        assert_eq!(store.outbox_len(), 50, "the outbox survived SIGKILL");
+    }
+
+    // Broker back, daemon restarted: all 50 arrive.
+    broker.restart();
+    let (_sub, mut rx) =
+        broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/#"), |_| {}).await;
+    let daemon = Daemon::start(&config);
+    let mut got = std::collections::HashSet::new();
+    let mut online = false;
+    while got.len() < 50 || !online {
+        let m = broker::next_matching(
+            &mut rx,
+            Duration::from_secs(20),
+            "the 50 alerts and online",
+            |_| true,
+        )
+        .await;
+        if m.topic == format!("kinderwatch/{SITE}/status") {
+            online |= m.payload == b"online";
+        } else if is_event(&m) {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            got.insert(v["event_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(sent.iter().all(|id| got.contains(id)));
+
+    // SIGKILL: no DISCONNECT, so the broker publishes the last will.
+    daemon.kill9();
+    let m = broker::next_matching(&mut rx, Duration::from_secs(15), "the last will", |m| {
+        m.topic == format!("kinderwatch/{SITE}/status")
+    })
+    .await;
+    assert_eq!(m.payload, b"offline");
+}
+
+#[tokio::test]
+async fn events_the_store_cannot_write_yet_go_out_live() {
+    common::init_logs();
+    let broker = Broker::start("");
+    let (_sub, mut rx) =
+        broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/#"), |_| {}).await;
+    let (live, live_rx) = mpsc::channel(8);
+    let site = start_site_live(mqtt_config(broker.port, ""), Some(live_rx));
+    broker::next_matching(&mut rx, Duration::from_secs(10), "status online", |m| {
+        m.topic == format!("kinderwatch/{SITE}/status")
+    })
+    .await;
+    let e = crossing(3).event;
+    live.send(recorder::LiveEvent {
+        event: e.clone(),
+        snapshot_len: 0,
+    })
+    .await
+    .unwrap();
+    let m =
+        broker::next_matching(&mut rx, Duration::from_secs(10), "the live alert", is_event).await;
+    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert!(schema().is_valid(&v), "{v}");
+    assert_eq!(v["event_id"], e.id.to_string());
+    assert_eq!(
+        v["snapshot"],
+        Value::Null,
+        "not stored yet: no snapshot to fetch"
+    );
+    assert_eq!(
+        site.store.outbox_len(),
+        0,
+        "live alerts do not go through the outbox"
+    );
+    site.stop().await;
 }

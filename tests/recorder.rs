@@ -26,6 +26,7 @@ fn event(n: usize, snapshot_kb: usize) -> RecordedEvent {
 
 struct Running {
     tx: mpsc::Sender<RecordedEvent>,
+    live: mpsc::Receiver<recorder::LiveEvent>,
     status: watch::Receiver<StoreStatus>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -35,10 +36,12 @@ fn start(store: &Store, config: StoreConfig) -> Running {
     let (tx, rx) = mpsc::channel(64);
     let (status_tx, status) = watch::channel(StoreStatus::Ok);
     let cancel = CancellationToken::new();
+    let (live_tx, live) = mpsc::channel(1000);
     let settings = RecorderSettings {
         site: "site-1".into(),
         config,
         outbox: true,
+        live: Some(live_tx),
     };
     let task = tokio::spawn(recorder::run(
         store.clone(),
@@ -49,6 +52,7 @@ fn start(store: &Store, config: StoreConfig) -> Running {
     ));
     Running {
         tx,
+        live,
         status,
         cancel,
         task,
@@ -128,6 +132,10 @@ async fn a_full_disk_fails_the_store_without_losing_events_and_writes_resume() {
         r.tx.send(event(n, 50)).await.unwrap();
     }
     wait_events(&store, 20, Duration::from_secs(20)).await;
+    assert!(
+        r.live.try_recv().is_err(),
+        "nothing goes live while the store writes"
+    );
 
     // Fill the disk to below the reserve.
     let free = kinderwatch::store::free_bytes(dir.path()).unwrap();

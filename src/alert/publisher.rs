@@ -30,6 +30,7 @@ use super::MqttConfig;
 use super::commands::{self, CommandContext};
 use super::payload::{self, Topics};
 use crate::api::CameraView;
+use crate::store::recorder::LiveEvent;
 use crate::store::{OutboxEntry, Store};
 
 /// A broker unreachable for this long is a health warning (logged once per outage).
@@ -42,6 +43,8 @@ pub struct PublisherSettings {
     pub site: String,
     pub cameras: Arc<Vec<CameraView>>,
     pub commands: CommandContext,
+    /// Events the store could not write yet (disk full), published at once outside the outbox.
+    pub live: Option<mpsc::Receiver<LiveEvent>>,
 }
 
 /// What a queued publish was.
@@ -102,7 +105,8 @@ fn install_crypto_provider() {
 }
 
 /// Runs until `cancel`; on the way out publishes `offline` (retained) and disconnects.
-pub async fn run(store: Store, settings: PublisherSettings, cancel: CancellationToken) {
+pub async fn run(store: Store, mut settings: PublisherSettings, cancel: CancellationToken) {
+    let mut live = settings.live.take();
     let topics = Topics {
         prefix: settings.config.topic_prefix(&settings.site),
     };
@@ -122,7 +126,7 @@ pub async fn run(store: Store, settings: PublisherSettings, cancel: Cancellation
         };
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let mut session = Session::new(&store, &settings, &topics, client);
-        let outcome = session.run(eventloop, &cancel).await;
+        let outcome = session.run(eventloop, &mut live, &cancel).await;
         metrics::gauge!("kinderwatch_mqtt_connected").set(0.0);
         match outcome {
             Outcome::Stopped => return,
@@ -227,7 +231,12 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn run(&mut self, mut eventloop: EventLoop, cancel: &CancellationToken) -> Outcome {
+    async fn run(
+        &mut self,
+        mut eventloop: EventLoop,
+        live: &mut Option<mpsc::Receiver<LiveEvent>>,
+        cancel: &CancellationToken,
+    ) -> Outcome {
         let mut poll_outbox = tokio::time::interval(OUTBOX_POLL);
         let mut camera_tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -254,6 +263,7 @@ impl<'a> Session<'a> {
                     let props = PublishProperties { correlation_data: correlation, content_type: Some("application/json".into()), ..Default::default() };
                     self.publish(topic, body, false, Some(props), Tag::Other);
                 }
+                Some(e) = recv_live(live), if self.connected => self.publish_live(e),
                 _ = self.store.outbox_changed() => {}
                 _ = poll_outbox.tick() => {}
                 _ = camera_tick.tick(), if self.connected => self.publish_camera_changes(),
@@ -391,6 +401,36 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// An event the store has not written yet: published now, not tracked (the outbox sends it
+    /// again once it is written).
+    fn publish_live(&mut self, e: LiveEvent) {
+        let c = &self.settings.config;
+        let body = serde_json::to_vec(&payload::build(
+            &e.event,
+            e.snapshot_len,
+            self.topics,
+            None,
+            false,
+        ))
+        .expect("payload serialises");
+        let props = PublishProperties {
+            payload_format_indicator: Some(1),
+            content_type: Some("application/json".into()),
+            message_expiry_interval: expiry(c.message_expiry),
+            ..Default::default()
+        };
+        if self.publish(
+            self.topics.event(&e.event),
+            body,
+            false,
+            Some(props),
+            Tag::Other,
+        ) {
+            metrics::counter!("kinderwatch_mqtt_live_published_total").increment(1);
+            debug!(event_id = %e.event.id, "alert published live (not yet stored)");
+        }
+    }
+
     /// Queues a QoS 1 publish; false if the client's queue is full (tried again later).
     fn publish(
         &mut self,
@@ -518,6 +558,13 @@ impl<'a> Session<'a> {
         })
         .await;
         info!("MQTT disconnected");
+    }
+}
+
+async fn recv_live(rx: &mut Option<mpsc::Receiver<LiveEvent>>) -> Option<LiveEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

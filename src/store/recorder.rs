@@ -53,6 +53,17 @@ pub struct RecorderSettings {
     pub config: StoreConfig,
     /// Queue every event for the MQTT publisher.
     pub outbox: bool,
+    /// While the store cannot write, events also go here at once (the publisher sends them
+    /// live, outside the outbox), so alerting goes on; once written they leave through the
+    /// outbox as well (a duplicate with the same event id).
+    pub live: Option<mpsc::Sender<LiveEvent>>,
+}
+
+/// An event sent to the publisher while the store cannot write.
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    pub event: Event,
+    pub snapshot_len: usize,
 }
 
 type WriteTask = JoinHandle<(Vec<RecordedEvent>, Result<(), StoreError>)>;
@@ -130,6 +141,9 @@ impl Recorder {
                    max_pending = self.settings.config.max_pending,
                    "event lost: the store has not written for too long and the memory queue is full");
         }
+        if !self.status.borrow().is_ok() {
+            self.send_live(&e);
+        }
         self.pending.push_back(e);
         metrics::gauge!("kinderwatch_store_pending_events").set(self.pending.len() as f64);
         let n = self.pending.len();
@@ -206,6 +220,12 @@ impl Recorder {
                 event: e,
                 snapshot: None,
             });
+            // Everything waiting (the failed batch included) goes out live now; later events as
+            // they come.
+            let waiting: Vec<RecordedEvent> = self.pending.iter().cloned().collect();
+            for e in &waiting {
+                self.send_live(e);
+            }
             self.status.send_replace(StoreStatus::Failing {
                 reason,
                 since: Timestamp::now(),
@@ -222,6 +242,20 @@ impl Recorder {
                     *pending = self.pending.len();
                 }
             });
+        }
+    }
+
+    fn send_live(&self, r: &RecordedEvent) {
+        let Some(live) = &self.settings.live else {
+            return;
+        };
+        let e = LiveEvent {
+            event: r.event.clone(),
+            snapshot_len: 0,
+        };
+        if live.try_send(e).is_err() {
+            metrics::counter!("kinderwatch_alerts_live_dropped_total").increment(1);
+            warn!(event_id = %r.event.id, "live alert queue full; the alert goes out once the store writes again");
         }
     }
 

@@ -1,0 +1,171 @@
+//! MQTT alert benchmark: outbox drain rate after a 10,000-event backlog, and alert latency from
+//! frame capture to the subscriber's receipt with 1 and 8 cameras (the whole daemon in-process:
+//! RTSP sample clip → detection → rules → store → outbox → mosquitto → subscriber).
+//!
+//! `cargo bench --bench mqtt` (options: KW_BENCH_LATENCY_S=60). Numbers go into
+//! docs/BENCHMARKS.md.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use kinderwatch::alert::commands::CommandContext;
+use kinderwatch::alert::publisher::{self, PublisherSettings};
+use kinderwatch::config::Config;
+use kinderwatch::events::{Event, EventKind};
+use kinderwatch::perimeter::RecordedEvent;
+use kinderwatch::store::{Store, StoreConfig};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use common::broker::{self, Broker};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn drain(n: usize) {
+    let broker = Broker::start("max_queued_messages 100000\n");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        &StoreConfig {
+            min_free_mb: 64,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let events: Vec<RecordedEvent> = (0..n)
+        .map(|i| {
+            let mut e = Event::new(
+                EventKind::LineCrossed,
+                "bench",
+                &format!("cam-{}", i % 8),
+                Timestamp::now(),
+            );
+            e.rule = Some("fence".into());
+            RecordedEvent {
+                event: e,
+                snapshot: None,
+            }
+        })
+        .collect();
+    for chunk in events.chunks(500) {
+        store.record(chunk, true).unwrap();
+    }
+    let (_sub, mut rx) = broker::subscribe(broker.port, "kinderwatch/bench/events/#", |_| {}).await;
+    let text = format!(
+        "[site]\nid = \"bench\"\n[[cameras]]\nid = \"cam-0\"\nurl = \"rtsp://127.0.0.1:9/x\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
+        broker.port
+    );
+    let config = Config::from_toml(&text, Path::new("b.toml"), Path::new(".")).unwrap();
+    let cancel = CancellationToken::new();
+    let cameras = Arc::new(Vec::new());
+    let settings = PublisherSettings {
+        config: config.mqtt.clone().unwrap(),
+        site: "bench".into(),
+        cameras: cameras.clone(),
+        commands: CommandContext {
+            store: store.clone(),
+            rules: None,
+            cameras,
+        },
+        live: None,
+    };
+    let started = Instant::now();
+    let task = tokio::spawn(publisher::run(store.clone(), settings, cancel.clone()));
+    let mut received = 0;
+    while received < n {
+        broker::next_matching(&mut rx, Duration::from_secs(60), "the backlog", |_| true).await;
+        received += 1;
+    }
+    let delivered = started.elapsed();
+    while store.outbox_len() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let emptied = started.elapsed();
+    println!(
+        "drain {n} events: all received by the subscriber in {:.2} s ({:.0} events/s); outbox empty (every PUBACK) after {:.2} s ({:.0} events/s)",
+        delivered.as_secs_f64(),
+        n as f64 / delivered.as_secs_f64(),
+        emptied.as_secs_f64(),
+        n as f64 / emptied.as_secs_f64()
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+async fn latency(cameras: usize, window: Duration) {
+    let broker = Broker::start("");
+    let server = common::RtspTestServer::start(common::Source::SampleClip, common::Auth::None);
+    let state = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/nanodet-coco-416.toml");
+    let mut text = format!(
+        "[site]\nid = \"bench\"\n[detector]\nmodel = \"{}\"\n[state]\ndir = \"{}\"\n[api]\nenabled = false\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
+        model.display(),
+        state.path().display(),
+        broker.port
+    );
+    for i in 0..cameras {
+        text.push_str(&format!(
+            "[[cameras]]\nid = \"cam-{i}\"\nurl = \"{}\"\ndetect_width = 640\ndetect_height = 480\ndetect_fps = 5\n[[rules]]\nid = \"line-{i}\"\ncamera = \"cam-{i}\"\nkind = \"tripwire\"\nline = [[0.5, 0.0], [0.5, 1.0]]\ncooldown = \"0s\"\n",
+            server.url()
+        ));
+    }
+    let config = Config::from_toml(&text, Path::new("b.toml"), Path::new(".")).unwrap();
+    let (_sub, mut rx) = broker::subscribe(broker.port, "kinderwatch/bench/events/#", |_| {}).await;
+    let run = tokio::spawn(kinderwatch::app::run(config, Some(window)));
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + window;
+    while Instant::now() < deadline {
+        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await else {
+            continue;
+        };
+        let now = Timestamp::now();
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        let time: Timestamp = v["time"].as_str().unwrap().parse().unwrap();
+        latencies.push((now - time).get_milliseconds() as f64);
+    }
+    run.await.unwrap().unwrap();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    if latencies.is_empty() {
+        println!("{cameras} camera(s): no alerts in {window:?}");
+        return;
+    }
+    println!(
+        "{cameras} camera(s): {} alerts in {:.0} s; capture → subscriber p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        latencies.len(),
+        window.as_secs_f64(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().unwrap()
+    );
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("MQTT benchmark: run with `cargo bench --bench mqtt`");
+        return;
+    }
+    common::init_quiet();
+    kinderwatch::detect::runtime::init(None).expect("ONNX Runtime: run scripts/setup.sh");
+    let window = Duration::from_secs(
+        std::env::var("KW_BENCH_LATENCY_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        drain(10_000).await;
+        latency(1, window).await;
+        latency(8, window).await;
+    });
+}
