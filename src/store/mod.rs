@@ -36,6 +36,9 @@ pub use retention::{RetentionPolicy, RetentionReport};
 /// The schema this code writes. See `migrate.rs` for the older ones it can open.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// Tries (100 ms apart) before a locked database counts as in use.
+const OPEN_LOCK_RETRIES: u32 = 30;
+
 /// The database lives in this subdirectory of `state.dir`.
 pub const DB_DIR: &str = "events.db";
 
@@ -175,7 +178,18 @@ impl Store {
     /// that holds something else, a corrupt database, one in use, or a newer schema.
     pub fn open(dir: &Path, config: &StoreConfig) -> Result<Self, StoreError> {
         check_directory(dir)?;
-        let db = open_sled(dir, config.cache_mb)?;
+        // A handle being dropped (a restart in the same process, a daemon still exiting) releases
+        // sled's file lock only when its flusher thread ends: wait a little before "in use".
+        let mut attempts = 0;
+        let db = loop {
+            match open_sled(dir, config.cache_mb) {
+                Err(StoreError::InUse { .. }) if attempts < OPEN_LOCK_RETRIES => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => break other?,
+            }
+        };
         let tree = |name: &str| db.open_tree(name);
         let store = Self {
             inner: Arc::new(Inner {

@@ -31,46 +31,72 @@ impl Broker {
     /// `extra` is appended to the listener config (auth, TLS). Persistence is on, so sessions and
     /// queued messages survive a restart.
     pub fn start(extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = dir.path().join("mosquitto.conf");
-        let text = format!(
-            "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\nlog_dest stderr\nlog_type error\nlog_type warning\n{}\n",
-            dir.path().display(),
-            if extra.contains("allow_anonymous") || extra.contains("password_file") {
-                extra.to_owned()
-            } else {
-                format!("allow_anonymous true\n{extra}")
+        // A port picked free can be taken by another test's broker before ours binds it; then
+        // ours exits at once and we try another.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let conf = dir.path().join("mosquitto.conf");
+            let text = format!(
+                "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\nlog_dest stderr\nlog_type error\nlog_type warning\n{}\n",
+                dir.path().display(),
+                if extra.contains("allow_anonymous") || extra.contains("password_file") {
+                    extra.to_owned()
+                } else {
+                    format!("allow_anonymous true\n{extra}")
+                }
+            );
+            std::fs::write(&conf, text).unwrap();
+            let mut b = Self {
+                child: None,
+                port,
+                dir,
+                conf,
+            };
+            if b.try_start() {
+                return b;
             }
-        );
-        std::fs::write(&conf, text).unwrap();
-        let mut b = Self {
-            child: None,
-            port,
-            dir,
-            conf,
-        };
-        b.restart();
-        b
+        }
+        panic!("mosquitto did not start on a free port in 5 tries");
     }
 
     /// Starts (again) on the same port with the same config and persistence file.
     pub fn restart(&mut self) {
+        assert!(
+            self.try_start(),
+            "mosquitto did not start again on port {}",
+            self.port
+        );
+    }
+
+    /// Spawns mosquitto and waits until it listens; false if it exited (port taken).
+    fn try_start(&mut self) -> bool {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("mosquitto")
+        let mut child = Command::new("mosquitto")
             .arg("-c")
             .arg(&self.conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto (scripts/setup.sh installs it)");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // Listening — ours, unless it is about to exit because another has the port.
+                std::thread::sleep(Duration::from_millis(50));
+                if let Ok(Some(_)) = child.try_wait() {
+                    return false;
+                }
+                self.child = Some(child);
+                return true;
+            }
             assert!(
                 Instant::now() < deadline,
                 "mosquitto did not listen on {}",
