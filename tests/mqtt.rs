@@ -175,7 +175,7 @@ async fn an_event_is_delivered_with_the_documented_payload() {
     let (_sub, mut rx) =
         broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/#"), |_| {}).await;
     let site = start_site(mqtt_config(broker.port, "publish_snapshots = true"));
-    let online = broker::next_matching(&mut rx, Duration::from_secs(10), "status online", |m| {
+    broker::next_matching(&mut rx, Duration::from_secs(10), "status online", |m| {
         m.topic == format!("kinderwatch/{SITE}/status") && m.payload == b"online"
     })
     .await;
