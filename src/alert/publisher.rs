@@ -205,6 +205,7 @@ struct Session<'a> {
     acks: Vec<u64>,
     responses: (mpsc::Sender<Response>, mpsc::Receiver<Response>),
     camera_states: Vec<Option<serde_json::Value>>,
+    gauges_at: Instant,
 }
 
 impl<'a> Session<'a> {
@@ -228,6 +229,7 @@ impl<'a> Session<'a> {
             acks: Vec::new(),
             responses: mpsc::channel(64),
             camera_states: vec![None; settings.cameras.len()],
+            gauges_at: Instant::now(),
         }
     }
 
@@ -467,6 +469,11 @@ impl<'a> Session<'a> {
         }
         let seqs = std::mem::take(&mut self.acks);
         let store = self.store.clone();
+        // sled counts a tree by walking it: the gauges are refreshed at most once a second.
+        let gauges = self.gauges_at.elapsed() >= Duration::from_secs(1);
+        if gauges {
+            self.gauges_at = Instant::now();
+        }
         // Removal is a few microseconds per entry; off the async workers all the same.
         tokio::task::spawn_blocking(move || {
             for seq in seqs {
@@ -474,12 +481,15 @@ impl<'a> Session<'a> {
                     warn!(seq, error = %e, "outbox entry not removed; it will be published again");
                 }
             }
-            metrics::gauge!("kinderwatch_store_outbox_depth").set(store.outbox_len() as f64);
-            if let Ok(oldest) = store.outbox_oldest() {
-                let age = oldest.map_or(0.0, |t| {
-                    (Timestamp::now() - t).get_milliseconds() as f64 / 1000.0
-                });
-                metrics::gauge!("kinderwatch_mqtt_oldest_unpublished_seconds").set(age.max(0.0));
+            if gauges {
+                metrics::gauge!("kinderwatch_store_outbox_depth").set(store.outbox_len() as f64);
+                if let Ok(oldest) = store.outbox_oldest() {
+                    let age = oldest.map_or(0.0, |t| {
+                        (Timestamp::now() - t).get_milliseconds() as f64 / 1000.0
+                    });
+                    metrics::gauge!("kinderwatch_mqtt_oldest_unpublished_seconds")
+                        .set(age.max(0.0));
+                }
             }
         });
     }
