@@ -456,7 +456,88 @@ fn make_certs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path:
     std::fs::write(&paths.0, ca.pem()).unwrap();
     std::fs::write(&paths.1, cert.pem()).unwrap();
     std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    // Client certificates (CN = the MQTT username) for "center" and "kg-7".
+    for name in ["center", "kg-7"] {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
     (paths.0, paths.1, paths.2)
+}
+
+#[tokio::test]
+async fn tls_client_certificates_authenticate_the_site() {
+    common::init_logs();
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(certs.path());
+    let broker = Broker::start(&format!(
+        "allow_anonymous false\nrequire_certificate true\nuse_identity_as_username true\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    ));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |f: &str| std::fs::read(certs.path().join(f)).unwrap();
+    let (ca_bytes, center) = (
+        std::fs::read(&ca).unwrap(),
+        (read("center.pem"), read("center.key")),
+    );
+    let (_sub, mut rx) = broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/#"), |o| {
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Simple {
+                ca: ca_bytes.clone(),
+                alpn: None,
+                client_auth: Some(center.clone()),
+            },
+        ));
+    })
+    .await;
+    // With the site's certificate: delivered.
+    let with_cert = format!(
+        "tls = true\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+        ca.display(),
+        certs.path().join("kg-7.pem").display(),
+        certs.path().join("kg-7.key").display()
+    );
+    let site = start_site(mqtt_config(broker.port, &with_cert));
+    let e = crossing(11);
+    site.events.send(e.clone()).await.unwrap();
+    let m = broker::next_matching(
+        &mut rx,
+        Duration::from_secs(15),
+        "the alert with a client certificate",
+        is_event,
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["event_id"], e.event.id.to_string());
+    site.stop().await;
+
+    // Without one: refused by the broker, the alert waits in the outbox.
+    let site = start_site(mqtt_config(
+        broker.port,
+        &format!("tls = true\nca_file = \"{}\"\n", ca.display()),
+    ));
+    site.events.send(crossing(12)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        site.store.outbox_len(),
+        1,
+        "not delivered without a client certificate"
+    );
+    while let Ok(m) = rx.try_recv() {
+        assert!(
+            !is_event(&m),
+            "an alert got through without a client certificate: {}",
+            m.topic
+        );
+    }
+    site.stop().await;
 }
 
 #[tokio::test]
