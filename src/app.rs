@@ -1,9 +1,11 @@
 //! Wiring and supervision: start order, shutdown order, signals, systemd notify and watchdog.
 //!
-//! Start: verify the model file → start one supervisor per enabled camera (each in a `camera` span,
-//! all in one `TaskTracker`) → consumers → READY=1 to systemd. Shutdown is the reverse: cancel the
-//! token, every camera sets its pipeline to Null, wait for the tracker with a deadline. A second
-//! Ctrl-C/SIGTERM during shutdown exits at once.
+//! Start: open the event store (a corrupt, foreign or busy one stops the start) and bind the API
+//! → verify the model file → start one supervisor per enabled camera (each in a `camera` span, all
+//! in one `TaskTracker`) → recorder, retention, MQTT publisher, API, rules and health consumers →
+//! READY=1 to systemd. Shutdown cancels the token: every camera sets its pipeline to Null, the
+//! recorder writes what is queued, the publisher says `offline`; the tracker is awaited with a
+//! deadline. A second Ctrl-C/SIGTERM during shutdown exits at once.
 
 use std::time::{Duration, Instant};
 
