@@ -2,14 +2,12 @@
 //! the real recorder: auth and roles, bad parameters, pagination, snapshots, arming, metrics.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use jiff::{SignedDuration, Timestamp};
 use kinderwatch::api::{self, ApiState, CameraView, Role, TokenConfig, Tokens};
 use kinderwatch::camera::{CameraState, CameraStatus, Frame};
-use kinderwatch::config::Config;
 use kinderwatch::detect::{BBox, Detection, FrameDetections};
 use kinderwatch::events::{BOX_COLOUR, Event, EventKind};
 use kinderwatch::perimeter::{self, ArmingStore, PerimeterIo, RecordedEvent};
@@ -20,20 +18,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 mod common;
-
-const CONFIG: &str = r#"
-[site]
-id = "kg-7"
-[[cameras]]
-id = "gate"
-url = "rtsp://127.0.0.1/x"
-[[rules]]
-id = "fence"
-camera = "gate"
-kind = "tripwire"
-line = [[0.0, 0.5], [1.0, 0.5]]
-cooldown = "0s"
-"#;
 
 struct Harness {
     rt: tokio::runtime::Runtime,
@@ -72,7 +56,7 @@ fn start() -> Harness {
         ..StoreConfig::default()
     };
     let store = Store::open(&dir.path().join("events.db"), &store_config).unwrap();
-    let config = Arc::new(Config::from_toml(CONFIG, Path::new("t.toml"), Path::new(".")).unwrap());
+    let config = common::fence_config();
     let (read, read_hash) = api::auth::new_token();
     let (admin, admin_hash) = api::auth::new_token();
     let tokens = Tokens::new(&[

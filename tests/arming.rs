@@ -7,26 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use kinderwatch::camera::Frame;
-use kinderwatch::config::Config;
 use kinderwatch::detect::{BBox, Detection, FrameDetections};
 use kinderwatch::events::EventKind;
 use kinderwatch::perimeter::{self, ArmingStore, PerimeterIo, RecordedEvent, RuleCommand};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-const CONFIG: &str = r#"
-[site]
-id = "kg"
-[[cameras]]
-id = "gate"
-url = "rtsp://127.0.0.1/x"
-[[rules]]
-id = "fence"
-camera = "gate"
-kind = "tripwire"
-line = [[0.0, 0.5], [1.0, 0.5]]
-cooldown = "0s"
-"#;
+mod common;
 
 struct Stage {
     detections: mpsc::Sender<FrameDetections>,
@@ -36,7 +23,7 @@ struct Stage {
 }
 
 fn start(state_dir: &Path) -> Stage {
-    let config = Arc::new(Config::from_toml(CONFIG, Path::new("t.toml"), Path::new(".")).unwrap());
+    let config = common::fence_config();
     let (detections, rx) = mpsc::channel(64);
     let (commands, cmd_rx) = mpsc::channel(4);
     let (events_tx, events) = mpsc::channel(64);

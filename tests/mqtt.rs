@@ -64,14 +64,7 @@ fn start_site_live(config: MqttConfig, live: Option<mpsc::Receiver<recorder::Liv
     let cancel = CancellationToken::new();
     let (events, events_rx) = mpsc::channel(256);
     let (status_tx, _status) = watch::channel(StoreStatus::Ok);
-    let rules_config = Arc::new(
-        Config::from_toml(
-            "[site]\nid = \"kg-7\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/x\"\n[[rules]]\nid = \"fence\"\ncamera = \"gate\"\nkind = \"tripwire\"\nline = [[0.0, 0.5], [1.0, 0.5]]\n",
-            Path::new("t.toml"),
-            Path::new("."),
-        )
-        .unwrap(),
-    );
+    let rules_config = common::fence_config();
     let (_detections, detections_rx) = mpsc::channel(4);
     let (commands, commands_rx) = mpsc::channel(4);
     let (rule_events, _rule_events_rx) = mpsc::channel(4);

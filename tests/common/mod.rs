@@ -343,6 +343,32 @@ pub fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
 
 pub mod broker;
 
+/// A site with one camera, `gate`, and one armed tripwire, `fence`, across the middle of the
+/// picture (no cooldown), for tests that drive the rules stage with detections.
+pub fn fence_config() -> std::sync::Arc<Config> {
+    const FENCE: &str = r#"
+[site]
+id = "kg-7"
+[[cameras]]
+id = "gate"
+url = "rtsp://127.0.0.1/x"
+[[rules]]
+id = "fence"
+camera = "gate"
+kind = "tripwire"
+line = [[0.0, 0.5], [1.0, 0.5]]
+cooldown = "0s"
+"#;
+    std::sync::Arc::new(
+        Config::from_toml(
+            FENCE,
+            std::path::Path::new("fence.toml"),
+            std::path::Path::new("."),
+        )
+        .unwrap(),
+    )
+}
+
 // --- configs and waiting ----------------------------------------------------------------------
 
 use kinderwatch::camera::{CameraState, CameraStatus};
