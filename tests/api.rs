@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use jiff::{SignedDuration, Timestamp};
 use kinderwatch::api::{self, ApiState, CameraView, Role, TokenConfig, Tokens};
-use kinderwatch::camera::{CameraState, CameraStatus, Frame};
-use kinderwatch::detect::{BBox, Detection, FrameDetections};
+use kinderwatch::camera::{CameraState, CameraStatus};
+use kinderwatch::detect::FrameDetections;
 use kinderwatch::events::{BOX_COLOUR, Event, EventKind};
 use kinderwatch::perimeter::{self, ArmingStore, PerimeterIo, RecordedEvent};
 use kinderwatch::store::recorder::{self, RecorderSettings, StoreStatus};
@@ -157,35 +157,9 @@ fn json(h: &Harness, path: &str, token: &str) -> (u16, Value) {
 
 /// A person walking down across the fence line on camera `gate`.
 fn walk_across(h: &Harness) {
-    let t0 = SystemTime::now();
     h.rt.block_on(async {
-        for i in 0..20u64 {
-            let y = 0.2 + 0.03 * i as f32;
-            let frame = Arc::new(Frame {
-                camera: "gate".into(),
-                seq: i + 1,
-                captured_at: t0 + Duration::from_millis(200 * i),
-                captured: Instant::now(),
-                width: 320,
-                height: 240,
-                rgb: vec![100; 320 * 240 * 3],
-            });
-            let d = Detection {
-                class_id: 0,
-                label: "person".into(),
-                // Rising scores make the last frame the track's best (the snapshot's frame).
-                score: 0.6 + 0.015 * i as f32,
-                bbox: BBox::new(0.40, y - 0.3, 0.60, y),
-            };
-            h.detections
-                .send(FrameDetections {
-                    frame,
-                    detections: vec![d],
-                    inference: Duration::ZERO,
-                    queue_wait: Duration::ZERO,
-                })
-                .await
-                .unwrap();
+        for d in common::walk_down(SystemTime::now()) {
+            h.detections.send(d).await.unwrap();
         }
     });
 }

@@ -3,11 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use kinderwatch::camera::Frame;
-use kinderwatch::detect::{BBox, Detection, FrameDetections};
+use kinderwatch::detect::FrameDetections;
 use kinderwatch::events::EventKind;
 use kinderwatch::perimeter::{self, ArmingStore, PerimeterIo, RecordedEvent, RuleCommand};
 use tokio::sync::{mpsc, oneshot};
@@ -45,33 +43,8 @@ fn start(state_dir: &Path) -> Stage {
 
 /// A person walking down across the line (one frame per 200 ms), from `t0`.
 async fn walk(stage: &mut Stage, t0: SystemTime) -> Vec<RecordedEvent> {
-    for i in 0..20u64 {
-        let y = 0.2 + 0.03 * i as f32;
-        let frame = Arc::new(Frame {
-            camera: "gate".into(),
-            seq: i + 1,
-            captured_at: t0 + Duration::from_millis(200 * i),
-            captured: Instant::now(),
-            width: 64,
-            height: 48,
-            rgb: vec![100; 64 * 48 * 3],
-        });
-        let d = Detection {
-            class_id: 0,
-            label: "person".into(),
-            score: 0.9,
-            bbox: BBox::new(0.45, y - 0.2, 0.55, y),
-        };
-        stage
-            .detections
-            .send(FrameDetections {
-                frame,
-                detections: vec![d],
-                inference: Duration::ZERO,
-                queue_wait: Duration::ZERO,
-            })
-            .await
-            .unwrap();
+    for d in common::walk_down(t0) {
+        stage.detections.send(d).await.unwrap();
     }
     // Let the stage drain.
     tokio::time::sleep(Duration::from_millis(300)).await;

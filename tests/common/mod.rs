@@ -343,6 +343,37 @@ pub fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
 
 pub mod broker;
 
+/// A person walking down across the `fence` line of [`fence_config`], one 320x240 frame per
+/// 200 ms from `t0`, as the detector pool would report it. Scores rise, so the last frame is the
+/// track's best (the snapshot's frame); the box is x 0.40..0.60, 0.3 high.
+pub fn walk_down(t0: std::time::SystemTime) -> Vec<kinderwatch::detect::FrameDetections> {
+    use kinderwatch::detect::{BBox, Detection, FrameDetections};
+    (0..20u64)
+        .map(|i| {
+            let y = 0.2 + 0.03 * i as f32;
+            FrameDetections {
+                frame: Arc::new(kinderwatch::camera::Frame {
+                    camera: "gate".into(),
+                    seq: i + 1,
+                    captured_at: t0 + Duration::from_millis(200 * i),
+                    captured: Instant::now(),
+                    width: 320,
+                    height: 240,
+                    rgb: vec![100; 320 * 240 * 3],
+                }),
+                detections: vec![Detection {
+                    class_id: 0,
+                    label: "person".into(),
+                    score: 0.6 + 0.015 * i as f32,
+                    bbox: BBox::new(0.40, y - 0.3, 0.60, y),
+                }],
+                inference: Duration::ZERO,
+                queue_wait: Duration::ZERO,
+            }
+        })
+        .collect()
+}
+
 /// A site with one camera, `gate`, and one armed tripwire, `fence`, across the middle of the
 /// picture (no cooldown), for tests that drive the rules stage with detections.
 pub fn fence_config() -> std::sync::Arc<Config> {
