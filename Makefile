@@ -1,7 +1,7 @@
 # The two commands: `make demo` and `make test`. Both run the idempotent set-up first.
 CARGO ?= cargo
 
-.PHONY: setup demo test lint build bench clean-deps
+.PHONY: setup demo test lint build bench bench-capacity clean-deps
 
 setup:
 	scripts/setup.sh
@@ -28,6 +28,11 @@ bench: setup
 	$(CARGO) bench --bench detect
 	$(CARGO) bench --bench store
 	$(CARGO) bench --bench mqtt
+	$(CARGO) bench --bench capacity
+
+## N busy + M still cameras through the whole daemon (BENCH_BASELINE=1 adds the Python loop).
+bench-capacity: setup
+	$(CARGO) bench --bench capacity
 
 clean-deps:
 	rm -rf .deps

@@ -110,7 +110,7 @@ fn pool_rate(model: &VerifiedModel, workers: usize, frames: &[Frame], window: Du
         .map(|i| PoolCamera {
             id: format!("cam{i}").into(),
             slot: Arc::new(FrameSlot::default()),
-            max_age: Duration::from_secs(3600),
+            interval: Duration::from_secs(3600),
             motion_masks: vec![],
         })
         .collect();

@@ -25,6 +25,7 @@ use crate::camera::supervisor::CameraSupervisor;
 use crate::config::Config;
 use crate::detect::FrameDetections;
 use crate::detect::detector::{Detector, DetectorParams, OnnxDetector};
+use crate::detect::load::DetectorLoad;
 use crate::detect::manifest::{ModelManifest, VerifiedModel};
 use crate::detect::pool::{DetectorPool, PoolCamera};
 use crate::detect::runtime;
@@ -32,6 +33,9 @@ use crate::detect::summary::DetectionSummary;
 
 /// How long `run` waits for every pipeline to reach Null after a stop signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the detector's load is assessed (and an overload reported).
+const LOAD_PERIOD: Duration = Duration::from_secs(5);
 
 /// The running daemon: camera supervisors and what the rest of the process holds of them.
 pub struct Daemon {
@@ -84,7 +88,7 @@ impl Daemon {
                     pool_cameras.push(PoolCamera {
                         id: handle.id.clone(),
                         slot: handle.slot.clone(),
-                        max_age: Duration::from_secs_f64(1.0 / cam.detect_fps as f64),
+                        interval: Duration::from_secs_f64(1.0 / cam.detect_fps as f64),
                         motion_masks: cam.motion_masks.clone(),
                     });
                 }
@@ -305,11 +309,18 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
         daemon.spawn(|cancel| crate::alert::publisher::run(s, settings, cancel));
         expected_tasks += 1;
     }
+    let (load_tx, detector_load) = watch::channel(DetectorLoad::default());
+    if let Some(pool) = daemon.pool() {
+        let stats = pool.stats_reader();
+        daemon.spawn(|cancel| crate::detect::load::monitor(stats, LOAD_PERIOD, load_tx, cancel));
+        expected_tasks += 1;
+    }
     if let Some(listener) = listener {
         let state = ApiState {
             site: config.site.id.as_str().into(),
             store: store.clone(),
             store_status: store_status.clone(),
+            detector_load,
             cameras: camera_views,
             rules: rule_commands,
             metrics: metrics_handle,

@@ -9,6 +9,7 @@ use jiff::{SignedDuration, Timestamp};
 use kinderwatch::api::{self, ApiState, CameraView, Role, TokenConfig, Tokens};
 use kinderwatch::camera::{CameraState, CameraStatus};
 use kinderwatch::detect::FrameDetections;
+use kinderwatch::detect::load::{BehindCamera, DetectorLoad};
 use kinderwatch::events::{BOX_COLOUR, Event, EventKind};
 use kinderwatch::perimeter::{self, ArmingStore, PerimeterIo, RecordedEvent};
 use kinderwatch::store::recorder::{self, RecorderSettings, StoreStatus};
@@ -27,6 +28,7 @@ struct Harness {
     store: Store,
     detections: mpsc::Sender<FrameDetections>,
     camera_status: watch::Sender<CameraStatus>,
+    detector_load: watch::Sender<DetectorLoad>,
     state: ApiState,
     cancel: CancellationToken,
     _dir: tempfile::TempDir,
@@ -77,6 +79,7 @@ fn start() -> Harness {
     let (events_tx, events_rx) = mpsc::channel(64);
     let (status_tx, store_status) = watch::channel(StoreStatus::Ok);
     let (camera_status, camera_rx) = watch::channel(CameraStatus::new(CameraState::Connecting));
+    let (detector_load, load_rx) = watch::channel(DetectorLoad::default());
     let (base, state) = rt.block_on(async {
         let io = PerimeterIo {
             live_tracks: HashMap::new(),
@@ -105,6 +108,7 @@ fn start() -> Harness {
             site: "kg-7".into(),
             store: store.clone(),
             store_status,
+            detector_load: load_rx,
             cameras: Arc::new(vec![CameraView {
                 id: "gate".into(),
                 name: "Front gate".into(),
@@ -126,6 +130,7 @@ fn start() -> Harness {
         store,
         detections,
         camera_status,
+        detector_load,
         state,
         cancel,
         _dir: dir,
@@ -462,6 +467,34 @@ fn cameras_health_and_metrics_report_state() {
     assert_eq!(status, 200);
     let health: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(health["cameras"]["streaming"], 1);
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["detector"]["overloaded"], false);
+
+    // An overloaded detector: degraded (still 200: every camera is inferred, less often), naming
+    // the camera and its rates.
+    h.detector_load.send_replace(DetectorLoad {
+        behind: vec![BehindCamera {
+            camera: "gate".into(),
+            inferred_fps: 2.5,
+            wanted_fps: 5.0,
+        }],
+        overloaded_since: Some(SystemTime::now()),
+    });
+    let (status, body, _) = call(&h, "GET", "/healthz", None);
+    assert_eq!(status, 200);
+    let health: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["detector"]["overloaded"], true);
+    assert_eq!(health["detector"]["behind"][0]["camera"], "gate");
+    assert_eq!(health["detector"]["behind"][0]["wanted_fps"], 5.0);
+    assert!(
+        health["detector"]["overloaded_since"]
+            .as_str()
+            .unwrap()
+            .parse::<Timestamp>()
+            .is_ok()
+    );
+    h.detector_load.send_replace(DetectorLoad::default());
 
     walk_across(&h);
     wait_events(&h, "kind=line_crossed", 1);

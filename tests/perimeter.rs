@@ -87,7 +87,7 @@ async fn one_run(server: &RtspTestServer) -> (Vec<RecordedEvent>, bool) {
     drop(tx);
     stage.await.unwrap();
     let stats = daemon.pool().unwrap().stats("clip").unwrap();
-    let dropped = stats.overwritten + stats.dropped_stale + stats.dropped_output_full > 0;
+    let dropped = stats.dropped() > 0;
     daemon.shutdown(Duration::from_secs(5)).await;
     let mut events = Vec::new();
     while let Ok(e) = events_rx.try_recv() {

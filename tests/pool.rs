@@ -1,5 +1,6 @@
-//! The detector pool: fairness, stale frames, bounded memory and shutdown with a slow fake
-//! detector; then the sample clip over the real RTSP path through the real model.
+//! The detector pool: fairness, no starvation far past capacity, the motion gate before the slot,
+//! bounded memory, panics and shutdown with a slow fake detector; keyframes-only decoding of a still
+//! camera over real RTSP; then the sample clip over the real RTSP path through the real model.
 
 mod common;
 
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{Auth, RtspTestServer, Source, camera, wait_state};
 use kinderwatch::app::Daemon;
-use kinderwatch::camera::{CameraState, Frame, FrameSlot};
+use kinderwatch::camera::supervisor::CameraSupervisor;
+use kinderwatch::camera::{CameraState, DecodeDemand, Frame, FrameSlot};
 use kinderwatch::detect::detector::Detector;
 use kinderwatch::detect::motion::MotionConfig;
 use kinderwatch::detect::pool::{DetectorPool, PoolCamera};
@@ -60,11 +62,11 @@ fn no_gate() -> MotionConfig {
     }
 }
 
-fn pool_camera(id: &str, max_age: Duration) -> PoolCamera {
+fn pool_camera(id: &str, interval: Duration) -> PoolCamera {
     PoolCamera {
         id: id.into(),
         slot: Arc::new(FrameSlot::default()),
-        max_age,
+        interval,
         motion_masks: vec![],
     }
 }
@@ -79,6 +81,11 @@ fn frame(camera: &str, seq: u64) -> Arc<Frame> {
         height: 18,
         rgb: vec![(seq % 251) as u8; 32 * 18 * 3],
     })
+}
+
+/// A frame whose gray level jumps with `seq` (motion for the gate).
+fn moving(camera: &str, seq: u64) -> Arc<Frame> {
+    frame(camera, seq * 97)
 }
 
 /// Pushes a fresh frame into every slot every `period` until `until`; returns weak refs to all.
@@ -140,15 +147,15 @@ fn busy_cameras_share_one_worker_fairly() {
 }
 
 #[test]
-fn a_frame_older_than_one_interval_is_dropped_and_counted() {
-    let busy = pool_camera("busy", Duration::from_secs(1));
+fn a_waiting_frame_is_never_dropped_for_its_age() {
+    let busy = pool_camera("busy", Duration::from_millis(50));
     let late = pool_camera("late", Duration::from_millis(50));
     let slots = [(busy.id.to_string(), busy.slot.clone())];
     let late_slot = late.slot.clone();
     let (dets, _) = detectors(1, Duration::from_millis(150));
     let (pool, _rx) = DetectorPool::start(vec![busy, late], dets, &no_gate(), 100);
     // Occupy the worker, then give "late" a frame captured 100 ms ago: older than its 50 ms
-    // interval whenever its turn comes.
+    // interval whenever its turn comes. It is the freshest "late" has: it must be inferred.
     let until = Instant::now() + Duration::from_millis(900);
     let feeder = std::thread::spawn(move || feed(&slots, Duration::from_millis(10), until));
     std::thread::sleep(Duration::from_millis(200));
@@ -159,14 +166,175 @@ fn a_frame_older_than_one_interval_is_dropped_and_counted() {
     feeder.join().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let s = pool.stats("late").unwrap();
-    assert_eq!((s.dropped_stale, s.inferred), (1, 0), "{s:?}");
+    assert_eq!((s.inferred, s.dropped()), (1, 0), "{s:?}");
     let b = pool.stats("busy").unwrap();
-    assert!(b.inferred >= 3 && b.dropped_stale == 0, "{b:?}");
+    assert!(b.inferred >= 3, "{b:?}");
     assert!(
         b.overwritten > 0,
         "newer frames replace waiting ones: {b:?}"
     );
     drop(pool);
+}
+
+/// Far past capacity (32 cameras offering 100 fps each to two workers that manage ~60 inferences/s
+/// in all), every camera still gets inferred, in nearly equal shares, and the load monitor's rule
+/// calls every one of them behind.
+#[test]
+fn far_past_capacity_no_camera_starves() {
+    const N: usize = 32;
+    let cams: Vec<_> = (0..N)
+        .map(|i| pool_camera(&format!("c{i:02}"), Duration::from_millis(200)))
+        .collect();
+    let slots: Vec<_> = cams
+        .iter()
+        .map(|c| (c.id.to_string(), c.slot.clone()))
+        .collect();
+    let (dets, _) = detectors(2, Duration::from_millis(30));
+    let (pool, _rx) = DetectorPool::start(cams, dets, &no_gate(), 10_000);
+    let before: Vec<_> = slots
+        .iter()
+        .map(|(id, _)| pool.stats(id).unwrap())
+        .collect();
+    feed(
+        &slots,
+        Duration::from_millis(10),
+        Instant::now() + Duration::from_secs(4),
+    );
+    let after: Vec<_> = slots
+        .iter()
+        .map(|(id, _)| pool.stats(id).unwrap())
+        .collect();
+    let inferred: Vec<u64> = after.iter().map(|s| s.inferred).collect();
+    let total: u64 = inferred.iter().sum();
+    assert!(total >= 100, "{total} inferences in 4 s");
+    let fair = total as f64 / N as f64;
+    for (i, n) in inferred.iter().enumerate() {
+        assert!(
+            *n as f64 >= 0.6 * fair && *n as f64 <= 1.5 * fair,
+            "camera c{i:02}: {n} inferences, fair share {fair:.1}: {inferred:?}"
+        );
+        assert!(
+            kinderwatch::detect::load::is_behind(&before[i], &after[i]),
+            "c{i:02} {:?}",
+            after[i]
+        );
+    }
+    assert_eq!(pool.shutdown(), 2);
+}
+
+/// 4 busy cameras and 28 still ones on one worker: the motion gate turns the still frames away
+/// before the slot (they never take a worker's turn), the busy cameras share the worker, and the
+/// still cameras' pipelines are asked for keyframes only.
+#[test]
+fn still_cameras_take_no_pool_time_and_ask_for_keyframes_only() {
+    let cams: Vec<_> = (0..32)
+        .map(|i| pool_camera(&format!("c{i:02}"), Duration::from_millis(200)))
+        .collect();
+    let slots: Vec<_> = cams
+        .iter()
+        .map(|c| (c.id.to_string(), c.slot.clone()))
+        .collect();
+    let (dets, _) = detectors(1, Duration::from_millis(20));
+    let gate = MotionConfig {
+        hold: Duration::from_millis(100),
+        keepalive: Duration::from_secs(60),
+        ..MotionConfig::default()
+    };
+    let (pool, _rx) = DetectorPool::start(cams, dets, &gate, 10_000);
+    let still: Vec<Arc<Frame>> = (4..32).map(|i| frame(&format!("c{i:02}"), 7)).collect();
+    let mut seq = 0;
+    let mut run = |d: Duration| {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            seq += 1;
+            for (id, slot) in &slots[..4] {
+                slot.put(moving(id, seq));
+            }
+            for (i, (_, slot)) in slots[4..].iter().enumerate() {
+                slot.put(Arc::new(Frame {
+                    captured: Instant::now(),
+                    seq,
+                    ..(*still[i]).clone()
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The first still frames are inferred (a new picture, then `hold`); after that, none.
+    run(Duration::from_secs(1));
+    let before: Vec<_> = slots
+        .iter()
+        .map(|(id, _)| pool.stats(id).unwrap())
+        .collect();
+    run(Duration::from_secs(3));
+    let after: Vec<_> = slots
+        .iter()
+        .map(|(id, _)| pool.stats(id).unwrap())
+        .collect();
+    let busy: Vec<u64> = (0..4)
+        .map(|i| after[i].inferred - before[i].inferred)
+        .collect();
+    let total: u64 = busy.iter().sum();
+    // One 20 ms worker: ~150 inferences in 3 s, all of them for the busy cameras.
+    assert!(total >= 80, "busy cameras got {busy:?}");
+    for n in &busy {
+        assert!(*n as f64 >= 0.15 * total as f64, "{busy:?}");
+    }
+    for (i, (id, slot)) in slots.iter().enumerate().skip(4) {
+        let (b, a) = (&before[i], &after[i]);
+        assert_eq!(a.inferred, b.inferred, "still camera {id} inferred: {a:?}");
+        assert_eq!(
+            a.overwritten, b.overwritten,
+            "still frames never enter the slot: {a:?}"
+        );
+        assert!(a.skipped_motion - b.skipped_motion >= 60, "{id} {a:?}");
+        assert!(slot.rejected() >= 60);
+        assert_eq!(slot.decode_demand(), DecodeDemand::Keyframes, "{id}");
+    }
+    for (id, slot) in &slots[..4] {
+        assert_eq!(slot.decode_demand(), DecodeDemand::Every, "{id}");
+    }
+    // Motion on a still camera: every frame is wanted again.
+    slots[10].1.put(moving("c10", 200));
+    assert_eq!(slots[10].1.decode_demand(), DecodeDemand::Every);
+}
+
+/// Panics on every other frame; counts its calls.
+struct PanickyDetector(Arc<AtomicUsize>);
+
+impl Detector for PanickyDetector {
+    fn detect(&mut self, frame: &Frame) -> Result<Vec<Detection>, DetectError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(2));
+        if frame.seq.is_multiple_of(2) {
+            panic!("detector bug on frame {}", frame.seq);
+        }
+        Ok(vec![])
+    }
+}
+
+#[test]
+fn a_panicking_detector_loses_the_frame_not_the_camera() {
+    let cam = pool_camera("cam", Duration::from_millis(20));
+    let slot = cam.slot.clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (pool, _rx) = DetectorPool::start(
+        vec![cam],
+        vec![Box::new(PanickyDetector(calls.clone()))],
+        &no_gate(),
+        100,
+    );
+    for seq in 1..=40 {
+        slot.put(frame("cam", seq));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let s = pool.stats("cam").unwrap();
+    assert!(s.errors >= 5, "{s:?}");
+    assert!(s.inferred >= 5, "the camera goes on after a panic: {s:?}");
+    assert_eq!(s.inferred + s.errors, calls.load(Ordering::SeqCst) as u64);
+    assert_eq!(pool.shutdown(), 1);
 }
 
 #[test]
@@ -241,6 +409,115 @@ fn still_scene_is_mostly_skipped_by_the_motion_gate() {
     }
     std::thread::sleep(Duration::from_millis(50));
     assert!(pool.stats("still").unwrap().inferred >= before + 5);
+}
+
+/// Waits until `f` holds, polling every 50 ms; panics with `what` after `limit`.
+async fn until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Frames the camera's pipeline delivered to its slot so far (admitted or turned away).
+fn delivered(pool: &DetectorPool, slot: &FrameSlot, id: &str) -> u64 {
+    let s = pool.stats(id).unwrap();
+    slot.rejected() + s.inferred + s.overwritten + s.errors
+}
+
+/// A still camera over real RTSP (a 10 fps test picture, a keyframe every second) is decoded at its
+/// keyframes only; when the picture starts moving, motion is seen on the next keyframe, that frame
+/// is inferred, and every frame is decoded again from the keyframe after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn still_camera_decodes_keyframes_only_until_motion() {
+    common::init();
+    let server = RtspTestServer::start(Source::Named { pattern: "colors" }, Auth::None);
+    let cam = camera(
+        "still",
+        &server.url(),
+        "detect_width = 320\ndetect_height = 180\ndetect_fps = 10",
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (sup, handle) =
+        CameraSupervisor::new(&cam, &common::fast_ingest(), cancel.clone()).unwrap();
+    let task = tokio::spawn(sup.expect("enabled").run());
+    let (dets, _) = detectors(1, Duration::from_millis(5));
+    let gate = MotionConfig {
+        hold: Duration::from_millis(500),
+        keepalive: Duration::from_secs(600),
+        ..MotionConfig::default()
+    };
+    let slot = handle.slot.clone();
+    let (pool, mut rx) = DetectorPool::start(
+        vec![PoolCamera {
+            id: handle.id.clone(),
+            slot: slot.clone(),
+            interval: Duration::from_millis(100),
+            motion_masks: vec![],
+        }],
+        dets,
+        &gate,
+        100,
+    );
+    let mut status = handle.status.clone();
+    wait_state(&mut status, CameraState::Streaming, Duration::from_secs(20)).await;
+    let waited = Instant::now();
+    while slot.decode_demand() != DecodeDemand::Keyframes {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "keyframes-only decoding within 10 s: {:?}, {} turned away, picture {:?}",
+            pool.stats("still"),
+            slot.rejected(),
+            pool.stats_reader().picture("still")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until(Duration::from_secs(10), "the status to say so", || {
+        handle.status.borrow().decoding == DecodeDemand::Keyframes
+    })
+    .await;
+    // At most one picture per keyframe: ~3 in 3 s instead of 30.
+    let before = delivered(&pool, &slot, "still");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still_frames = delivered(&pool, &slot, "still") - before;
+    assert!(
+        (1..=5).contains(&still_frames),
+        "{still_frames} pictures in 3 s while still"
+    );
+    assert_eq!(handle.status.borrow().state, CameraState::Streaming);
+    while rx.try_recv().is_ok() {}
+
+    let moved = Instant::now();
+    server.set_pattern("ball");
+    let first = loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the moving picture is inferred")
+            .unwrap();
+        if r.frame.captured > moved {
+            break r;
+        }
+    };
+    eprintln!(
+        "motion on a still camera inferred {:?} after it began",
+        first.frame.captured.duration_since(moved)
+    );
+    until(Duration::from_secs(5), "full decoding again", || {
+        slot.decode_demand() == DecodeDemand::Every
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = delivered(&pool, &slot, "still");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let moving_frames = delivered(&pool, &slot, "still") - before;
+    assert!(
+        moving_frames >= 10,
+        "{moving_frames} pictures in 2 s while moving (10 fps)"
+    );
+    cancel.cancel();
+    task.await.unwrap();
+    assert_eq!(pool.shutdown(), 1);
 }
 
 /// The sample clip (2-8 people per frame) over the real RTSP path, through the real model.

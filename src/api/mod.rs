@@ -84,6 +84,8 @@ pub struct ApiState {
     pub site: Arc<str>,
     pub store: Store,
     pub store_status: watch::Receiver<StoreStatus>,
+    /// Whether the detector pool keeps up with every camera.
+    pub detector_load: watch::Receiver<crate::detect::load::DetectorLoad>,
     pub cameras: Arc<Vec<CameraView>>,
     pub rules: Option<mpsc::Sender<RuleCommand>>,
     pub metrics: Option<PrometheusHandle>,

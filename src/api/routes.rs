@@ -366,17 +366,25 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
 
 async fn healthz(State(state): State<ApiState>) -> Response {
     let store = state.store_status.borrow().clone();
+    let load = state.detector_load.borrow().clone();
     let streaming = state
         .cameras
         .iter()
         .filter(|c| c.status.borrow().state == crate::camera::CameraState::Streaming)
         .count();
+    // A failing store loses events: 503. An overloaded detector still infers every camera, less
+    // often than asked: degraded, but 200.
     let ok = store.is_ok();
     let body = json!({
-        "status": if ok { "ok" } else { "degraded" },
+        "status": if ok && !load.is_overloaded() { "ok" } else { "degraded" },
         "site": &*state.site,
         "version": env!("CARGO_PKG_VERSION"),
         "store": store,
+        "detector": {
+            "overloaded": load.is_overloaded(),
+            "overloaded_since": load.overloaded_since.and_then(rfc3339),
+            "behind": load.behind,
+        },
         "cameras": { "total": state.cameras.len(), "streaming": streaming },
     });
     let code = if ok {

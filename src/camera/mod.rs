@@ -12,7 +12,7 @@ pub mod probe;
 pub mod supervisor;
 mod url;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -45,19 +45,60 @@ impl std::fmt::Debug for Frame {
     }
 }
 
+/// Which frames the consumer wants decoded. The pipeline reads it for every compressed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecodeDemand {
+    /// Every frame (motion, live tracks, or no gate).
+    Every,
+    /// A still scene: only keyframes, which need no reference; deltas are dropped before the
+    /// decoder. Full decoding resumes at the next keyframe after the demand changes back.
+    Keyframes,
+}
+
+/// Decides on the producer's thread, before the slot, whether a frame is worth a consumer's time
+/// (the motion gate). Must be cheap and must not block.
+pub type AdmitFn = Box<dyn Fn(&Frame) -> bool + Send + Sync>;
+
 /// A camera's latest frame. The producer (a GStreamer streaming thread) never blocks on the consumer:
 /// `put` replaces the previous frame, which counts as overwritten if nobody took it.
-#[derive(Default)]
 pub struct FrameSlot {
     latest: Mutex<Option<Arc<Frame>>>,
     notify: tokio::sync::Notify,
     overwritten: AtomicU64,
+    /// Frames the admission filter turned away before the slot.
+    rejected: AtomicU64,
     /// Called after each `put`, for consumers on OS threads (the detector pool). Must not block.
     listener: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    admit: OnceLock<AdmitFn>,
+    /// `DecodeDemand::Keyframes` when true.
+    keyframes_only: AtomicBool,
+}
+
+impl Default for FrameSlot {
+    fn default() -> Self {
+        Self {
+            latest: Mutex::new(None),
+            notify: tokio::sync::Notify::new(),
+            overwritten: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            listener: OnceLock::new(),
+            admit: OnceLock::new(),
+            keyframes_only: AtomicBool::new(false),
+        }
+    }
 }
 
 impl FrameSlot {
-    pub fn put(&self, frame: Arc<Frame>) {
+    /// Offers a frame: the admission filter (if any) decides, then it replaces the waiting one.
+    /// Returns whether the frame entered the slot.
+    pub fn put(&self, frame: Arc<Frame>) -> bool {
+        if let Some(admit) = self.admit.get()
+            && !admit(&frame)
+        {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         let previous = self
             .latest
             .lock()
@@ -70,6 +111,7 @@ impl FrameSlot {
         if let Some(listener) = self.listener.get() {
             listener();
         }
+        true
     }
 
     /// Registers the one listener called after every `put`; false if one was already set.
@@ -77,9 +119,23 @@ impl FrameSlot {
         self.listener.set(listener).is_ok()
     }
 
+    /// Registers the one admission filter; false if one was already set.
+    pub fn set_admit(&self, admit: AdmitFn) -> bool {
+        self.admit.set(admit).is_ok()
+    }
+
     /// Takes the latest frame, leaving the slot empty.
     pub fn take(&self) -> Option<Arc<Frame>> {
         self.latest.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// When the waiting frame (if any) was captured, without taking it.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|f| f.captured)
     }
 
     /// Waits for a frame and takes it.
@@ -96,6 +152,23 @@ impl FrameSlot {
     /// Frames replaced before anyone took them.
     pub fn overwritten(&self) -> u64 {
         self.overwritten.load(Ordering::Relaxed)
+    }
+
+    /// Frames the admission filter turned away.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    pub fn decode_demand(&self) -> DecodeDemand {
+        match self.keyframes_only.load(Ordering::Relaxed) {
+            true => DecodeDemand::Keyframes,
+            false => DecodeDemand::Every,
+        }
+    }
+
+    pub fn set_decode_demand(&self, demand: DecodeDemand) {
+        self.keyframes_only
+            .store(demand == DecodeDemand::Keyframes, Ordering::Relaxed);
     }
 }
 
@@ -154,6 +227,9 @@ pub struct CameraStatus {
     pub last_frame_at: Option<SystemTime>,
     /// When the next connection attempt is due, in backoff states.
     pub retry_at: Option<SystemTime>,
+    /// Whether every frame is decoded or, on a still scene, keyframes only (then `fps` is the
+    /// keyframe rate).
+    pub decoding: DecodeDemand,
 }
 
 impl CameraStatus {
@@ -167,6 +243,7 @@ impl CameraStatus {
             reconnects: 0,
             last_frame_at: None,
             retry_at: None,
+            decoding: DecodeDemand::Every,
         }
     }
 }

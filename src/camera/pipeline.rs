@@ -6,12 +6,15 @@
 //!   → videorate drop-only max-rate=FPS → videoscale → videoconvert
 //!   → video/x-raw,format=RGB,width=W,height=H → appsink max-buffers=1 drop=true sync=false
 //! ```
-//! Scaling before converting is measurably cheaper (docs/BENCHMARKS.md). The appsink callback copies
+//! Scaling before converting is measurably cheaper (docs/BENCHMARKS.md). A pad probe on the H.264
+//! decoder's input counts every compressed frame (the stall watchdog's clock) and, while the slot
+//! asks for [`DecodeDemand::Keyframes`] (a still scene), drops delta frames before the decoder; full
+//! decoding resumes at the next keyframe. The appsink callback copies
 //! the frame into a packed RGB buffer and puts it into the camera's [`FrameSlot`]; it never waits for
 //! a consumer. A pipeline is used once: reconnecting builds a new one (cycling the same rtspsrc
 //! through Null → Playing fails with not-linked).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,7 +24,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
-use super::{Credentials, Frame, FrameSlot, RtspUrl};
+use super::{Credentials, DecodeDemand, Frame, FrameSlot, RtspUrl};
 use crate::config::{Codec, Transport};
 
 /// What to build.
@@ -77,6 +80,10 @@ pub struct IngestStats {
     first_frame: OnceLock<Instant>,
     frames_skipped: AtomicU64,
     encoding: Mutex<Option<String>>,
+    /// Like `last_frame_ms`, for compressed frames reaching the decoder.
+    last_packet_ms: AtomicU64,
+    /// Compressed frames dropped before the decoder (keyframes-only decoding).
+    deltas_dropped: AtomicU64,
 }
 
 impl IngestStats {
@@ -88,7 +95,28 @@ impl IngestStats {
             first_frame: OnceLock::new(),
             frames_skipped: AtomicU64::new(0),
             encoding: Mutex::new(None),
+            last_packet_ms: AtomicU64::new(0),
+            deltas_dropped: AtomicU64::new(0),
         }
+    }
+
+    fn ms_since_base(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.base).as_millis() as u64 + 1
+    }
+
+    /// The last sign of life: a decoded frame, or a compressed one that reached the decoder (a
+    /// still camera decoding keyframes only delivers a picture once per keyframe interval).
+    pub fn last_activity(&self) -> Option<Instant> {
+        let ms = self
+            .last_frame_ms
+            .load(Ordering::Relaxed)
+            .max(self.last_packet_ms.load(Ordering::Relaxed));
+        (ms > 0).then(|| self.base + Duration::from_millis(ms - 1))
+    }
+
+    /// Delta frames dropped before the decoder while the scene was still.
+    pub fn deltas_dropped(&self) -> u64 {
+        self.deltas_dropped.load(Ordering::Relaxed)
     }
 
     pub fn frames(&self) -> u64 {
@@ -121,8 +149,8 @@ impl IngestStats {
 
     fn record_frame(&self, at: Instant) {
         self.frames.fetch_add(1, Ordering::Relaxed);
-        let ms = at.saturating_duration_since(self.base).as_millis() as u64 + 1;
-        self.last_frame_ms.store(ms, Ordering::Relaxed);
+        self.last_frame_ms
+            .store(self.ms_since_base(at), Ordering::Relaxed);
         let _ = self.first_frame.set(at);
     }
 }
@@ -246,7 +274,11 @@ impl CameraPipeline {
             .sync(false)
             .enable_last_sample(false)
             .build();
-        appsink.set_callbacks(frame_callbacks(spec.camera.clone(), output, stats.clone()));
+        appsink.set_callbacks(frame_callbacks(
+            spec.camera.clone(),
+            output.clone(),
+            stats.clone(),
+        ));
 
         pipeline.add(&src)?;
         pipeline.add_many(&decode_elems)?;
@@ -259,6 +291,18 @@ impl CameraPipeline {
         let decoded_tap = post[0].clone();
         if let Some(dec) = decoded_out {
             dec.link(&decoded_tap)?;
+            if let Some(pad) = dec.static_pad("sink") {
+                let gate = DeltaGate::new(spec.camera.clone(), output.slot.clone(), stats.clone());
+                // A dropped frame is returned as Handled with the buffer left in `info` (the
+                // binding releases it): `Drop` on a sink pad makes GStreamer 1.22 unref it twice
+                // (a CRITICAL per frame).
+                pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                    match info.buffer() {
+                        Some(buffer) if !gate.pass(buffer) => gst::PadProbeReturn::Handled,
+                        _ => gst::PadProbeReturn::Ok,
+                    }
+                });
+            }
         } else {
             // decodebin exposes its decoded pad when it knows the stream.
             let tap = decoded_tap.downgrade();
@@ -375,6 +419,67 @@ impl Drop for CameraPipeline {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
         LIVE_PIPELINES.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Keyframes-only decoding, on the decoder's input. A delta frame passes only while every frame is
+/// wanted *and* the keyframe it builds on was passed too; so switching back to full decoding waits
+/// for the next keyframe, and the decoder never sees a frame whose reference it lacks.
+struct DeltaGate {
+    camera: Arc<str>,
+    slot: Arc<FrameSlot>,
+    stats: Arc<IngestStats>,
+    /// The current group of pictures is being decoded in full.
+    decoding_gop: AtomicBool,
+    /// Milliseconds after `stats.base` of the last keyframe, plus one (0 = none yet).
+    last_keyframe_ms: AtomicU64,
+    /// Keyframes come more than `MAX_KEYFRAME_INTERVAL` apart.
+    long_gop: AtomicBool,
+}
+
+/// Keyframes-only decoding is used only on cameras that send keyframes at least this often: with
+/// longer groups of pictures a still camera would see motion too late.
+const MAX_KEYFRAME_INTERVAL: Duration = Duration::from_millis(4500);
+
+impl DeltaGate {
+    fn new(camera: Arc<str>, slot: Arc<FrameSlot>, stats: Arc<IngestStats>) -> Self {
+        Self {
+            camera,
+            slot,
+            stats,
+            decoding_gop: AtomicBool::new(true),
+            last_keyframe_ms: AtomicU64::new(0),
+            long_gop: AtomicBool::new(false),
+        }
+    }
+
+    fn pass(&self, buffer: &gst::BufferRef) -> bool {
+        let now = self.stats.ms_since_base(Instant::now());
+        self.stats.last_packet_ms.store(now, Ordering::Relaxed);
+        let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+        if keyframe {
+            let last = self.last_keyframe_ms.swap(now, Ordering::Relaxed);
+            let interval = Duration::from_millis(now.saturating_sub(last));
+            let long = last > 0 && interval > MAX_KEYFRAME_INTERVAL;
+            if long && !self.long_gop.swap(true, Ordering::Relaxed) {
+                tracing::info!(camera = %self.camera, keyframe_interval_ms = interval.as_millis() as u64,
+                    "keyframes are far apart: this camera is decoded in full even when still (an I-frame interval of 1-4 s saves CPU)");
+            }
+        }
+        // No keyframe seen yet (or none flagged as such), or a long group of pictures: decode all.
+        let every = self.slot.decode_demand() == DecodeDemand::Every
+            || self.last_keyframe_ms.load(Ordering::Relaxed) == 0
+            || self.long_gop.load(Ordering::Relaxed);
+        if keyframe {
+            self.decoding_gop.store(every, Ordering::Relaxed);
+            return true;
+        }
+        if every && self.decoding_gop.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.decoding_gop.store(false, Ordering::Relaxed);
+        self.stats.deltas_dropped.fetch_add(1, Ordering::Relaxed);
+        false
     }
 }
 

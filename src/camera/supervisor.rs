@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, error, info, warn};
 
 use super::backoff::Backoff;
 use super::pipeline::{CameraPipeline, Fault, FrameOutput, PipelineSpec};
-use super::{CameraHandle, CameraState, CameraStatus, FrameSlot};
+use super::{CameraHandle, CameraState, CameraStatus, DecodeDemand, FrameSlot};
 use crate::config::{CameraConfig, IngestConfig};
 
 /// How often the supervisor looks at frame counters and refreshes the published status.
@@ -188,11 +188,19 @@ impl CameraSupervisor {
                             self.last_logged_fault = None;
                         }
                         (Some(_), Some(_)) => {
-                            let gap = stats.last_frame().map(|t| now.saturating_duration_since(t)).unwrap_or_default();
+                            let gap = stats.last_activity().map(|t| now.saturating_duration_since(t)).unwrap_or_default();
                             if gap >= self.ingest.stall_timeout {
                                 break Some(Fault::Transient(format!(
                                     "stalled: no frame for {}",
                                     humantime::format_duration(Duration::from_millis(gap.as_millis() as u64))
+                                )));
+                            }
+                            // Data arrives but no picture comes out (a still camera shows one per keyframe).
+                            let picture_gap = stats.last_frame().map(|t| now.saturating_duration_since(t)).unwrap_or_default();
+                            if picture_gap >= 3 * self.ingest.stall_timeout {
+                                break Some(Fault::Transient(format!(
+                                    "stalled: data arrives but no picture was decoded for {}",
+                                    humantime::format_duration(Duration::from_secs(picture_gap.as_secs()))
                                 )));
                             }
                         }
@@ -224,7 +232,11 @@ impl CameraSupervisor {
     fn publish_counters(&self, frames_this_pipeline: u64, fps: f64, last_frame: Option<Instant>) {
         let total = self.frames_before + frames_this_pipeline;
         let last_frame_at = last_frame.map(|t| SystemTime::now() - t.elapsed());
+        let decoding = self.output.slot.decode_demand();
+        metrics::gauge!("kinderwatch_camera_keyframes_only", "camera" => self.spec.camera.to_string())
+            .set(if decoding == DecodeDemand::Keyframes { 1.0 } else { 0.0 });
         self.status.send_modify(|s| {
+            s.decoding = decoding;
             s.frames_received = total;
             s.fps = fps;
             if last_frame_at.is_some() {

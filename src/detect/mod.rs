@@ -4,11 +4,13 @@
 //! - [`runtime`]: loading the ONNX Runtime library and building sessions with an execution provider;
 //! - [`preprocess`] and [`decode`]: frame → input tensor, output tensors → detections, per model family;
 //! - [`detector`]: the [`Detector`] trait and the ONNX implementation;
-//! - [`motion`]: the cheap gate that skips inference on still scenes;
-//! - [`pool`]: per-camera one-frame slots served round-robin by N worker threads.
+//! - [`motion`]: the cheap gate that skips inference on still scenes (run where frames are produced);
+//! - [`pool`]: per-camera one-frame slots served least-recently-served first by N worker threads;
+//! - [`load`]: whether the pool keeps up with every camera (overload warnings, `/healthz`).
 
 pub mod decode;
 pub mod detector;
+pub mod load;
 pub mod manifest;
 pub mod motion;
 pub mod pool;

@@ -34,6 +34,11 @@ pub struct MotionConfig {
     /// Infer at least this often on a still scene. Default: 10s.
     #[serde(with = "humantime_serde")]
     pub keepalive: Duration,
+    /// While the scene is still (no motion, no hold, no live tracks), decode only the camera's
+    /// keyframes: a still camera then costs a fraction of a decoder. Full decoding resumes at the
+    /// next keyframe after motion is seen on one. H.264 cameras only (`codec = "h264"`).
+    /// Default: true.
+    pub keyframes_when_still: bool,
 }
 
 impl Default for MotionConfig {
@@ -45,6 +50,7 @@ impl Default for MotionConfig {
             background_alpha: 0.05,
             hold: Duration::from_secs(2),
             keepalive: Duration::from_secs(10),
+            keyframes_when_still: true,
         }
     }
 }

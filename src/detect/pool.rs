@@ -1,29 +1,38 @@
 //! The detector pool: N worker threads (never on the async runtime), each owning one [`Detector`],
-//! serving the cameras' one-frame slots round-robin.
+//! serving the cameras' one-frame slots.
 //!
-//! Frames of one camera are inferred one at a time, in capture order. Bounded everywhere: each camera holds at most one waiting frame (a newer one replaces it and the
-//! old one counts as overwritten); a frame older than one detect interval when its turn comes is
-//! dropped and counted (`stale`); results go to a bounded channel, and a full channel drops the
-//! newest result and counts it (`output_full`). Workers are woken by the slots, so an idle pool
-//! costs nothing.
+//! - **The motion gate runs where the frame is produced**, as the slot's admission filter on the
+//!   camera's streaming thread: a still camera's frames never reach the slot, never wake a worker
+//!   and never take pool time. The gate also tells the pipeline to decode keyframes only while the
+//!   scene is still ([`DecodeDemand`]).
+//! - **Least recently served first.** A free worker takes the waiting frame of the camera whose last
+//!   frame was taken longest ago, so under any overload every camera with motion gets an equal share
+//!   of inferences. A waiting frame is always the freshest the camera has (a newer one replaces it and
+//!   the old one counts as overwritten): nothing is ever dropped for its age, so no overload can starve
+//!   a camera, and lag is bounded by one turn of the cameras with motion.
+//! - Frames of one camera are inferred one at a time, in capture order. Results go to a bounded
+//!   channel; a full channel drops the newest result and counts it (`output_full`). Workers are woken
+//!   by the slots, so an idle pool costs nothing. A detector that panics loses that frame only.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::motion::{GateDecision, MotionConfig, MotionGate, PictureStats};
+use super::motion::{GateDecision, InferReason, MotionConfig, MotionGate, PictureStats};
 use super::{DetectError, Detector, FrameDetections};
-use crate::camera::{Frame, FrameSlot};
+use crate::camera::{DecodeDemand, Frame, FrameSlot};
 
 /// One camera as the pool sees it.
 pub struct PoolCamera {
     pub id: Arc<str>,
     pub slot: Arc<FrameSlot>,
-    /// One detect interval (1 / detect_fps): older frames are stale.
-    pub max_age: Duration,
+    /// One detect interval (1 / detect_fps): the pool keeps up with the camera while it takes a
+    /// frame at least this often.
+    pub interval: Duration,
     /// Normalised polygons the motion gate ignores.
     pub motion_masks: Vec<Vec<[f32; 2]>>,
 }
@@ -34,7 +43,6 @@ pub struct CameraCounters {
     pub inferred: AtomicU64,
     pub detections: AtomicU64,
     pub skipped_motion: AtomicU64,
-    pub dropped_stale: AtomicU64,
     pub dropped_output_full: AtomicU64,
     pub errors: AtomicU64,
 }
@@ -44,33 +52,46 @@ pub struct CameraCounters {
 pub struct CameraStats {
     pub inferred: u64,
     pub detections: u64,
+    /// Frames the motion gate turned away before the slot.
     pub skipped_motion: u64,
-    pub dropped_stale: u64,
     pub dropped_output_full: u64,
-    /// Frames replaced in the slot before any worker took them.
+    /// Frames replaced in the slot before any worker took them: the pool did not keep up.
     pub overwritten: u64,
+    /// Failed or panicked inferences.
     pub errors: u64,
+}
+
+impl CameraStats {
+    /// Frames with motion that were dropped, for whatever reason.
+    pub fn dropped(&self) -> u64 {
+        self.overwritten + self.dropped_output_full
+    }
 }
 
 struct CameraEntry {
     cam: PoolCamera,
-    /// A worker is on this camera's frame: frames of one camera are inferred one at a time, in order.
-    busy: AtomicBool,
     gate: Mutex<MotionGate>,
     live_tracks: Arc<AtomicBool>,
     counters: CameraCounters,
     labels: [(&'static str, String); 1],
-    /// Statistics of the last frame a worker took (for tamper detection).
+    /// Statistics of the last frame the gate saw (for tamper detection).
     picture: Mutex<Option<PictureStats>>,
+}
+
+/// Who is being served; guarded by `Shared::sched` together with `wake`, so a `put` is never missed.
+struct Sched {
+    /// A worker is on this camera's frame: frames of one camera are inferred one at a time, in order.
+    busy: Vec<bool>,
+    /// When a worker last took a frame of each camera (`None`: never).
+    last_taken: Vec<Option<Instant>>,
+    shutdown: bool,
 }
 
 struct Shared {
     cameras: Vec<CameraEntry>,
-    /// Guards the scan of the slots together with `wake`, so a `put` is never missed.
-    lock: Mutex<()>,
+    sched: Mutex<Sched>,
     wake: Condvar,
-    next: AtomicUsize,
-    shutdown: AtomicBool,
+    keyframes_when_still: bool,
     output: mpsc::Sender<FrameDetections>,
 }
 
@@ -79,33 +100,45 @@ struct Shared {
 pub struct PoolStats(Arc<Shared>);
 
 impl PoolStats {
-    /// What the camera's last inspected frame looked like.
+    fn entry(&self, camera: &str) -> Option<&CameraEntry> {
+        self.0.cameras.iter().find(|e| &*e.cam.id == camera)
+    }
+
+    /// What the camera's last gated frame looked like.
     pub fn picture(&self, camera: &str) -> Option<PictureStats> {
-        let e = self.0.cameras.iter().find(|e| &*e.cam.id == camera)?;
-        *e.picture.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .entry(camera)?
+            .picture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn cameras(&self) -> Vec<Arc<str>> {
         self.0.cameras.iter().map(|e| e.cam.id.clone()).collect()
     }
 
+    /// The camera's detect interval.
+    pub fn interval(&self, camera: &str) -> Option<Duration> {
+        self.entry(camera).map(|e| e.cam.interval)
+    }
+
+    /// What the camera's pipeline is asked to decode now.
+    pub fn decode_demand(&self, camera: &str) -> Option<DecodeDemand> {
+        self.entry(camera).map(|e| e.cam.slot.decode_demand())
+    }
+
     pub fn stats(&self, camera: &str) -> Option<CameraStats> {
-        self.0
-            .cameras
-            .iter()
-            .find(|e| &*e.cam.id == camera)
-            .map(|e| {
-                let c = &e.counters;
-                CameraStats {
-                    inferred: c.inferred.load(Ordering::Relaxed),
-                    detections: c.detections.load(Ordering::Relaxed),
-                    skipped_motion: c.skipped_motion.load(Ordering::Relaxed),
-                    dropped_stale: c.dropped_stale.load(Ordering::Relaxed),
-                    dropped_output_full: c.dropped_output_full.load(Ordering::Relaxed),
-                    overwritten: e.cam.slot.overwritten(),
-                    errors: c.errors.load(Ordering::Relaxed),
-                }
-            })
+        self.entry(camera).map(|e| {
+            let c = &e.counters;
+            CameraStats {
+                inferred: c.inferred.load(Ordering::Relaxed),
+                detections: c.detections.load(Ordering::Relaxed),
+                skipped_motion: c.skipped_motion.load(Ordering::Relaxed),
+                dropped_output_full: c.dropped_output_full.load(Ordering::Relaxed),
+                overwritten: e.cam.slot.overwritten(),
+                errors: c.errors.load(Ordering::Relaxed),
+            }
+        })
     }
 }
 
@@ -115,8 +148,8 @@ pub struct DetectorPool {
 }
 
 impl DetectorPool {
-    /// Starts one worker thread per detector. Results go to the returned receiver (capacity
-    /// `output_capacity`).
+    /// Starts one worker thread per detector and installs the motion gate in every camera's slot.
+    /// Results go to the returned receiver (capacity `output_capacity`).
     pub fn start(
         cameras: Vec<PoolCamera>,
         detectors: Vec<Box<dyn Detector>>,
@@ -124,11 +157,11 @@ impl DetectorPool {
         output_capacity: usize,
     ) -> (Self, mpsc::Receiver<FrameDetections>) {
         let (tx, rx) = mpsc::channel(output_capacity.max(1));
+        let n = cameras.len();
         let shared = Arc::new(Shared {
             cameras: cameras
                 .into_iter()
                 .map(|cam| CameraEntry {
-                    busy: AtomicBool::new(false),
                     gate: Mutex::new(MotionGate::new(motion.clone(), &cam.motion_masks)),
                     live_tracks: Arc::default(),
                     counters: CameraCounters::default(),
@@ -137,22 +170,30 @@ impl DetectorPool {
                     cam,
                 })
                 .collect(),
-            lock: Mutex::new(()),
+            sched: Mutex::new(Sched {
+                busy: vec![false; n],
+                last_taken: vec![None; n],
+                shutdown: false,
+            }),
             wake: Condvar::new(),
-            next: AtomicUsize::new(0),
-            shutdown: AtomicBool::new(false),
+            keyframes_when_still: motion.enabled && motion.keyframes_when_still,
             output: tx,
         });
-        for entry in &shared.cameras {
+        for (index, entry) in shared.cameras.iter().enumerate() {
             let weak = Arc::downgrade(&shared);
-            let registered = entry.cam.slot.set_listener(Box::new(move || {
+            let listener = entry.cam.slot.set_listener(Box::new(move || {
                 if let Some(s) = weak.upgrade() {
-                    let _guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let _guard = s.sched.lock().unwrap_or_else(|e| e.into_inner());
                     s.wake.notify_one();
                 }
             }));
-            if !registered {
-                tracing::warn!(camera = %entry.cam.id, "frame slot already has a consumer; the pool may miss wake-ups");
+            let weak = Arc::downgrade(&shared);
+            let admit = entry
+                .cam
+                .slot
+                .set_admit(Box::new(move |frame| admit(&weak, index, frame)));
+            if !(listener && admit) {
+                tracing::warn!(camera = %entry.cam.id, "frame slot already has a consumer; the pool may miss frames");
             }
         }
         let workers = detectors
@@ -198,8 +239,8 @@ impl DetectorPool {
 
     fn stop(&mut self) -> usize {
         {
-            let _guard = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.shared.shutdown.store(true, Ordering::SeqCst);
+            let mut sched = self.shared.sched.lock().unwrap_or_else(|e| e.into_inner());
+            sched.shutdown = true;
             self.shared.wake.notify_all();
         }
         self.workers.drain(..).filter_map(|w| w.join().ok()).count()
@@ -212,50 +253,89 @@ impl Drop for DetectorPool {
     }
 }
 
-/// The next fresh frame, scanning cameras round-robin from the last served one. Stale frames
-/// found on the way are dropped and counted. Called with `lock` held.
-fn next_job(shared: &Shared) -> Option<(usize, Arc<Frame>)> {
-    let n = shared.cameras.len();
-    let start = shared.next.load(Ordering::Relaxed);
-    for k in 0..n {
-        let i = (start + k) % n;
-        let entry = &shared.cameras[i];
-        if entry.busy.load(Ordering::Relaxed) {
-            continue;
-        }
-        while let Some(frame) = entry.cam.slot.take() {
-            if frame.captured.elapsed() > entry.cam.max_age {
-                entry.counters.dropped_stale.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("kinderwatch_detect_frames_dropped_total", "camera" => entry.cam.id.to_string(), "reason" => "stale")
-                    .increment(1);
-                continue;
+/// The slot's admission filter, on the camera's streaming thread: the motion gate decides whether
+/// the frame goes to the pool, and what the pipeline should decode next.
+fn admit(shared: &Weak<Shared>, index: usize, frame: &Frame) -> bool {
+    let Some(shared) = shared.upgrade() else {
+        return true;
+    };
+    let entry = &shared.cameras[index];
+    let live = entry.live_tracks.load(Ordering::Relaxed);
+    let (decision, picture) = {
+        let mut gate = entry.gate.lock().unwrap_or_else(|e| e.into_inner());
+        (gate.check(frame, live, Instant::now()), gate.picture())
+    };
+    if picture.is_some() {
+        *entry.picture.lock().unwrap_or_else(|e| e.into_inner()) = picture;
+    }
+    match decision {
+        GateDecision::Skip => {
+            entry
+                .counters
+                .skipped_motion
+                .fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("kinderwatch_detect_frames_skipped_total", &entry.labels)
+                .increment(1);
+            if shared.keyframes_when_still {
+                entry.cam.slot.set_decode_demand(DecodeDemand::Keyframes);
             }
-            shared.next.store((i + 1) % n, Ordering::Relaxed);
-            entry.busy.store(true, Ordering::Relaxed);
-            return Some((i, frame));
+            false
+        }
+        // A keep-alive look at a still scene does not wake the decoder up.
+        GateDecision::Infer(InferReason::Keepalive) => true,
+        GateDecision::Infer(_) => {
+            entry.cam.slot.set_decode_demand(DecodeDemand::Every);
+            true
         }
     }
-    None
+}
+
+/// The waiting frame of the free camera served least recently. Called with `sched` held.
+fn next_job(shared: &Shared, sched: &mut Sched) -> Option<(usize, Arc<Frame>)> {
+    loop {
+        let pick = shared
+            .cameras
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| !sched.busy[*i] && e.cam.slot.waiting_since().is_some())
+            .min_by_key(|(i, _)| sched.last_taken[*i])
+            .map(|(i, _)| i)?;
+        // Only the pool takes from its slots, but a frame could still vanish between the look
+        // and the take: then look again.
+        if let Some(frame) = shared.cameras[pick].cam.slot.take() {
+            sched.busy[pick] = true;
+            sched.last_taken[pick] = Some(Instant::now());
+            return Some((pick, frame));
+        }
+    }
 }
 
 fn worker(shared: Arc<Shared>, mut detector: Box<dyn Detector>) {
     loop {
-        let job = {
-            let mut guard = shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (index, frame) = {
+            let mut sched = shared.sched.lock().unwrap_or_else(|e| e.into_inner());
             loop {
-                if shared.shutdown.load(Ordering::SeqCst) {
+                if sched.shutdown {
                     return;
                 }
-                if let Some(job) = next_job(&shared) {
+                if let Some(job) = next_job(&shared, &mut sched) {
                     break job;
                 }
-                guard = shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+                sched = shared.wake.wait(sched).unwrap_or_else(|e| e.into_inner());
             }
         };
-        process(&shared, detector.as_mut(), job.0, job.1);
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            process(&shared, detector.as_mut(), index, frame)
+        }));
+        if outcome.is_err() {
+            let entry = &shared.cameras[index];
+            entry.counters.errors.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("kinderwatch_detect_errors_total", &entry.labels).increment(1);
+            tracing::error!(camera = %entry.cam.id, "the detector panicked on a frame; the frame is lost, the camera goes on");
+        }
         // The camera may have a newer frame waiting for this one to finish.
-        let _guard = shared.lock.lock().unwrap_or_else(|e| e.into_inner());
-        shared.cameras[job.0].busy.store(false, Ordering::Relaxed);
+        let mut sched = shared.sched.lock().unwrap_or_else(|e| e.into_inner());
+        sched.busy[index] = false;
         shared.wake.notify_one();
     }
 }
@@ -264,22 +344,6 @@ fn process(shared: &Shared, detector: &mut dyn Detector, index: usize, frame: Ar
     let entry = &shared.cameras[index];
     let taken = Instant::now();
     let queue_wait = taken.saturating_duration_since(frame.captured);
-    let live = entry.live_tracks.load(Ordering::Relaxed);
-    let (decision, picture) = {
-        let mut gate = entry.gate.lock().unwrap_or_else(|e| e.into_inner());
-        (gate.check(&frame, live, taken), gate.picture())
-    };
-    if picture.is_some() {
-        *entry.picture.lock().unwrap_or_else(|e| e.into_inner()) = picture;
-    }
-    if decision == GateDecision::Skip {
-        entry
-            .counters
-            .skipped_motion
-            .fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("kinderwatch_detect_frames_skipped_total", &entry.labels).increment(1);
-        return;
-    }
     let result: Result<_, DetectError> = detector.detect(&frame);
     let inference = taken.elapsed();
     match result {

@@ -49,8 +49,7 @@ impl DetectionSummary {
             let now = self.stats.stats(&camera).unwrap_or_default();
             let prev = self.before.insert(camera.clone(), now).unwrap_or_default();
             let skipped = now.skipped_motion - prev.skipped_motion;
-            let dropped = (now.dropped_stale + now.overwritten + now.dropped_output_full)
-                - (prev.dropped_stale + prev.overwritten + prev.dropped_output_full);
+            let dropped = now.dropped() - prev.dropped();
             if w.frames + skipped + dropped == 0 {
                 continue;
             }

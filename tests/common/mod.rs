@@ -70,7 +70,7 @@ fn launch_line(source: &Source) -> String {
              ! x265enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} ! rtph265pay name=pay0 pt=96 )"
         ),
         Source::Named { pattern } => format!(
-            "( videotestsrc is-live=true pattern={pattern} ! video/x-raw,format=I420,width=640,height=360,framerate=10/1 \
+            "( videotestsrc name=src is-live=true pattern={pattern} ! video/x-raw,format=I420,width=640,height=360,framerate=10/1 \
              ! valve name=stall drop=false \
              ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 ! rtph264pay name=pay0 pt=96 )"
         ),
@@ -100,6 +100,8 @@ pub struct RtspTestServer {
     source: Mutex<Option<glib::SourceId>>,
     port: u16,
     valves: Arc<Mutex<Vec<glib::WeakRef<gst::Element>>>>,
+    /// The test sources (`Source::Named`) of the current sessions.
+    sources: Arc<Mutex<Vec<glib::WeakRef<gst::Element>>>>,
 }
 
 impl RtspTestServer {
@@ -122,8 +124,15 @@ impl RtspTestServer {
         factory.set_shared(shared);
         let valves: Arc<Mutex<Vec<glib::WeakRef<gst::Element>>>> = Arc::default();
         let v = valves.clone();
+        let sources: Arc<Mutex<Vec<glib::WeakRef<gst::Element>>>> = Arc::default();
+        let srcs = sources.clone();
         factory.connect_media_configure(move |_, media| {
             let element = media.element();
+            if let Some(bin) = element.downcast_ref::<gst::Bin>()
+                && let Some(src) = bin.by_name("src")
+            {
+                srcs.lock().unwrap().push(src.downgrade());
+            }
             if let Some(bin) = element.downcast_ref::<gst::Bin>()
                 && let Some(valve) = bin
                     .by_name_recurse_up("stall")
@@ -175,6 +184,7 @@ impl RtspTestServer {
             source: Mutex::new(Some(id)),
             port,
             valves,
+            sources,
         }
     }
 
@@ -226,6 +236,31 @@ impl RtspTestServer {
                 ),
             }
         }
+    }
+
+    /// Serves `source` at `path` too, one shared media for all its clients (benchmarks: each camera
+    /// its own mount, the server only parsing and payloading).
+    pub fn add_mount(&self, path: &str, source: Source) {
+        let factory = rtsp::RTSPMediaFactory::new();
+        factory.set_launch(&launch_line(&source));
+        factory.set_shared(true);
+        self.server
+            .mount_points()
+            .unwrap()
+            .add_factory(path, factory);
+    }
+
+    /// Changes what a `Source::Named` stream shows, on every current session (e.g. from a still
+    /// "colors" picture to a moving "ball").
+    pub fn set_pattern(&self, pattern: &str) {
+        let mut n = 0;
+        for s in self.sources.lock().unwrap().iter() {
+            if let Some(src) = s.upgrade() {
+                src.set_property_from_str("pattern", pattern);
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no running Named session");
     }
 
     /// Stops sending data on every current session while keeping the connections open.

@@ -1,0 +1,767 @@
+//! Capacity benchmark: N busy + M still cameras on this machine, the whole daemon as a user runs it.
+//!
+//! `cargo bench --bench capacity` (or `make bench-capacity`). In one run it:
+//! 1. makes the still clip once (a photo without people, ±3 gray-level noise on every pixel of
+//!    every frame like sensor noise, 768x576, 10 fps, H.264 with a keyframe every second);
+//! 2. serves the busy clip (vtest: people in every frame) and the still clip from a **separate
+//!    process** (this binary again), one RTSP mount per camera;
+//! 3. measures the limits: the bare CPU time of one inference (one ONNX Runtime session, one thread)
+//!    and the CPU of decoding the busy streams alone (`gst-launch-1.0 rtspsrc ! rtph264depay !
+//!    avdec_h264`);
+//! 4. runs `kinderwatch run` (release) per scenario with mosquitto, a tripwire per camera,
+//!    `detect_fps = 5` at 768x576, and prints per-camera inferred fps, frames dropped, alert latency
+//!    (frame capture → subscriber) p50/p99, CPU and RSS;
+//! 5. measures how soon motion on a still camera is inferred (keyframes-only decoding);
+//! 6. with `BENCH_BASELINE=1`, runs `../shared/tools/pybaseline/baseline.py` (a venv in
+//!    `.deps/pybaseline-venv`, made on first use from PyPI) on the same busy streams and prints the
+//!    ratios.
+//!
+//! Options: `BENCH_SCENARIOS=4+0,8+0,4+12,4+28,0+28` (busy+still), `BENCH_WINDOW_S=30`,
+//! `BENCH_BASELINE=1`. Numbers go into docs/BENCHMARKS.md; nothing here is asserted.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use jiff::Timestamp;
+use serde_json::Value;
+
+use common::broker::{self, Broker};
+
+const KINDERWATCH: &str = env!("CARGO_BIN_EXE_kinderwatch");
+const DETECT_FPS: f64 = 5.0;
+const SERVER_ENV: &str = "KW_CAPACITY_SERVER";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    percentile(&s, 0.5)
+}
+
+// ---------------------------------------------------------------- the still clip ----
+
+/// A photo without people, with fresh ±3 gray-level noise on every pixel of every frame, encoded
+/// like a camera would (x264, 1 s keyframe interval, ~1.5 Mbit/s), 30 s looped by the server.
+fn still_clip() -> PathBuf {
+    let path = common::media_dir().join("still-768x576-noise3.h264");
+    if path.is_file() {
+        return path;
+    }
+    let photo = image::open(common::media_dir().join("coffee.png"))
+        .expect("coffee.png: run scripts/setup.sh")
+        .resize_exact(768, 576, image::imageops::FilterType::Triangle)
+        .to_rgb8();
+    let tmp = path.with_extension("tmp");
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time caps=video/x-raw,format=RGB,width=768,height=576,framerate=10/1 \
+         ! videoconvert ! video/x-raw,format=I420 \
+         ! x264enc speed-preset=veryfast tune=zerolatency bitrate=1500 key-int-max=10 \
+         ! h264parse ! video/x-h264,stream-format=byte-stream,alignment=au ! filesink location={}",
+        tmp.display()
+    ))
+    .expect("x264enc: run scripts/setup.sh")
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..300u64 {
+        let mut data = photo.as_raw().clone();
+        for px in data.chunks_exact_mut(3) {
+            // xorshift: a new noise value per pixel and frame, the same on R, G and B (luma noise).
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let n = (rng % 7) as i16 - 3;
+            for c in px {
+                *c = (*c as i16 + n).clamp(0, 255) as u8;
+            }
+        }
+        let mut buffer = gst::Buffer::from_mut_slice(data);
+        {
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(i * 100));
+            b.set_duration(gst::ClockTime::from_mseconds(100));
+        }
+        src.push_buffer(buffer).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    let bus = pipeline.bus().unwrap();
+    bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(120),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    )
+    .expect("encoding the still clip");
+    pipeline.set_state(gst::State::Null).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    println!("made the still clip {}", path.display());
+    path
+}
+
+// ---------------------------------------------------------------- the server process ----
+
+/// In the child: serves `/busy0..` and `/still0..` from one RTSP server until killed.
+fn serve(spec: &str) -> ! {
+    common::init_quiet();
+    let (busy, still) = spec.split_once(',').expect("BUSY,STILL");
+    let (busy, still): (usize, usize) = (busy.parse().unwrap(), still.parse().unwrap());
+    let still_path = still_clip();
+    let server =
+        common::RtspTestServer::start_with(common::Source::SampleClip, common::Auth::None, 0, true);
+    for i in 0..busy {
+        server.add_mount(&format!("/busy{i}"), common::Source::SampleClip);
+    }
+    for i in 0..still {
+        server.add_mount(
+            &format!("/still{i}"),
+            common::Source::Clip {
+                path: still_path.clone(),
+                fps: 10,
+            },
+        );
+    }
+    println!("{}", server.port());
+    std::io::stdout().flush().unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(busy: usize, still: usize) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(SERVER_ENV, format!("{busy},{still}"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("server process");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the server's port");
+        Self { child, port }
+    }
+
+    fn url(&self, mount: &str) -> String {
+        format!("rtsp://127.0.0.1:{}/{mount}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- process measurement ----
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// CPU (% of one core) of a decode-only gst-launch over `urls`.
+fn decode_only_cpu(urls: &[String], warmup: Duration, window: Duration) -> f64 {
+    let mut args = vec!["-q".to_string()];
+    for url in urls {
+        args.extend(
+            [
+                "rtspsrc",
+                &format!("location={url}"),
+                "protocols=tcp",
+                "!",
+                "rtph264depay",
+                "!",
+                "avdec_h264",
+                "max-threads=1",
+                "!",
+                "fakesink",
+                "sync=false",
+            ]
+            .map(String::from),
+        );
+    }
+    let child = Command::new("gst-launch-1.0")
+        .args(&args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("gst-launch-1.0");
+    std::thread::sleep(warmup);
+    let pid = child.id();
+    let (c0, t0) = (cpu_seconds(pid), Instant::now());
+    std::thread::sleep(window);
+    let cpu = 100.0 * (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64();
+    stop(child);
+    cpu
+}
+
+/// Inferences per second of one bare session with one thread (session.run only, on a real
+/// picture prepared once).
+fn bare_rate(window: Duration) -> f64 {
+    use kinderwatch::detect::preprocess::{self, InputTensor};
+    use kinderwatch::detect::runtime::{self, ExecutionProvider};
+    use ort::value::TensorRef;
+    let model = kinderwatch::detect::manifest::ModelManifest::load_verified(
+        &manifest_dir().join("models/nanodet-coco-416.toml"),
+    )
+    .unwrap();
+    let photo = image::open(common::media_dir().join("coffee.png"))
+        .unwrap()
+        .resize_exact(768, 576, image::imageops::FilterType::Triangle)
+        .to_rgb8();
+    let input = preprocess::prepare(photo.as_raw(), 768, 576, &model.manifest.input);
+    let mut session = runtime::session(&model, ExecutionProvider::Cpu, 1).unwrap();
+    let name = model.manifest.input.name.as_str();
+    let mut run = || match &input {
+        InputTensor::F32(t) => {
+            session
+                .run(ort::inputs![name => TensorRef::from_array_view(t.view()).unwrap()])
+                .unwrap();
+        }
+        InputTensor::U8(t) => {
+            session
+                .run(ort::inputs![name => TensorRef::from_array_view(t.view()).unwrap()])
+                .unwrap();
+        }
+    };
+    for _ in 0..5 {
+        run();
+    }
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < window {
+        run();
+        n += 1;
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+// ---------------------------------------------------------------- the daemon ----
+
+/// Counters scraped from `/metrics`: (metric, camera) → value.
+type Scrape = BTreeMap<(String, String), f64>;
+
+fn scrape(api: &str, token: &str) -> Scrape {
+    let text = ureq::get(&format!("http://{api}/metrics"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+        .expect("GET /metrics")
+        .into_string()
+        .unwrap();
+    let mut out = Scrape::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name_labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = name_labels
+            .split_once('{')
+            .map(|(n, l)| (n, l.trim_end_matches('}')))
+            .unwrap_or((name_labels, ""));
+        let camera = labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("camera=\""))
+            .map(|v| v.trim_end_matches('"').to_owned())
+            .unwrap_or_default();
+        let reason = labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("reason=\""))
+            .map(|v| format!("/{}", v.trim_end_matches('"')))
+            .unwrap_or_default();
+        *out.entry((format!("{name}{reason}"), camera)).or_default() += value;
+    }
+    out
+}
+
+fn delta(a: &Scrape, b: &Scrape, metric: &str, camera: &str) -> f64 {
+    let k = (metric.to_owned(), camera.to_owned());
+    b.get(&k).copied().unwrap_or(0.0) - a.get(&k).copied().unwrap_or(0.0)
+}
+
+struct Outcome {
+    busy_fps: Vec<f64>,
+    still_fps: Vec<f64>,
+    dropped_per_busy_5s: f64,
+    cpu: f64,
+    rss: f64,
+    alerts: Vec<f64>,
+    overloaded: bool,
+    keyframes_only: usize,
+}
+
+fn scenario(server: &Server, busy: usize, still: usize, window: Duration) -> Outcome {
+    let broker = Broker::start("");
+    let state = tempfile::tempdir().unwrap();
+    let (token, hash) = kinderwatch::api::auth::new_token();
+    let api = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let mut text = format!(
+        "[site]\nid = \"bench\"\n[logging]\nlevel = \"warn\"\n[detector]\nmodel = \"{}\"\n[state]\ndir = \"{}\"\n\
+         [store]\nmin_free_mb = 64\n[api]\nlisten = \"{api}\"\n[[api.tokens]]\nname = \"bench\"\nrole = \"read\"\nsha256 = \"{hash}\"\n\
+         [mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
+        manifest_dir()
+            .join("models/nanodet-coco-416.toml")
+            .display(),
+        state.path().display(),
+        broker.port
+    );
+    let cameras: Vec<(String, String)> = (0..busy)
+        .map(|i| (format!("busy{i}"), server.url(&format!("busy{i}"))))
+        .chain((0..still).map(|i| (format!("still{i}"), server.url(&format!("still{i}")))))
+        .collect();
+    for (id, url) in &cameras {
+        text.push_str(&format!(
+            "[[cameras]]\nid = \"{id}\"\nurl = \"{url}\"\ndetect_width = 768\ndetect_height = 576\ndetect_fps = {DETECT_FPS}\n\
+             [[rules]]\nid = \"fence-{id}\"\ncamera = \"{id}\"\nkind = \"tripwire\"\nline = [[0.05, 0.55], [0.95, 0.55]]\ndirection = \"any\"\ncooldown = \"0s\"\n"
+        ));
+    }
+    let file = state.path().join("bench.toml");
+    std::fs::write(&file, text).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_sub, mut rx) = rt.block_on(broker::subscribe(
+        broker.port,
+        "kinderwatch/bench/events/#",
+        |_| {},
+    ));
+    let child = Command::new(KINDERWATCH)
+        .args(["run", "--config", file.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .spawn()
+        .expect("kinderwatch");
+    let pid = child.id();
+    std::thread::sleep(Duration::from_secs_f64(10.0 + 0.3 * cameras.len() as f64));
+    let m0 = scrape(&api, &token);
+    let (c0, t0) = (cpu_seconds(pid), Instant::now());
+    let mut alerts = Vec::new();
+    rt.block_on(async {
+        let end = tokio::time::Instant::now() + window;
+        // Alerts queued during the warm-up are not measured.
+        while rx.try_recv().is_ok() {}
+        while let Ok(Some(m)) = tokio::time::timeout_at(end, rx.recv()).await {
+            let now = Timestamp::now();
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            if let Some(time) = v["time"].as_str().and_then(|t| t.parse::<Timestamp>().ok()) {
+                alerts.push((now - time).get_milliseconds() as f64);
+            }
+        }
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = 100.0 * (cpu_seconds(pid) - c0) / elapsed;
+    let m1 = scrape(&api, &token);
+    let rss = rss_mb(pid);
+    let health: Value = ureq::get(&format!("http://{api}/healthz"))
+        .call()
+        .map(|r| r.into_json().unwrap_or_default())
+        .unwrap_or_default();
+    stop(child);
+    let fps = |id: &str| delta(&m0, &m1, "kinderwatch_detect_inferences_total", id) / elapsed;
+    let dropped: f64 = (0..busy)
+        .map(|i| {
+            delta(
+                &m0,
+                &m1,
+                "kinderwatch_detect_frames_dropped_total/overwritten",
+                &format!("busy{i}"),
+            )
+        })
+        .sum();
+    alerts.sort_by(|a, b| a.total_cmp(b));
+    Outcome {
+        busy_fps: (0..busy).map(|i| fps(&format!("busy{i}"))).collect(),
+        still_fps: (0..still).map(|i| fps(&format!("still{i}"))).collect(),
+        dropped_per_busy_5s: dropped / busy.max(1) as f64 / elapsed * 5.0,
+        cpu,
+        rss,
+        alerts,
+        overloaded: health["detector"]["overloaded"].as_bool().unwrap_or(false),
+        keyframes_only: (0..still)
+            .filter(|i| {
+                m1.get(&(
+                    "kinderwatch_camera_keyframes_only".to_owned(),
+                    format!("still{i}"),
+                )) == Some(&1.0)
+            })
+            .count(),
+    }
+}
+
+// ---------------------------------------------------------------- motion on a still camera ----
+
+/// How long after a still camera's picture starts moving its first moving frame is inferred
+/// (the pool with a real model, keyframes-only decoding), over `tries` changes.
+fn motion_latency(tries: usize) -> Vec<f64> {
+    use kinderwatch::camera::supervisor::CameraSupervisor;
+    use kinderwatch::camera::{CameraState, DecodeDemand};
+    use kinderwatch::detect::motion::MotionConfig;
+    use kinderwatch::detect::pool::{DetectorPool, PoolCamera};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut out = Vec::new();
+        for _ in 0..tries {
+            let server = common::RtspTestServer::start(
+                common::Source::Named { pattern: "colors" },
+                common::Auth::None,
+            );
+            let cam = common::camera(
+                "still",
+                &server.url(),
+                "detect_width = 640\ndetect_height = 360\ndetect_fps = 5",
+            );
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let (sup, handle) =
+                CameraSupervisor::new(&cam, &common::fast_ingest(), cancel.clone()).unwrap();
+            let task = tokio::spawn(sup.unwrap().run());
+            let mut config = common::config(vec![]);
+            config.detector.model = Some(manifest_dir().join("models/nanodet-coco-416.toml"));
+            config.detector.workers = 1;
+            let (_, detectors) = kinderwatch::app::build_detectors(&config).unwrap();
+            let (pool, mut rx) = DetectorPool::start(
+                vec![PoolCamera {
+                    id: handle.id.clone(),
+                    slot: handle.slot.clone(),
+                    interval: Duration::from_millis(200),
+                    motion_masks: vec![],
+                }],
+                detectors,
+                &MotionConfig::default(),
+                16,
+            );
+            let mut status = handle.status.clone();
+            common::wait_state(&mut status, CameraState::Streaming, Duration::from_secs(20)).await;
+            while handle.slot.decode_demand() != DecodeDemand::Keyframes {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // A random moment within the keyframe interval.
+            tokio::time::sleep(Duration::from_millis(1500 + rand::random::<u64>() % 1000)).await;
+            while rx.try_recv().is_ok() {}
+            let moved = Instant::now();
+            server.set_pattern("ball");
+            loop {
+                let r = rx.recv().await.unwrap();
+                if r.frame.captured > moved {
+                    out.push(r.frame.captured.duration_since(moved).as_secs_f64() * 1000.0);
+                    break;
+                }
+            }
+            cancel.cancel();
+            task.await.unwrap();
+            drop(pool);
+        }
+        out
+    })
+}
+
+// ---------------------------------------------------------------- the Python loop ----
+
+fn python_venv() -> Option<PathBuf> {
+    let venv = manifest_dir().join(".deps/pybaseline-venv");
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        println!(
+            "making {} (PyPI: opencv-python-headless, onnxruntime, numpy, paho-mqtt)",
+            venv.display()
+        );
+        let ok = Command::new("python3")
+            .args(["-m", "venv", venv.to_str().unwrap()])
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "opencv-python-headless",
+                    "onnxruntime==1.31.1",
+                    "numpy",
+                    "paho-mqtt==2.2.0",
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            println!("could not make the Python venv; skipping the Python loop");
+            return None;
+        }
+    }
+    Some(python)
+}
+
+fn baseline_script() -> Option<PathBuf> {
+    let p = manifest_dir().join("../shared/tools/pybaseline/baseline.py");
+    p.is_file().then_some(p)
+}
+
+/// Runs baseline.py and returns its SUMMARY/BENCH_ORT line as key=value pairs.
+fn python(args: &[String]) -> BTreeMap<String, String> {
+    let (Some(py), Some(script)) = (python_venv(), baseline_script()) else {
+        return BTreeMap::new();
+    };
+    let out = Command::new(py)
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("baseline.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| l.starts_with("SUMMARY") || l.starts_with("BENCH_ORT"))
+        .flat_map(|l| l.split_whitespace().skip(1))
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+fn num(m: &BTreeMap<String, String>, k: &str) -> f64 {
+    m.get(k).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(SERVER_ENV) {
+        serve(&spec);
+    }
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("capacity benchmark: run with `cargo bench --bench capacity`");
+        return;
+    }
+    common::init_quiet();
+    kinderwatch::detect::runtime::init(None).expect("ONNX Runtime: run scripts/setup.sh");
+    let window = Duration::from_secs(env_or("BENCH_WINDOW_S", 30));
+    let scenarios: Vec<(usize, usize)> = std::env::var("BENCH_SCENARIOS")
+        .unwrap_or_else(|_| "4+0,8+0,4+12,4+28,0+28".into())
+        .split(',')
+        .filter_map(|s| s.split_once('+'))
+        .map(|(b, s)| (b.trim().parse().unwrap(), s.trim().parse().unwrap()))
+        .collect();
+    let baseline = std::env::var("BENCH_BASELINE").is_ok_and(|v| v == "1");
+    let max_busy = scenarios.iter().map(|s| s.0).max().unwrap_or(0).max(8);
+    let max_still = scenarios.iter().map(|s| s.1).max().unwrap_or(0);
+    let server = Server::start(max_busy, max_still);
+    println!(
+        "capacity benchmark: {} cores, window {:?}, server pid {} on port {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        window,
+        server.child.id(),
+        server.port
+    );
+
+    let bare = bare_rate(Duration::from_secs(15));
+    let bare_ms = 1000.0 / bare;
+    println!(
+        "bare ONNX Runtime, 1 session, 1 thread: {bare:.1} inferences/s ({bare_ms:.1} ms CPU each)"
+    );
+    let urls8: Vec<String> = (0..8).map(|i| server.url(&format!("busy{i}"))).collect();
+    let decode8 = decode_only_cpu(&urls8, Duration::from_secs(5), Duration::from_secs(20));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let limit8 = (cores - decode8 / 100.0).max(0.0) * bare;
+    println!(
+        "decode only, 8 busy streams: {decode8:.1} % of a core → limit with 8 busy cameras: ({cores:.0} − {:.2}) × {bare:.1} = {limit8:.1} inferences/s",
+        decode8 / 100.0
+    );
+    let urls_still: Vec<String> = (0..max_still.min(8))
+        .map(|i| server.url(&format!("still{i}")))
+        .collect();
+    if !urls_still.is_empty() {
+        let d = decode_only_cpu(&urls_still, Duration::from_secs(5), Duration::from_secs(20));
+        println!(
+            "decode only, {} still streams: {:.2} % of a core per stream",
+            urls_still.len(),
+            d / urls_still.len() as f64
+        );
+    }
+
+    let mut python_rates: BTreeMap<usize, BTreeMap<String, String>> = BTreeMap::new();
+    if baseline {
+        let ort1 = python(&[
+            "--bench-ort".into(),
+            "--intra-threads".into(),
+            "1".into(),
+            "--duration".into(),
+            "20".into(),
+        ]);
+        let ort2 = python(&[
+            "--bench-ort".into(),
+            "--intra-threads".into(),
+            "1".into(),
+            "--bench-callers".into(),
+            "2".into(),
+            "--duration".into(),
+            "20".into(),
+        ]);
+        println!("Python bare ORT: 1 caller {ort1:?}; 2 callers {ort2:?}");
+    }
+
+    println!();
+    println!(
+        "| busy + still | inferred fps per busy camera (min / median) | still cameras' fps (max) | frames dropped per busy camera per 5 s | inferences/s | CPU % | RSS MB | alerts | alert p50 / p99 ms | overloaded | still cameras on keyframes only |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut cpu_by: BTreeMap<(usize, usize), f64> = BTreeMap::new();
+    let mut total_by: BTreeMap<(usize, usize), f64> = BTreeMap::new();
+    for &(busy, still) in &scenarios {
+        let o = scenario(&server, busy, still, window);
+        let total: f64 = o.busy_fps.iter().chain(&o.still_fps).sum();
+        cpu_by.insert((busy, still), o.cpu);
+        total_by.insert((busy, still), total);
+        println!(
+            "| {busy} + {still} | {:.2} / {:.2} | {:.2} | {:.1} | {total:.1} | {:.0} | {:.0} | {} | {:.0} / {:.0} | {} | {}/{still} |",
+            o.busy_fps.iter().copied().fold(f64::INFINITY, f64::min),
+            median(&o.busy_fps),
+            o.still_fps.iter().copied().fold(0.0, f64::max),
+            o.dropped_per_busy_5s,
+            o.cpu,
+            o.rss,
+            o.alerts.len(),
+            percentile(&o.alerts, 0.5),
+            percentile(&o.alerts, 0.99),
+            if o.overloaded { "yes" } else { "no" },
+            o.keyframes_only
+        );
+        if baseline && still == 0 && matches!(busy, 4 | 8) {
+            let broker = Broker::start("");
+            let summary = python(&[
+                "--cameras".into(),
+                busy.to_string(),
+                "--url".into(),
+                format!("rtsp://127.0.0.1:{}/busy{{i}}", server.port),
+                "--mqtt-port".into(),
+                broker.port.to_string(),
+                "--duration".into(),
+                window.as_secs().to_string(),
+            ]);
+            println!(
+                "|   Python loop, {busy} busy | {} / {} | – | – | {} | {} | {} | {} | {} / p95 {} | – | – |",
+                summary.get("detect_fps_min").map_or("?", |s| s.as_str()),
+                summary.get("detect_fps_med").map_or("?", |s| s.as_str()),
+                summary.get("detect_fps_total").map_or("?", |s| s.as_str()),
+                summary.get("cpu_pct").map_or("?", |s| s.as_str()),
+                summary.get("rss_mb").map_or("?", |s| s.as_str()),
+                summary.get("alerts").map_or("?", |s| s.as_str()),
+                summary.get("alert_lat_ms_p50").map_or("?", |s| s.as_str()),
+                summary.get("alert_lat_ms_p95").map_or("?", |s| s.as_str()),
+            );
+            python_rates.insert(busy, summary);
+        }
+    }
+    println!();
+    if let Some(total8) = total_by.get(&(8, 0)) {
+        print!(
+            "8 busy cameras: {total8:.1} inferences/s = {:.0} % of the limit ({limit8:.1}/s)",
+            100.0 * total8 / limit8
+        );
+        if let Some(py) = python_rates.get(&8) {
+            print!(
+                ", {:.2}x the Python loop ({}/s, lag end {} s)",
+                total8 / num(py, "detect_fps_total"),
+                py.get("detect_fps_total").map_or("?", |s| s.as_str()),
+                py.get("lag_end_max_s").map_or("?", |s| s.as_str())
+            );
+        }
+        println!();
+    }
+    if let (Some(with), Some(without)) = (cpu_by.get(&(4, 28)), cpu_by.get(&(4, 0))) {
+        println!(
+            "per still camera (4+28 − 4+0): {:.2} % of a core",
+            (with - without) / 28.0
+        );
+    }
+    if let Some(alone) = cpu_by.get(&(0, 28)) {
+        println!(
+            "per still camera (0+28 ÷ 28, daemon overhead included): {:.2} % of a core",
+            alone / 28.0
+        );
+    }
+    let lat = motion_latency(env_or("BENCH_MOTION_TRIES", 8));
+    let mut sorted = lat.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "motion on a still camera (1 s keyframe interval, detect_fps 5) → first inferred moving frame: median {:.0} ms, max {:.0} ms over {} tries ({:?})",
+        median(&sorted),
+        sorted.last().copied().unwrap_or(f64::NAN),
+        sorted.len(),
+        Arc::new(sorted.iter().map(|v| v.round()).collect::<Vec<_>>())
+    );
+    drop(server);
+}
