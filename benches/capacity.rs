@@ -125,7 +125,7 @@ fn still_clip() -> PathBuf {
     .expect("encoding the still clip");
     pipeline.set_state(gst::State::Null).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
-    println!("made the still clip {}", path.display());
+    eprintln!("made the still clip {}", path.display());
     path
 }
 
@@ -170,11 +170,17 @@ impl Server {
             .stdout(Stdio::piped())
             .spawn()
             .expect("server process");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("the server's port");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let port = loop {
+            let mut line = String::new();
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "the server process ended"
+            );
+            if let Ok(port) = line.trim().parse() {
+                break port;
+            }
+        };
         Self { child, port }
     }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use kinderwatch::app::Daemon;
-use kinderwatch::camera::{Frame, FrameSlot};
+use kinderwatch::camera::{Frame, FrameSlot, Pixels};
 use kinderwatch::detect::OnnxDetector;
 use kinderwatch::detect::detector::{Detector, DetectorParams};
 use kinderwatch::detect::manifest::{ModelManifest, VerifiedModel};
@@ -56,7 +56,7 @@ fn photo_frame(name: &str, w: u32, h: u32) -> Frame {
         captured: Instant::now(),
         width: w,
         height: h,
-        rgb: img.into_raw(),
+        pixels: Pixels::Rgb(img.into_raw()),
     }
 }
 
@@ -209,7 +209,10 @@ fn still_scene_skip(frame: &Frame, seconds: u64) -> (u64, u64) {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     for i in 0..seconds * 5 {
         let mut f = frame.clone();
-        for v in f.rgb.iter_mut() {
+        let Pixels::Rgb(rgb) = &mut f.pixels else {
+            unreachable!("photos are RGB")
+        };
+        for v in rgb.iter_mut() {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
@@ -249,11 +252,11 @@ fn main() {
         "detection benchmark: model {}, {cores} cores, {window:?} per measurement",
         model.manifest.name
     );
-    let input = preprocess::prepare(&frames[0].rgb, 640, 480, &model.manifest.input);
+    let input = preprocess::prepare(&frames[0].rgb(), 640, 480, &model.manifest.input);
     let t = Instant::now();
     for _ in 0..50 {
         std::hint::black_box(preprocess::prepare(
-            &frames[0].rgb,
+            &frames[0].rgb(),
             640,
             480,
             &model.manifest.input,

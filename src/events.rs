@@ -151,8 +151,9 @@ pub fn render_snapshot(
     shape: Option<&RuleShape>,
     caption: &str,
 ) -> Vec<u8> {
-    let mut img: RgbImage = ImageBuffer::from_raw(frame.width, frame.height, frame.rgb.clone())
-        .unwrap_or_else(|| RgbImage::new(frame.width.max(1), frame.height.max(1)));
+    let mut img: RgbImage =
+        ImageBuffer::from_raw(frame.width, frame.height, frame.rgb().into_owned())
+            .unwrap_or_else(|| RgbImage::new(frame.width.max(1), frame.height.max(1)));
     let (w, h) = (img.width() as f32, img.height() as f32);
     let px = |p: (f32, f32)| (p.0 * w, p.1 * h);
     match shape {
@@ -241,7 +242,7 @@ mod tests {
             captured: std::time::Instant::now(),
             width: 320,
             height: 240,
-            rgb: vec![90; 320 * 240 * 3],
+            pixels: crate::camera::Pixels::Rgb(vec![90; 320 * 240 * 3]),
         };
         let jpeg = render_snapshot(
             &frame,

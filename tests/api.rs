@@ -453,6 +453,7 @@ fn cameras_health_and_metrics_report_state() {
     h.camera_status.send_modify(|s| {
         s.state = CameraState::Streaming;
         s.fps = 5.04;
+        s.decoding = kinderwatch::camera::DecodeDemand::Keyframes;
         s.last_frame_at = Some(SystemTime::now());
         s.last_error = Some("connection refused".into());
     });
@@ -460,6 +461,7 @@ fn cameras_health_and_metrics_report_state() {
     let cam = &v["cameras"][0];
     assert_eq!(cam["state"], "streaming");
     assert_eq!(cam["fps"], 5.0);
+    assert_eq!(cam["decoding"], "keyframes");
     assert_eq!(cam["last_error"], "connection refused");
     let last: Timestamp = cam["last_frame_at"].as_str().unwrap().parse().unwrap();
     assert!((Timestamp::now() - last).get_seconds() < 5);

@@ -52,7 +52,15 @@ async fn count_frames(handle: &CameraHandle, window: Duration, width: u32, heigh
     let mut n = 0;
     while let Ok(frame) = tokio::time::timeout_at(deadline.into(), handle.slot.next()).await {
         assert_eq!((frame.width, frame.height), (width, height), "frame size");
-        assert_eq!(frame.rgb.len(), (width * height * 3) as usize, "packed RGB");
+        assert!(
+            matches!(frame.pixels, kinderwatch::camera::Pixels::I420 { .. }),
+            "cameras deliver I420"
+        );
+        assert_eq!(
+            frame.pixels.len(),
+            frame.pixels.expected_len(width, height),
+            "tightly packed planes"
+        );
         assert_eq!(&*frame.camera, &*handle.id);
         n += 1;
     }

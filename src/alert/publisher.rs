@@ -176,8 +176,10 @@ pub async fn run(store: Store, mut settings: PublisherSettings, cancel: Cancella
 }
 
 /// Outbox entries (with their JPEG when snapshots are published) read off the async workers.
-type OutboxRead =
-    tokio::task::JoinHandle<Result<Vec<(OutboxEntry, Option<Vec<u8>>)>, crate::store::StoreError>>;
+/// An outbox read: the entries (with snapshots when they are published) and how many were asked for.
+type OutboxRead = tokio::task::JoinHandle<
+    Result<(Vec<(OutboxEntry, Option<Vec<u8>>)>, usize), crate::store::StoreError>,
+>;
 
 /// A command response: topic, correlation data, body.
 type Response = (String, Option<Bytes>, Vec<u8>);
@@ -202,6 +204,10 @@ struct Session<'a> {
     /// The last outbox sequence queued on this connection.
     last_seq: Option<u64>,
     outbox_read: Option<OutboxRead>,
+    /// The outbox may hold entries this connection has not read: set by the store's notification,
+    /// the poll tick and a read that filled its window; cleared when a read starts. Without it the
+    /// loop would read an empty outbox again and again (it once cost 84 % of a core, idle).
+    outbox_unread: bool,
     acks: Vec<u64>,
     responses: (mpsc::Sender<Response>, mpsc::Receiver<Response>),
     camera_states: Vec<Option<serde_json::Value>>,
@@ -226,6 +232,7 @@ impl<'a> Session<'a> {
             outbox_in_flight: 0,
             last_seq: None,
             outbox_read: None,
+            outbox_unread: true,
             acks: Vec::new(),
             responses: mpsc::channel(64),
             camera_states: vec![None; settings.cameras.len()],
@@ -256,7 +263,12 @@ impl<'a> Session<'a> {
                 read = async { self.outbox_read.as_mut().expect("guarded").await }, if self.outbox_read.is_some() => {
                     self.outbox_read = None;
                     match read {
-                        Ok(Ok(entries)) => self.publish_entries(entries),
+                        Ok(Ok((entries, asked))) => {
+                            // A full read may have left more behind: read on once the window allows.
+                            self.outbox_unread |= entries.len() >= asked;
+                            self.publish_entries(entries);
+                        }
+                        // Retried on the next poll tick.
                         Ok(Err(e)) => warn!(error = %e, "outbox read failed; retrying"),
                         Err(e) => warn!(error = %e, "outbox read task failed; retrying"),
                     }
@@ -266,8 +278,8 @@ impl<'a> Session<'a> {
                     self.publish(topic, body, false, Some(props), Tag::Other);
                 }
                 Some(e) = recv_live(live), if self.connected => self.publish_live(e),
-                _ = self.store.outbox_changed() => {}
-                _ = poll_outbox.tick() => {}
+                _ = self.store.outbox_changed() => self.outbox_unread = true,
+                _ = poll_outbox.tick() => self.outbox_unread = true,
                 _ = camera_tick.tick(), if self.connected => self.publish_camera_changes(),
             }
             self.flush_acks();
@@ -332,9 +344,14 @@ impl<'a> Session<'a> {
 
     fn maybe_read_outbox(&mut self) {
         let window = self.settings.config.max_inflight as usize;
-        if !self.connected || self.outbox_read.is_some() || self.outbox_in_flight >= window {
+        if !self.connected
+            || !self.outbox_unread
+            || self.outbox_read.is_some()
+            || self.outbox_in_flight >= window
+        {
             return;
         }
+        self.outbox_unread = false;
         let (store, after, n) = (
             self.store.clone(),
             self.last_seq,
@@ -343,7 +360,7 @@ impl<'a> Session<'a> {
         let snapshots = self.settings.config.publish_snapshots;
         self.outbox_read = Some(tokio::task::spawn_blocking(move || {
             let entries = store.outbox_after(after, n)?;
-            entries
+            let entries = entries
                 .into_iter()
                 .map(|e| {
                     let jpeg = match snapshots && e.snapshot_len > 0 {
@@ -352,7 +369,8 @@ impl<'a> Session<'a> {
                     };
                     Ok((e, jpeg))
                 })
-                .collect()
+                .collect::<Result<Vec<_>, crate::store::StoreError>>()?;
+            Ok((entries, n))
         }));
     }
 

@@ -271,6 +271,7 @@ pub fn camera_json(c: &super::CameraView) -> Value {
         "state": s.state.as_str(),
         "since": rfc3339(s.since),
         "fps": (s.fps * 10.0).round() / 10.0,
+        "decoding": s.decoding,
         "frames_received": s.frames_received,
         "reconnects": s.reconnects,
         "last_error": s.last_error,

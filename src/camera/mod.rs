@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod pipeline;
+pub mod pixels;
 pub mod probe;
 pub mod supervisor;
 mod url;
@@ -18,9 +19,10 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
+pub use self::pixels::{Pixels, YuvMatrix};
 pub use self::url::{Credentials, RtspUrl, redact_url};
 
-/// One decoded frame: tightly packed RGB, `width * height * 3` bytes.
+/// One decoded frame, as the pipeline delivered it (I420 from cameras; RGB from tools and tests).
 #[derive(Clone)]
 pub struct Frame {
     pub camera: Arc<str>,
@@ -32,7 +34,14 @@ pub struct Frame {
     pub captured: Instant,
     pub width: u32,
     pub height: u32,
-    pub rgb: Vec<u8>,
+    pub pixels: Pixels,
+}
+
+impl Frame {
+    /// Packed RGB (`width * height * 3` bytes); converted from I420 on each call (snapshots).
+    pub fn rgb(&self) -> std::borrow::Cow<'_, [u8]> {
+        self.pixels.to_rgb(self.width, self.height)
+    }
 }
 
 impl std::fmt::Debug for Frame {
@@ -269,7 +278,7 @@ mod tests {
             captured: Instant::now(),
             width: 1,
             height: 1,
-            rgb: vec![0; 3],
+            pixels: Pixels::Rgb(vec![0; 3]),
         })
     }
 

@@ -4,7 +4,7 @@
 //! rtspsrc ─(video pad)→ rtph264depay ! h264parse ! avdec_h264      (codec = "h264")
 //!         └───────────→ decodebin                                   (codec = "auto": H.265, MJPEG, ...)
 //!   → videorate drop-only max-rate=FPS → videoscale → videoconvert
-//!   → video/x-raw,format=RGB,width=W,height=H → appsink max-buffers=1 drop=true sync=false
+//!   → video/x-raw,format=I420,width=W,height=H → appsink max-buffers=1 drop=true sync=false
 //! ```
 //! Scaling before converting is measurably cheaper (docs/BENCHMARKS.md). A pad probe on the H.264
 //! decoder's input counts every compressed frame (the stall watchdog's clock) and, while the slot
@@ -24,7 +24,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
-use super::{Credentials, DecodeDemand, Frame, FrameSlot, RtspUrl};
+use super::{Credentials, DecodeDemand, Frame, FrameSlot, Pixels, RtspUrl, YuvMatrix};
 use crate::config::{Codec, Transport};
 
 /// What to build.
@@ -258,7 +258,9 @@ impl CameraPipeline {
         }
         post.push(make("videoscale")?);
         post.push(make("videoconvert")?);
-        let mut caps = gst::Caps::builder("video/x-raw").field("format", "RGB");
+        // I420 is what decoders produce: videoconvert passes it through, and the detector samples
+        // the model input from the planes (no RGB conversion of frames that are never inferred).
+        let mut caps = gst::Caps::builder("video/x-raw").field("format", "I420");
         if let Some((w, h)) = spec.size {
             caps = caps.field("width", w as i32).field("height", h as i32);
         }
@@ -530,8 +532,8 @@ fn frame_callbacks(
         .new_sample(move |sink| {
             let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
             let now = Instant::now();
-            match copy_rgb(&sample) {
-                Some((width, height, rgb)) => {
+            match copy_i420(&sample) {
+                Some((width, height, pixels)) => {
                     stats.record_frame(now);
                     let seq = output.seq.fetch_add(1, Ordering::Relaxed) + 1;
                     output.slot.put(Arc::new(Frame {
@@ -541,7 +543,7 @@ fn frame_callbacks(
                         captured: now,
                         width,
                         height,
-                        rgb,
+                        pixels,
                     }));
                 }
                 None => {
@@ -553,25 +555,35 @@ fn frame_callbacks(
         .build()
 }
 
-/// Copies an RGB sample into a packed buffer, honouring the row stride.
-fn copy_rgb(sample: &gst::Sample) -> Option<(u32, u32, Vec<u8>)> {
+/// Copies an I420 sample into tightly packed planes, with the stream's colour matrix.
+fn copy_i420(sample: &gst::Sample) -> Option<(u32, u32, Pixels)> {
     let buffer = sample.buffer()?;
     let info = gst_video::VideoInfo::from_caps(sample.caps()?).ok()?;
-    if info.format() != gst_video::VideoFormat::Rgb {
+    if info.format() != gst_video::VideoFormat::I420 {
         return None;
     }
     let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info).ok()?;
     let (w, h) = (info.width(), info.height());
-    let row = w as usize * 3;
-    let stride = frame.plane_stride()[0] as usize;
-    let data = frame.plane_data(0).ok()?;
-    let mut rgb = Vec::with_capacity(row * h as usize);
-    if stride == row {
-        rgb.extend_from_slice(data.get(..row * h as usize)?);
-    } else {
-        for y in 0..h as usize {
-            rgb.extend_from_slice(data.get(y * stride..y * stride + row)?);
+    let (cw, ch) = super::pixels::chroma_size(w, h);
+    let mut data = Vec::with_capacity(w as usize * h as usize + 2 * cw * ch);
+    for (plane, (row, rows)) in [(w as usize, h as usize), (cw, ch), (cw, ch)]
+        .into_iter()
+        .enumerate()
+    {
+        let stride = frame.plane_stride()[plane] as usize;
+        let src = frame.plane_data(plane as u32).ok()?;
+        if stride == row {
+            data.extend_from_slice(src.get(..row * rows)?);
+        } else {
+            for y in 0..rows {
+                data.extend_from_slice(src.get(y * stride..y * stride + row)?);
+            }
         }
     }
-    Some((w, h, rgb))
+    let colorimetry = info.colorimetry();
+    let matrix = YuvMatrix {
+        bt709: colorimetry.matrix() == gst_video::VideoColorMatrix::Bt709,
+        full_range: colorimetry.range() == gst_video::VideoColorRange::Range0_255,
+    };
+    Some((w, h, Pixels::I420 { data, matrix }))
 }

@@ -10,7 +10,7 @@ use super::decode::{self, DecodeError, DecodeParams};
 use super::manifest::{Family, ModelManifest, VerifiedModel};
 use super::preprocess::{self, InputTensor};
 use super::runtime::{self, ExecutionProvider, RuntimeError};
-use crate::camera::Frame;
+use crate::camera::{Frame, Pixels};
 
 /// Finds objects in one frame. Each pool worker owns one.
 pub trait Detector: Send {
@@ -95,8 +95,20 @@ impl OnnxDetector {
         w: u32,
         h: u32,
     ) -> Result<Vec<Detection>, DetectError> {
+        assert_eq!(rgb.len(), (w * h * 3) as usize, "packed RGB frame");
+        self.detect_pixels(&Pixels::Rgb(rgb.to_vec()), w, h)
+    }
+
+    /// Detects in a frame's pixels (I420 is sampled straight from its planes).
+    pub fn detect_pixels(
+        &mut self,
+        pixels: &Pixels,
+        w: u32,
+        h: u32,
+    ) -> Result<Vec<Detection>, DetectError> {
         let m = self.manifest.clone();
-        let (input, placement) = preprocess::prepare_into(rgb, w, h, &m.input, self.scratch.take());
+        let (input, placement) =
+            preprocess::prepare_pixels(pixels, w, h, &m.input, self.scratch.take());
         let infer = |e: ort::Error| DetectError::Inference(e.to_string());
         let name = m.input.name.as_str();
         let outputs = match &input {
@@ -159,7 +171,7 @@ impl OnnxDetector {
 
 impl Detector for OnnxDetector {
     fn detect(&mut self, frame: &Frame) -> Result<Vec<Detection>, DetectError> {
-        self.detect_rgb(&frame.rgb, frame.width, frame.height)
+        self.detect_pixels(&frame.pixels, frame.width, frame.height)
     }
 }
 

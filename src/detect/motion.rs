@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use geo::{Contains, Coord, LineString, Point, Polygon};
 use serde::Deserialize;
 
-use crate::camera::Frame;
+use crate::camera::{Frame, Pixels};
 
 /// Grid width the frame is reduced to.
 const GRID_W: usize = 80;
@@ -263,8 +263,25 @@ impl Grid {
         }
     }
 
-    /// Block-averages the frame's luma into `current`, sampling every other pixel of each block.
+    /// Block-averages the frame's luma (full range, 0-255) into `current`, sampling every other
+    /// pixel of each block: the Y plane of an I420 frame, (R + 2G + B) / 4 of an RGB one.
     fn sample(&mut self, frame: &Frame) {
+        let fw = frame.width as usize;
+        match &frame.pixels {
+            Pixels::Rgb(rgb) => self.sample_with(frame, |x, y| {
+                let p = &rgb[(y * fw + x) * 3..];
+                (p[0] as u32 + 2 * p[1] as u32 + p[2] as u32) / 4
+            }),
+            Pixels::I420 { data, matrix } => {
+                self.sample_with(frame, |x, y| data[y * fw + x] as u32);
+                for v in &mut self.current {
+                    *v = matrix.luma(*v);
+                }
+            }
+        }
+    }
+
+    fn sample_with(&mut self, frame: &Frame, luma: impl Fn(usize, usize) -> u32) {
         let (fw, fh) = (frame.width as usize, frame.height as usize);
         for gy in 0..self.h {
             let (y0, y1) = (
@@ -278,10 +295,8 @@ impl Grid {
                 );
                 let (mut sum, mut n) = (0u32, 0u32);
                 for y in (y0..y1).step_by(2) {
-                    let row = &frame.rgb[y * fw * 3..];
                     for x in (x0..x1).step_by(2) {
-                        let p = &row[x * 3..x * 3 + 3];
-                        sum += (p[0] as u32 + 2 * p[1] as u32 + p[2] as u32) / 4;
+                        sum += luma(x, y);
                         n += 1;
                     }
                 }
@@ -313,7 +328,7 @@ mod tests {
             captured: Instant::now(),
             width: w,
             height: h,
-            rgb,
+            pixels: Pixels::Rgb(rgb),
         }
     }
 

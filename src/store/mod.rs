@@ -171,6 +171,8 @@ struct Inner {
     meta: sled::Tree,
     min_free_bytes: u64,
     outbox_changed: tokio::sync::Notify,
+    /// `outbox_after` calls, for diagnostics and tests (an idle publisher must not spin on it).
+    outbox_reads: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -202,6 +204,7 @@ impl Store {
                 db,
                 min_free_bytes: config.min_free_mb * 1024 * 1024,
                 outbox_changed: tokio::sync::Notify::new(),
+                outbox_reads: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         migrate::bring_up_to_date(&store.inner.db, dir)?;
@@ -309,11 +312,21 @@ impl Store {
 
     /// Up to `max` outbox entries after sequence `after` (exclusive), oldest first. Entries whose
     /// event is gone (it cannot be: retention keeps them) are skipped.
+    /// How many times the outbox has been read since the store was opened.
+    pub fn outbox_reads(&self) -> u64 {
+        self.inner
+            .outbox_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn outbox_after(
         &self,
         after: Option<u64>,
         max: usize,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.inner
+            .outbox_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let start = after.map_or(0, |s| s.saturating_add(1));
         let mut out = Vec::new();
         for kv in self.inner.outbox.range(start.to_be_bytes()..) {

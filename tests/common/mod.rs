@@ -394,7 +394,7 @@ pub fn walk_down(t0: std::time::SystemTime) -> Vec<kinderwatch::detect::FrameDet
                     captured: Instant::now(),
                     width: 320,
                     height: 240,
-                    rgb: vec![100; 320 * 240 * 3],
+                    pixels: kinderwatch::camera::Pixels::Rgb(vec![100; 320 * 240 * 3]),
                 }),
                 detections: vec![Detection {
                     class_id: 0,
