@@ -197,9 +197,16 @@ pub fn render_snapshot(
     );
     draw_text_mut(&mut img, TEXT, 4, 3, scale, font(), caption);
     let mut out = Vec::new();
-    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85);
-    img.write_with_encoder(encoder)
-        .expect("JPEG encoding into memory");
+    let encoded = jpeg_encoder::Encoder::new(&mut out, 85).encode(
+        img.as_raw(),
+        img.width().min(u16::MAX as u32) as u16,
+        img.height().min(u16::MAX as u32) as u16,
+        jpeg_encoder::ColorType::Rgb,
+    );
+    if let Err(e) = encoded {
+        tracing::warn!(error = %e, "snapshot not encoded");
+        out.clear();
+    }
     out
 }
 

@@ -77,6 +77,45 @@ impl Coefficients {
     }
 }
 
+/// [`Coefficients`] in 12-bit fixed point, for whole-frame conversion (snapshots).
+struct FixedPoint {
+    ky: i32,
+    y0: i32,
+    r_v: i32,
+    g_u: i32,
+    g_v: i32,
+    b_u: i32,
+}
+
+impl FixedPoint {
+    const SHIFT: i32 = 12;
+
+    fn new(c: Coefficients) -> Self {
+        let q = |v: f32| (v * (1 << Self::SHIFT) as f32).round() as i32;
+        Self {
+            ky: q(c.ky),
+            y0: c.y0 as i32,
+            r_v: q(c.r_v),
+            g_u: q(c.g_u),
+            g_v: q(c.g_v),
+            b_u: q(c.b_u),
+        }
+    }
+
+    #[inline]
+    fn apply(&self, y: u8, u: u8, v: u8) -> [u8; 3] {
+        let half = 1 << (Self::SHIFT - 1);
+        let y = self.ky * (y as i32 - self.y0) + half;
+        let (u, v) = (u as i32 - 128, v as i32 - 128);
+        let px = |x: i32| (x >> Self::SHIFT).clamp(0, 255) as u8;
+        [
+            px(y + self.r_v * v),
+            px(y + self.g_u * u + self.g_v * v),
+            px(y + self.b_u * u),
+        ]
+    }
+}
+
 /// The pixels of one frame, tightly packed (no row padding).
 #[derive(Clone)]
 pub enum Pixels {
@@ -109,13 +148,16 @@ impl Pixels {
                 let (w, h) = (width as usize, height as usize);
                 let (yp, up, vp) = i420_planes(data, width, height);
                 let cw = chroma_size(width, height).0;
-                let c = matrix.converter();
-                let mut out = Vec::with_capacity(w * h * 3);
-                for y in 0..h {
-                    for x in 0..w {
-                        let ci = (y / 2) * cw + x / 2;
-                        let px = c.apply(yp[y * w + x] as f32, up[ci] as f32, vp[ci] as f32);
-                        out.extend(px.map(|v| v.round() as u8));
+                let c = FixedPoint::new(matrix.converter());
+                let mut out = vec![0u8; w * h * 3];
+                for (y, row) in out.chunks_exact_mut(w * 3).enumerate() {
+                    let (ys, us, vs) = (
+                        &yp[y * w..(y + 1) * w],
+                        &up[(y / 2) * cw..(y / 2 + 1) * cw],
+                        &vp[(y / 2) * cw..(y / 2 + 1) * cw],
+                    );
+                    for (x, px) in row.chunks_exact_mut(3).enumerate() {
+                        px.copy_from_slice(&c.apply(ys[x], us[x / 2], vs[x / 2]));
                     }
                 }
                 Cow::Owned(out)
