@@ -98,17 +98,7 @@ fn still_clip() -> PathBuf {
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     for i in 0..300u64 {
-        let mut data = photo.as_raw().clone();
-        for px in data.chunks_exact_mut(3) {
-            // xorshift: a new noise value per pixel and frame, the same on R, G and B (luma noise).
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let n = (rng % 7) as i16 - 3;
-            for c in px {
-                *c = (*c as i16 + n).clamp(0, 255) as u8;
-            }
-        }
+        let data = noisy(&photo, &mut rng);
         let mut buffer = gst::Buffer::from_mut_slice(data);
         {
             let b = buffer.get_mut().unwrap();
@@ -128,6 +118,95 @@ fn still_clip() -> PathBuf {
     std::fs::rename(&tmp, &path).unwrap();
     eprintln!("made the still clip {}", path.display());
     path
+}
+
+/// The photo with fresh ±3 gray-level noise on every pixel (the same on R, G and B: luma noise).
+fn noisy(photo: &image::RgbImage, rng: &mut u64) -> Vec<u8> {
+    let mut data = photo.as_raw().clone();
+    for px in data.chunks_exact_mut(3) {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let n = (*rng % 7) as i16 - 3;
+        for c in px {
+            *c = (*c as i16 + n).clamp(0, 255) as u8;
+        }
+    }
+    data
+}
+
+/// The compressed-size gate on real encoder output: the still clip's noisy photo for 10 s, then a
+/// dark figure of `height` pixels (a person at a distance: 24 px is 4 % of the picture's height)
+/// walking across at 3 px per frame. Encoded like the still clip; returns (false alarms during
+/// the still 10 s, frames after the figure appeared until the gate first flagged growth).
+fn size_gate_on_a_walker(height: u32, rate_control: &str) -> (usize, Option<usize>) {
+    use kinderwatch::camera::pipeline::DeltaSizes;
+    let photo = image::open(common::media_dir().join("coffee.png"))
+        .expect("coffee.png: run scripts/setup.sh")
+        .resize_exact(768, 576, image::imageops::FilterType::Triangle)
+        .to_rgb8();
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time caps=video/x-raw,format=RGB,width=768,height=576,framerate=10/1 \
+         ! videoconvert ! video/x-raw,format=I420 \
+         ! x264enc speed-preset=veryfast tune=zerolatency {rate_control} key-int-max=10 \
+         ! h264parse ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false",
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    const APPEAR: u64 = 100;
+    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let (fw, fh) = (height.div_ceil(3), height);
+    for i in 0..200u64 {
+        let mut data = noisy(&photo, &mut rng);
+        if i >= APPEAR {
+            let x0 = 100 + 3 * (i - APPEAR) as u32;
+            let y0 = 330 - fh / 2;
+            for y in y0..y0 + fh {
+                for x in x0..(x0 + fw).min(768) {
+                    let p = ((y * 768 + x) * 3) as usize;
+                    // Dark clothes with a little texture.
+                    let v = 40 + ((x + y) % 5) as u8 * 4;
+                    data[p..p + 3].copy_from_slice(&[v, v, v + 10]);
+                }
+            }
+        }
+        let mut buffer = gst::Buffer::from_mut_slice(data);
+        {
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(i * 100));
+            b.set_duration(gst::ClockTime::from_mseconds(100));
+        }
+        src.push_buffer(buffer).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    let mut sizes = DeltaSizes::default();
+    let (mut false_alarms, mut flagged) = (0, None);
+    let mut frame = 0u64;
+    while let Ok(sample) = sink.pull_sample() {
+        let buffer = sample.buffer().unwrap();
+        if buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) && sizes.grew(buffer.size()) {
+            if frame < APPEAR {
+                false_alarms += 1;
+            } else if flagged.is_none() {
+                flagged = Some((frame - APPEAR) as usize);
+            }
+        }
+        frame += 1;
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    (false_alarms, flagged)
 }
 
 // ---------------------------------------------------------------- the server process ----
@@ -824,6 +903,21 @@ fn main() {
             "per still camera (0+28 ÷ 28, daemon overhead included): {:.2} % of a core",
             alone / 28.0
         );
+    }
+    for (rate_control, name) in [
+        ("bitrate=1500", "constant bit rate 1.5 Mbit/s"),
+        ("pass=qual quantizer=26", "constant quality (QP 26)"),
+    ] {
+        for height in [16, 24, 48, 96] {
+            let (false_alarms, flagged) = size_gate_on_a_walker(height, rate_control);
+            println!(
+                "compressed-size gate, {name}, a {height} px figure walking into the still noisy scene: {}; false alarms in the 10 s before: {false_alarms}",
+                match flagged {
+                    Some(f) => format!("flagged {f} frames after it appeared"),
+                    None => "never flagged in 10 s".into(),
+                }
+            );
+        }
     }
     let lat = motion_latency(env_or("BENCH_MOTION_TRIES", 8));
     let mut sorted = lat.clone();

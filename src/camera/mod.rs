@@ -82,6 +82,9 @@ pub struct FrameSlot {
     admit: OnceLock<AdmitFn>,
     /// `DecodeDemand::Keyframes` when true.
     keyframes_only: AtomicBool,
+    /// While keyframes only: decode a keyframe at least this often (ms), and otherwise only after
+    /// the compressed frames grew (0: every keyframe).
+    still_keyframe_ms: AtomicU64,
 }
 
 impl Default for FrameSlot {
@@ -94,6 +97,7 @@ impl Default for FrameSlot {
             listener: OnceLock::new(),
             admit: OnceLock::new(),
             keyframes_only: AtomicBool::new(false),
+            still_keyframe_ms: AtomicU64::new(0),
         }
     }
 }
@@ -173,6 +177,17 @@ impl FrameSlot {
             true => DecodeDemand::Keyframes,
             false => DecodeDemand::Every,
         }
+    }
+
+    /// How often a still camera's keyframe is decoded when its compressed frames show no change
+    /// (zero: every keyframe).
+    pub fn still_keyframe_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.still_keyframe_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn set_still_keyframe_interval(&self, interval: std::time::Duration) {
+        self.still_keyframe_ms
+            .store(interval.as_millis() as u64, Ordering::Relaxed);
     }
 
     pub fn set_decode_demand(&self, demand: DecodeDemand) {

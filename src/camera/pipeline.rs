@@ -14,7 +14,7 @@
 //! a consumer. A pipeline is used once: reconnecting builds a new one (cycling the same rtspsrc
 //! through Null → Playing fails with not-linked).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -427,16 +427,77 @@ impl Drop for CameraPipeline {
 /// Keyframes-only decoding, on the decoder's input. A delta frame passes only while every frame is
 /// wanted *and* the keyframe it builds on was passed too; so switching back to full decoding waits
 /// for the next keyframe, and the decoder never sees a frame whose reference it lacks.
+///
+/// With `motion.still_keyframe_interval` set (default: off), not even every keyframe is decoded:
+/// the sizes of a still scene's compressed delta frames are steady, and on a clean picture they
+/// grow when something moves (on a noisy one the noise dominates: see docs/BENCHMARKS.md). A keyframe is
+/// decoded when the deltas before it grew past their running mean + 4 mean deviations + 25 % (at
+/// least 256 bytes), and
+/// at least every `FrameSlot::still_keyframe_interval` whatever the sizes say (the motion gate,
+/// the keep-alive inference and the tamper check then see a fresh picture).
 struct DeltaGate {
     camera: Arc<str>,
     slot: Arc<FrameSlot>,
     stats: Arc<IngestStats>,
+    /// Touched only by the decoder's streaming thread: never contended.
+    state: Mutex<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
     /// The current group of pictures is being decoded in full.
-    decoding_gop: AtomicBool,
+    decoding_gop: bool,
     /// Milliseconds after `stats.base` of the last keyframe, plus one (0 = none yet).
-    last_keyframe_ms: AtomicU64,
+    last_keyframe_ms: u64,
+    /// ... and of the last keyframe passed to the decoder.
+    last_decoded_keyframe_ms: u64,
     /// Keyframes come more than `MAX_KEYFRAME_INTERVAL` apart.
-    long_gop: AtomicBool,
+    long_gop: bool,
+    sizes: DeltaSizes,
+    /// A delta frame since the last decoded keyframe was larger than the still scene's.
+    grew: bool,
+}
+
+/// Running mean and mean absolute deviation of delta-frame sizes while the scene is still: the
+/// rule that decides, without decoding, that something changed (public for the capacity benchmark,
+/// which measures it on encoded clips).
+#[derive(Default)]
+pub struct DeltaSizes {
+    n: u32,
+    mean: f64,
+    dev: f64,
+}
+
+impl DeltaSizes {
+    /// Deltas learnt before the sizes are trusted (until then every keyframe is decoded).
+    const WARMUP: u32 = 10;
+    const ALPHA: f64 = 0.05;
+    /// The least growth that counts, in bytes: a static picture's deltas are a few dozen bytes
+    /// and jitter by more than their own size; a person in the picture adds kilobytes.
+    const FLOOR: f64 = 256.0;
+
+    pub fn ready(&self) -> bool {
+        self.n >= Self::WARMUP
+    }
+
+    /// Learns one size; true if it is clearly larger than the still scene's.
+    pub fn grew(&mut self, size: usize) -> bool {
+        let s = size as f64;
+        let grew =
+            self.ready() && s > self.mean + 4.0 * self.dev + (0.25 * self.mean).max(Self::FLOOR);
+        if self.n == 0 {
+            self.mean = s;
+        }
+        let alpha = if self.ready() {
+            Self::ALPHA
+        } else {
+            1.0 / (self.n + 1) as f64
+        };
+        self.dev += alpha * ((s - self.mean).abs() - self.dev);
+        self.mean += alpha * (s - self.mean);
+        self.n = self.n.saturating_add(1);
+        grew
+    }
 }
 
 /// Keyframes-only decoding is used only on cameras that send keyframes at least this often: with
@@ -449,9 +510,10 @@ impl DeltaGate {
             camera,
             slot,
             stats,
-            decoding_gop: AtomicBool::new(true),
-            last_keyframe_ms: AtomicU64::new(0),
-            long_gop: AtomicBool::new(false),
+            state: Mutex::new(GateState {
+                decoding_gop: true,
+                ..GateState::default()
+            }),
         }
     }
 
@@ -459,27 +521,43 @@ impl DeltaGate {
         let now = self.stats.ms_since_base(Instant::now());
         self.stats.last_packet_ms.store(now, Ordering::Relaxed);
         let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if keyframe {
-            let last = self.last_keyframe_ms.swap(now, Ordering::Relaxed);
+            let last = std::mem::replace(&mut st.last_keyframe_ms, now);
             let interval = Duration::from_millis(now.saturating_sub(last));
-            let long = last > 0 && interval > MAX_KEYFRAME_INTERVAL;
-            if long && !self.long_gop.swap(true, Ordering::Relaxed) {
+            if last > 0 && interval > MAX_KEYFRAME_INTERVAL && !st.long_gop {
+                st.long_gop = true;
                 tracing::info!(camera = %self.camera, keyframe_interval_ms = interval.as_millis() as u64,
                     "keyframes are far apart: this camera is decoded in full even when still (an I-frame interval of 1-4 s saves CPU)");
             }
         }
         // No keyframe seen yet (or none flagged as such), or a long group of pictures: decode all.
-        let every = self.slot.decode_demand() == DecodeDemand::Every
-            || self.last_keyframe_ms.load(Ordering::Relaxed) == 0
-            || self.long_gop.load(Ordering::Relaxed);
+        let every = self.slot.decode_demand() == DecodeDemand::Every || st.long_gop;
+        if every {
+            st.sizes = DeltaSizes::default();
+        }
         if keyframe {
-            self.decoding_gop.store(every, Ordering::Relaxed);
+            st.decoding_gop = every;
+            let refresh = self.slot.still_keyframe_interval();
+            let due =
+                Duration::from_millis(now.saturating_sub(st.last_decoded_keyframe_ms)) >= refresh;
+            let decode = every || refresh.is_zero() || due || st.grew || !st.sizes.ready();
+            if decode {
+                st.last_decoded_keyframe_ms = now;
+                st.grew = false;
+            } else {
+                self.stats.deltas_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return decode;
+        }
+        if st.last_keyframe_ms == 0 || (every && st.decoding_gop) {
             return true;
         }
-        if every && self.decoding_gop.load(Ordering::Relaxed) {
-            return true;
+        st.decoding_gop = false;
+        let size = buffer.size();
+        if st.sizes.grew(size) {
+            st.grew = true;
         }
-        self.decoding_gop.store(false, Ordering::Relaxed);
         self.stats.deltas_dropped.fetch_add(1, Ordering::Relaxed);
         false
     }
@@ -586,4 +664,27 @@ fn copy_i420(sample: &gst::Sample) -> Option<(u32, u32, Pixels)> {
         full_range: colorimetry.range() == gst_video::VideoColorRange::Range0_255,
     };
     Some((w, h, Pixels::I420 { data, matrix }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeltaSizes;
+
+    #[test]
+    fn delta_sizes_flag_growth_not_noise() {
+        let mut s = DeltaSizes::default();
+        // A still scene: sizes around 2,000 bytes, ±10 %.
+        let still = [1900, 2100, 2000, 1950, 2050, 2200, 1800, 2000, 2100, 1900];
+        for (i, size) in still.iter().cycle().take(100).enumerate() {
+            assert!(!s.grew(*size), "noise flagged at {i}");
+        }
+        // Someone walks in: the deltas double.
+        assert!(s.grew(4500));
+        // A few noisy frames after do not flag.
+        assert!(!s.grew(2150));
+        // Nothing is flagged while the sizes are being learnt.
+        let mut fresh = DeltaSizes::default();
+        assert!(!fresh.grew(100));
+        assert!(!fresh.grew(100_000));
+    }
 }

@@ -197,7 +197,7 @@ impl CameraSupervisor {
                             }
                             // Data arrives but no picture comes out (a still camera shows one per keyframe).
                             let picture_gap = stats.last_frame().map(|t| now.saturating_duration_since(t)).unwrap_or_default();
-                            if picture_gap >= 3 * self.ingest.stall_timeout {
+                            if picture_gap >= 3 * self.ingest.stall_timeout + self.output.slot.still_keyframe_interval() {
                                 break Some(Fault::Transient(format!(
                                     "stalled: data arrives but no picture was decoded for {}",
                                     humantime::format_duration(Duration::from_secs(picture_gap.as_secs()))

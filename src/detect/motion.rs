@@ -39,6 +39,13 @@ pub struct MotionConfig {
     /// next keyframe after motion is seen on one. H.264 cameras only (`codec = "h264"`).
     /// Default: true.
     pub keyframes_when_still: bool,
+    /// With `keyframes_when_still`: decode a still camera's keyframe only this often, or sooner when
+    /// its compressed frames grow. Motion is then noticed up to this much later. The size hint
+    /// works on clean pictures only: measured on a noisy scene (docs/BENCHMARKS.md) it missed even
+    /// a large walking figure, at constant bit rate and at constant quality. "0s" (the default)
+    /// decodes every keyframe.
+    #[serde(with = "humantime_serde")]
+    pub still_keyframe_interval: Duration,
 }
 
 impl Default for MotionConfig {
@@ -51,6 +58,7 @@ impl Default for MotionConfig {
             hold: Duration::from_secs(2),
             keepalive: Duration::from_secs(10),
             keyframes_when_still: true,
+            still_keyframe_interval: Duration::ZERO,
         }
     }
 }

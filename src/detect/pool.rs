@@ -180,6 +180,10 @@ impl DetectorPool {
             output: tx,
         });
         for (index, entry) in shared.cameras.iter().enumerate() {
+            entry
+                .cam
+                .slot
+                .set_still_keyframe_interval(motion.still_keyframe_interval);
             let weak = Arc::downgrade(&shared);
             let listener = entry.cam.slot.set_listener(Box::new(move || {
                 if let Some(s) = weak.upgrade() {
