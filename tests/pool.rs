@@ -525,8 +525,9 @@ async fn still_camera_decodes_keyframes_only_until_motion() {
     let before = delivered(&pool, &slot, "still");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let moving_frames = delivered(&pool, &slot, "still") - before;
+    // 10 fps when decoding every frame (at least 6 on a loaded machine), against 2 keyframes.
     assert!(
-        moving_frames >= 10,
+        moving_frames >= 6,
         "{moving_frames} pictures in 2 s while moving (10 fps)"
     );
     cancel.cancel();
