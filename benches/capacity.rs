@@ -36,6 +36,7 @@ use gstreamer_app as gst_app;
 use jiff::Timestamp;
 use serde_json::Value;
 
+use common::bench::{cpu_seconds, rss_mb};
 use common::broker::{self, Broker};
 
 const KINDERWATCH: &str = env!("CARGO_BIN_EXE_kinderwatch");
@@ -99,13 +100,7 @@ fn still_clip() -> PathBuf {
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     for i in 0..300u64 {
         let data = noisy(&photo, &mut rng);
-        let mut buffer = gst::Buffer::from_mut_slice(data);
-        {
-            let b = buffer.get_mut().unwrap();
-            b.set_pts(gst::ClockTime::from_mseconds(i * 100));
-            b.set_duration(gst::ClockTime::from_mseconds(100));
-        }
-        src.push_buffer(buffer).unwrap();
+        common::bench::push_frame(&src, i, data);
     }
     src.end_of_stream().unwrap();
     let bus = pipeline.bus().unwrap();
@@ -182,13 +177,7 @@ fn size_gate_on_a_walker(height: u32, rate_control: &str) -> (usize, Option<usiz
                 }
             }
         }
-        let mut buffer = gst::Buffer::from_mut_slice(data);
-        {
-            let b = buffer.get_mut().unwrap();
-            b.set_pts(gst::ClockTime::from_mseconds(i * 100));
-            b.set_duration(gst::ClockTime::from_mseconds(100));
-        }
-        src.push_buffer(buffer).unwrap();
+        common::bench::push_frame(&src, i, data);
     }
     src.end_of_stream().unwrap();
     let mut sizes = DeltaSizes::default();
@@ -278,26 +267,6 @@ impl Drop for Server {
 
 // ---------------------------------------------------------------- process measurement ----
 
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -359,9 +328,6 @@ fn bare_rate_parallel(callers: usize, window: Duration) -> f64 {
 /// Inferences per second of one bare session with one thread (session.run only, on a real
 /// picture prepared once).
 fn bare_rate(window: Duration) -> f64 {
-    use kinderwatch::detect::preprocess::{self, InputTensor};
-    use kinderwatch::detect::runtime::{self, ExecutionProvider};
-    use ort::value::TensorRef;
     let model = kinderwatch::detect::manifest::ModelManifest::load_verified(
         &manifest_dir().join("models/nanodet-coco-416.toml"),
     )
@@ -370,31 +336,9 @@ fn bare_rate(window: Duration) -> f64 {
         .unwrap()
         .resize_exact(768, 576, image::imageops::FilterType::Triangle)
         .to_rgb8();
-    let input = preprocess::prepare(photo.as_raw(), 768, 576, &model.manifest.input);
-    let mut session = runtime::session(&model, ExecutionProvider::Cpu, 1).unwrap();
-    let name = model.manifest.input.name.as_str();
-    let mut run = || match &input {
-        InputTensor::F32(t) => {
-            session
-                .run(ort::inputs![name => TensorRef::from_array_view(t.view()).unwrap()])
-                .unwrap();
-        }
-        InputTensor::U8(t) => {
-            session
-                .run(ort::inputs![name => TensorRef::from_array_view(t.view()).unwrap()])
-                .unwrap();
-        }
-    };
-    for _ in 0..5 {
-        run();
-    }
-    let started = Instant::now();
-    let mut n = 0u64;
-    while started.elapsed() < window {
-        run();
-        n += 1;
-    }
-    n as f64 / started.elapsed().as_secs_f64()
+    let input =
+        kinderwatch::detect::preprocess::prepare(photo.as_raw(), 768, 576, &model.manifest.input);
+    common::bench::bare_rate(&model, 1, &input, window)
 }
 
 // ---------------------------------------------------------------- the daemon ----
@@ -526,7 +470,7 @@ fn scenario(server: &Server, busy: usize, still: usize, window: Duration) -> Out
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = 100.0 * (cpu_seconds(pid) - c0) / elapsed;
     let m1 = scrape(&api, &token);
-    let rss = rss_mb(pid);
+    let rss = rss_mb(pid, "VmRSS:");
     let health: Value = ureq::get(&format!("http://{api}/healthz"))
         .call()
         .map(|r| r.into_json().unwrap_or_default())

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::bench::bare_rate;
 use kinderwatch::app::Daemon;
 use kinderwatch::camera::{Frame, FrameSlot, Pixels};
 use kinderwatch::detect::OnnxDetector;
@@ -24,9 +25,8 @@ use kinderwatch::detect::detector::{Detector, DetectorParams};
 use kinderwatch::detect::manifest::{ModelManifest, VerifiedModel};
 use kinderwatch::detect::motion::MotionConfig;
 use kinderwatch::detect::pool::{DetectorPool, PoolCamera};
-use kinderwatch::detect::preprocess::{self, InputTensor};
+use kinderwatch::detect::preprocess;
 use kinderwatch::detect::runtime::{self, ExecutionProvider};
-use ort::value::TensorRef;
 
 fn secs() -> Duration {
     Duration::from_secs(
@@ -58,33 +58,6 @@ fn photo_frame(name: &str, w: u32, h: u32) -> Frame {
         height: h,
         pixels: Pixels::Rgb(img.into_raw()),
     }
-}
-
-/// session.run only, for `window`; returns inferences/s.
-fn bare_rate(model: &VerifiedModel, threads: usize, input: &InputTensor, window: Duration) -> f64 {
-    let mut session = runtime::session(model, ExecutionProvider::Cpu, threads).unwrap();
-    let name = model.manifest.input.name.as_str();
-    let mut run = || match input {
-        InputTensor::F32(t) => {
-            session
-                .run(ort::inputs![name => TensorRef::from_array_view(t.view()).unwrap()])
-                .unwrap();
-        }
-        InputTensor::U8(t) => {
-            session
-                .run(ort::inputs![name => TensorRef::from_array_view(t.view()).unwrap()])
-                .unwrap();
-        }
-    };
-    for _ in 0..3 {
-        run();
-    }
-    let (start, mut n) = (Instant::now(), 0u64);
-    while start.elapsed() < window {
-        run();
-        n += 1;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -83,6 +83,22 @@ fn frame(camera: &str, seq: u64) -> Arc<Frame> {
     })
 }
 
+/// Pool cameras with these ids and their slots (to feed them).
+fn cameras(
+    ids: impl IntoIterator<Item = String>,
+    interval: Duration,
+) -> (Vec<PoolCamera>, Vec<(String, Arc<FrameSlot>)>) {
+    let cams: Vec<_> = ids
+        .into_iter()
+        .map(|id| pool_camera(&id, interval))
+        .collect();
+    let slots = cams
+        .iter()
+        .map(|c| (c.id.to_string(), c.slot.clone()))
+        .collect();
+    (cams, slots)
+}
+
 /// A frame whose gray level jumps with `seq` (motion for the gate).
 fn moving(camera: &str, seq: u64) -> Arc<Frame> {
     frame(camera, seq * 97)
@@ -106,14 +122,7 @@ fn feed(slots: &[(String, Arc<FrameSlot>)], period: Duration, until: Instant) ->
 
 #[test]
 fn busy_cameras_share_one_worker_fairly() {
-    let cams: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .map(|id| pool_camera(id, Duration::from_secs(1)))
-        .collect();
-    let slots: Vec<_> = cams
-        .iter()
-        .map(|c| (c.id.to_string(), c.slot.clone()))
-        .collect();
+    let (cams, slots) = cameras(["a", "b", "c"].map(String::from), Duration::from_secs(1));
     let (dets, _) = detectors(1, Duration::from_millis(20));
     let (pool, mut rx) = DetectorPool::start(cams, dets, &no_gate(), 1000);
     // Every camera always has a fresh frame; the worker manages ~50 inferences/s in all.
@@ -182,13 +191,10 @@ fn a_waiting_frame_is_never_dropped_for_its_age() {
 #[test]
 fn far_past_capacity_no_camera_starves() {
     const N: usize = 32;
-    let cams: Vec<_> = (0..N)
-        .map(|i| pool_camera(&format!("c{i:02}"), Duration::from_millis(200)))
-        .collect();
-    let slots: Vec<_> = cams
-        .iter()
-        .map(|c| (c.id.to_string(), c.slot.clone()))
-        .collect();
+    let (cams, slots) = cameras(
+        (0..N).map(|i| format!("c{i:02}")),
+        Duration::from_millis(200),
+    );
     let (dets, _) = detectors(2, Duration::from_millis(30));
     let (pool, _rx) = DetectorPool::start(cams, dets, &no_gate(), 10_000);
     let before: Vec<_> = slots
@@ -227,13 +233,10 @@ fn far_past_capacity_no_camera_starves() {
 /// still cameras' pipelines are asked for keyframes only.
 #[test]
 fn still_cameras_take_no_pool_time_and_ask_for_keyframes_only() {
-    let cams: Vec<_> = (0..32)
-        .map(|i| pool_camera(&format!("c{i:02}"), Duration::from_millis(200)))
-        .collect();
-    let slots: Vec<_> = cams
-        .iter()
-        .map(|c| (c.id.to_string(), c.slot.clone()))
-        .collect();
+    let (cams, slots) = cameras(
+        (0..32).map(|i| format!("c{i:02}")),
+        Duration::from_millis(200),
+    );
     let (dets, _) = detectors(1, Duration::from_millis(20));
     let gate = MotionConfig {
         hold: Duration::from_millis(100),
@@ -349,13 +352,7 @@ fn a_panicking_detector_loses_the_frame_not_the_camera() {
 
 #[test]
 fn nothing_grows_without_bound_and_shutdown_joins_every_worker() {
-    let cams: Vec<_> = (0..4)
-        .map(|i| pool_camera(&format!("c{i}"), Duration::from_secs(5)))
-        .collect();
-    let slots: Vec<_> = cams
-        .iter()
-        .map(|c| (c.id.to_string(), c.slot.clone()))
-        .collect();
+    let (cams, slots) = cameras((0..4).map(|i| format!("c{i}")), Duration::from_secs(5));
     let (dets, dropped) = detectors(2, Duration::from_millis(5));
     const CAPACITY: usize = 8;
     // Nobody reads the results: the output queue fills up and must stay at its capacity.

@@ -3,6 +3,8 @@
 //! `sample_camera` example (`make demo`).
 #![allow(dead_code)]
 
+pub mod bench;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Once, OnceLock};
