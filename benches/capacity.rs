@@ -17,7 +17,7 @@
 //!    ratios.
 //!
 //! Options: `BENCH_SCENARIOS=4+0,8+0,16+0,4+12,4+28,0+28` (busy+still), `BENCH_WINDOW_S=30`,
-//! `BENCH_BASELINE=1`, `BENCH_MOTION_TRIES=8`. Numbers go into docs/BENCHMARKS.md; nothing here is
+//! `BENCH_BASELINE=1`, `BENCH_MOTION_TRIES=8`, `BENCH_MODEL=nanodet-coco-416-int8`. Numbers go into docs/BENCHMARKS.md; nothing here is
 //! asserted.
 
 #[path = "../tests/common/mod.rs"]
@@ -48,6 +48,14 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The model under test: `BENCH_MODEL` (default `nanodet-coco-416`) in `models/`.
+fn model_manifest() -> PathBuf {
+    manifest_dir().join(format!(
+        "models/{}.toml",
+        std::env::var("BENCH_MODEL").unwrap_or_else(|_| "nanodet-coco-416".into())
+    ))
 }
 
 fn manifest_dir() -> &'static Path {
@@ -328,10 +336,8 @@ fn bare_rate_parallel(callers: usize, window: Duration) -> f64 {
 /// Inferences per second of one bare session with one thread (session.run only, on a real
 /// picture prepared once).
 fn bare_rate(window: Duration) -> f64 {
-    let model = kinderwatch::detect::manifest::ModelManifest::load_verified(
-        &manifest_dir().join("models/nanodet-coco-416.toml"),
-    )
-    .unwrap();
+    let model =
+        kinderwatch::detect::manifest::ModelManifest::load_verified(&model_manifest()).unwrap();
     let photo = image::open(common::media_dir().join("coffee.png"))
         .unwrap()
         .resize_exact(768, 576, image::imageops::FilterType::Triangle)
@@ -412,9 +418,7 @@ fn scenario(server: &Server, busy: usize, still: usize, window: Duration) -> Out
         "[site]\nid = \"bench\"\n[logging]\nlevel = \"warn\"\n[detector]\nmodel = \"{}\"\n[state]\ndir = \"{}\"\n\
          [store]\nmin_free_mb = 64\n[api]\nlisten = \"{api}\"\n[[api.tokens]]\nname = \"bench\"\nrole = \"read\"\nsha256 = \"{hash}\"\n\
          [mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
-        manifest_dir()
-            .join("models/nanodet-coco-416.toml")
-            .display(),
+        model_manifest().display(),
         state.path().display(),
         broker.port
     );
@@ -538,7 +542,7 @@ fn motion_latency(tries: usize) -> Vec<f64> {
                 CameraSupervisor::new(&cam, &common::fast_ingest(), cancel.clone()).unwrap();
             let task = tokio::spawn(sup.unwrap().run());
             let mut config = common::config(vec![]);
-            config.detector.model = Some(manifest_dir().join("models/nanodet-coco-416.toml"));
+            config.detector.model = Some(model_manifest());
             config.detector.workers = 1;
             let (_, detectors) = kinderwatch::app::build_detectors(&config).unwrap();
             let (pool, mut rx) = DetectorPool::start(

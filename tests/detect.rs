@@ -8,7 +8,11 @@ use kinderwatch::detect::manifest::ModelManifest;
 use kinderwatch::detect::runtime::{self, ExecutionProvider, RuntimeError};
 use kinderwatch::detect::{BBox, Detection, OnnxDetector};
 
-const MODELS: [&str; 2] = ["nanodet-coco-416", "ssdlite-person"];
+const MODELS: [&str; 3] = [
+    "nanodet-coco-416",
+    "nanodet-coco-416-int8",
+    "ssdlite-person",
+];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -97,10 +101,11 @@ fn several_people_are_separate_detections() {
 }
 
 /// Boxes and scores match reference values from the onnxruntime Python package
-/// (tests/fixtures/make_parity.py) within 0.01 (scores and normalised coordinates).
+/// (tests/fixtures/make_parity.py) within 0.01 (scores and normalised coordinates); 0.03 for the
+/// int8 model, where an input differing in the last float bit (two bilinear implementations) can
+/// land an activation in the next quantisation step.
 #[test]
 fn parity_with_python_onnxruntime() {
-    const TOLERANCE: f32 = 0.01;
     let fixture: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("tests/fixtures/parity.json")).unwrap(),
     )
@@ -108,6 +113,7 @@ fn parity_with_python_onnxruntime() {
     let min_score = fixture["min_score"].as_f64().unwrap() as f32;
     let mut compared = 0;
     for model in MODELS {
+        let tolerance: f32 = if model.ends_with("-int8") { 0.03 } else { 0.01 };
         let mut d = detector(model, min_score);
         for (photo, expected) in fixture["models"][model].as_object().unwrap() {
             let got = detect_file(&mut d, &media(photo));
@@ -121,7 +127,7 @@ fn parity_with_python_onnxruntime() {
                 let g_vals = [g.score, g.bbox.x1, g.bbox.y1, g.bbox.x2, g.bbox.y2];
                 for (gv, ev) in g_vals.iter().zip(e) {
                     assert!(
-                        (gv - ev).abs() <= TOLERANCE,
+                        (gv - ev).abs() <= tolerance,
                         "{model} {photo}: {g_vals:?} vs {e:?}"
                     );
                 }
@@ -129,7 +135,7 @@ fn parity_with_python_onnxruntime() {
             }
         }
     }
-    assert!(compared >= 8, "only {compared} detections compared");
+    assert!(compared >= 12, "only {compared} detections compared");
 }
 
 #[test]

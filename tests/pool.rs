@@ -532,10 +532,17 @@ async fn still_camera_decodes_keyframes_only_until_motion() {
     assert_eq!(pool.shutdown(), 1);
 }
 
-/// The sample clip (2-8 people per frame) over the real RTSP path, through the real model.
+/// The sample clip (2-8 people per frame) over the real RTSP path, through the real models (the
+/// float NanoDet and its int8 variant).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_clip_over_rtsp_finds_people() {
     common::init();
+    for model in ["nanodet-coco-416", "nanodet-coco-416-int8"] {
+        sample_clip_through(model).await;
+    }
+}
+
+async fn sample_clip_through(model: &str) {
     let server = RtspTestServer::start(Source::SampleClip, Auth::None);
     let mut config = common::config(vec![camera(
         "clip",
@@ -543,7 +550,7 @@ async fn sample_clip_over_rtsp_finds_people() {
         "detect_width = 640\ndetect_height = 480\ndetect_fps = 5",
     )]);
     config.detector.model =
-        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/nanodet-coco-416.toml"));
+        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("models/{model}.toml")));
     config.detector.workers = 2;
     config.motion.enabled = false;
     let mut daemon = Daemon::start(&config).await.unwrap();
@@ -572,7 +579,7 @@ async fn sample_clip_over_rtsp_finds_people() {
     let per_frame = people as f64 / frames as f64;
     assert!(
         per_frame >= 2.5,
-        "{per_frame:.1} people per frame (a Python check finds about 5)"
+        "{model}: {per_frame:.1} people per frame (a Python check finds about 5)"
     );
     let stats = daemon.pool().unwrap().stats("clip").unwrap();
     assert_eq!(stats.errors, 0, "{stats:?}");

@@ -115,6 +115,9 @@ pub struct Source {
     pub licence: String,
     /// How the ONNX file was made from the package.
     pub conversion: String,
+    /// How the model was quantised, for a quantised variant.
+    #[serde(default)]
+    pub quantization: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
