@@ -84,27 +84,12 @@ fn still_clip() -> PathBuf {
     if path.is_file() {
         return path;
     }
-    let photo = image::open(common::media_dir().join("coffee.png"))
-        .expect("coffee.png: run scripts/setup.sh")
-        .resize_exact(768, 576, image::imageops::FilterType::Triangle)
-        .to_rgb8();
+    let photo = still_photo();
     let tmp = path.with_extension("tmp");
-    let pipeline = gst::parse::launch(&format!(
-        "appsrc name=src format=time caps=video/x-raw,format=RGB,width=768,height=576,framerate=10/1 \
-         ! videoconvert ! video/x-raw,format=I420 \
-         ! x264enc speed-preset=veryfast tune=zerolatency bitrate=1500 key-int-max=10 \
-         ! h264parse ! video/x-h264,stream-format=byte-stream,alignment=au ! filesink location={}",
-        tmp.display()
-    ))
-    .expect("x264enc: run scripts/setup.sh")
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
+    let (pipeline, src) = encoder(
+        "bitrate=1500",
+        &format!("filesink location={}", tmp.display()),
+    );
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     for i in 0..300u64 {
         let data = noisy(&photo, &mut rng);
@@ -121,6 +106,35 @@ fn still_clip() -> PathBuf {
     std::fs::rename(&tmp, &path).unwrap();
     eprintln!("made the still clip {}", path.display());
     path
+}
+
+/// The still scene: a photo without people at the busy clip's size.
+fn still_photo() -> image::RgbImage {
+    image::open(common::media_dir().join("coffee.png"))
+        .expect("coffee.png: run scripts/setup.sh")
+        .resize_exact(768, 576, image::imageops::FilterType::Triangle)
+        .to_rgb8()
+}
+
+/// A playing 768x576 10 fps RGB → x264 (`rate_control`, 1 s keyframe interval, camera-like
+/// settings) → byte-stream pipeline ending in `sink`, and its source.
+fn encoder(rate_control: &str, sink: &str) -> (gst::Pipeline, gst_app::AppSrc) {
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time caps=video/x-raw,format=RGB,width=768,height=576,framerate=10/1 \
+         ! videoconvert ! video/x-raw,format=I420 \
+         ! x264enc speed-preset=veryfast tune=zerolatency {rate_control} key-int-max=10 \
+         ! h264parse ! video/x-h264,stream-format=byte-stream,alignment=au ! {sink}"
+    ))
+    .expect("x264enc: run scripts/setup.sh")
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, src)
 }
 
 /// The photo with fresh ±3 gray-level noise on every pixel (the same on R, G and B: luma noise).
@@ -144,30 +158,13 @@ fn noisy(photo: &image::RgbImage, rng: &mut u64) -> Vec<u8> {
 /// the still 10 s, frames after the figure appeared until the gate first flagged growth).
 fn size_gate_on_a_walker(height: u32, rate_control: &str) -> (usize, Option<usize>) {
     use kinderwatch::camera::pipeline::DeltaSizes;
-    let photo = image::open(common::media_dir().join("coffee.png"))
-        .expect("coffee.png: run scripts/setup.sh")
-        .resize_exact(768, 576, image::imageops::FilterType::Triangle)
-        .to_rgb8();
-    let pipeline = gst::parse::launch(&format!(
-        "appsrc name=src format=time caps=video/x-raw,format=RGB,width=768,height=576,framerate=10/1 \
-         ! videoconvert ! video/x-raw,format=I420 \
-         ! x264enc speed-preset=veryfast tune=zerolatency {rate_control} key-int-max=10 \
-         ! h264parse ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false",
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
+    let photo = still_photo();
+    let (pipeline, src) = encoder(rate_control, "appsink name=sink sync=false");
     let sink = pipeline
         .by_name("sink")
         .unwrap()
         .downcast::<gst_app::AppSink>()
         .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
     const APPEAR: u64 = 100;
     let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
     let (fw, fh) = (height.div_ceil(3), height);
@@ -338,10 +335,7 @@ fn bare_rate_parallel(callers: usize, window: Duration) -> f64 {
 fn bare_rate(window: Duration) -> f64 {
     let model =
         kinderwatch::detect::manifest::ModelManifest::load_verified(&model_manifest()).unwrap();
-    let photo = image::open(common::media_dir().join("coffee.png"))
-        .unwrap()
-        .resize_exact(768, 576, image::imageops::FilterType::Triangle)
-        .to_rgb8();
+    let photo = still_photo();
     let input =
         kinderwatch::detect::preprocess::prepare(photo.as_raw(), 768, 576, &model.manifest.input);
     common::bench::bare_rate(&model, 1, &input, window)

@@ -75,8 +75,6 @@ pub struct FrameSlot {
     latest: Mutex<Option<Arc<Frame>>>,
     notify: tokio::sync::Notify,
     overwritten: AtomicU64,
-    /// Frames the admission filter turned away before the slot.
-    rejected: AtomicU64,
     /// Called after each `put`, for consumers on OS threads (the detector pool). Must not block.
     listener: OnceLock<Box<dyn Fn() + Send + Sync>>,
     admit: OnceLock<AdmitFn>,
@@ -93,7 +91,6 @@ impl Default for FrameSlot {
             latest: Mutex::new(None),
             notify: tokio::sync::Notify::new(),
             overwritten: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
             listener: OnceLock::new(),
             admit: OnceLock::new(),
             keyframes_only: AtomicBool::new(false),
@@ -103,13 +100,12 @@ impl Default for FrameSlot {
 }
 
 impl FrameSlot {
-    /// Offers a frame: the admission filter (if any) decides, then it replaces the waiting one.
-    /// Returns whether the frame entered the slot.
+    /// Offers a frame: the admission filter (if any) decides (and counts what it turns away),
+    /// then it replaces the waiting one. Returns whether the frame entered the slot.
     pub fn put(&self, frame: Arc<Frame>) -> bool {
         if let Some(admit) = self.admit.get()
             && !admit(&frame)
         {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         let previous = self
@@ -142,13 +138,12 @@ impl FrameSlot {
         self.latest.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    /// When the waiting frame (if any) was captured, without taking it.
-    pub fn waiting_since(&self) -> Option<Instant> {
+    /// Whether a frame is waiting (without taking it).
+    pub fn has_frame(&self) -> bool {
         self.latest
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|f| f.captured)
+            .is_some()
     }
 
     /// Waits for a frame and takes it.
@@ -165,11 +160,6 @@ impl FrameSlot {
     /// Frames replaced before anyone took them.
     pub fn overwritten(&self) -> u64 {
         self.overwritten.load(Ordering::Relaxed)
-    }
-
-    /// Frames the admission filter turned away.
-    pub fn rejected(&self) -> u64 {
-        self.rejected.load(Ordering::Relaxed)
     }
 
     pub fn decode_demand(&self) -> DecodeDemand {

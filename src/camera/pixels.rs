@@ -40,8 +40,7 @@ impl YuvMatrix {
 
     /// Y (as stored) → full-range luma 0-255.
     pub fn luma(self, y: f32) -> f32 {
-        let c = self.coefficients();
-        (c.ky * (y - c.y0)).clamp(0.0, 255.0)
+        self.coefficients().luma(y)
     }
 
     /// One pixel to RGB, each channel 0-255 (not rounded).
@@ -66,6 +65,12 @@ pub(crate) struct Coefficients {
 }
 
 impl Coefficients {
+    /// Y (as stored) → full-range luma 0-255.
+    #[inline]
+    pub(crate) fn luma(&self, y: f32) -> f32 {
+        (self.ky * (y - self.y0)).clamp(0.0, 255.0)
+    }
+
     #[inline]
     pub(crate) fn apply(&self, y: f32, u: f32, v: f32) -> [f32; 3] {
         let (y, u, v) = (self.ky * (y - self.y0), u - 128.0, v - 128.0);

@@ -282,8 +282,9 @@ impl Grid {
             }),
             Pixels::I420 { data, matrix } => {
                 self.sample_with(frame, |x, y| data[y * fw + x] as u32);
+                let c = matrix.converter();
                 for v in &mut self.current {
-                    *v = matrix.luma(*v);
+                    *v = c.luma(*v);
                 }
             }
         }

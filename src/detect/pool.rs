@@ -301,7 +301,7 @@ fn next_job(shared: &Shared, sched: &mut Sched) -> Option<(usize, Arc<Frame>)> {
             .cameras
             .iter()
             .enumerate()
-            .filter(|(i, e)| !sched.busy[*i] && e.cam.slot.waiting_since().is_some())
+            .filter(|(i, e)| !sched.busy[*i] && e.cam.slot.has_frame())
             .min_by_key(|(i, _)| sched.last_taken[*i])
             .map(|(i, _)| i)?;
         // Only the pool takes from its slots, but a frame could still vanish between the look
