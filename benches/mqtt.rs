@@ -73,6 +73,8 @@ async fn drain(n: usize) {
             store: store.clone(),
             rules: None,
             cameras,
+            tokens: Default::default(),
+            readers: kinderwatch::store::reader::Readers::new(),
         },
         live: None,
     };

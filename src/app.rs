@@ -293,6 +293,8 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
     let rule_commands = daemon.pool().is_some().then(|| daemon.rule_commands());
     let camera_views: std::sync::Arc<Vec<CameraView>> =
         std::sync::Arc::new(cameras.iter().map(CameraView::from).collect());
+    let readers = crate::store::reader::Readers::new();
+    let tokens = crate::api::Tokens::new(&config.api.tokens);
     if let Some(mqtt) = &config.mqtt {
         let settings = crate::alert::publisher::PublisherSettings {
             config: mqtt.clone(),
@@ -302,6 +304,8 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
                 store: store.clone(),
                 rules: rule_commands.clone(),
                 cameras: camera_views.clone(),
+                tokens: tokens.clone(),
+                readers: readers.clone(),
             },
             live: live_rx,
         };
@@ -324,7 +328,8 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
             cameras: camera_views,
             rules: rule_commands,
             metrics: metrics_handle,
-            tokens: crate::api::Tokens::new(&config.api.tokens),
+            tokens,
+            readers,
             request_timeout: config.api.request_timeout,
         };
         if config.api.tokens.is_empty() {

@@ -69,8 +69,13 @@ pub fn fetch(
 }
 
 fn api_page(base: &str, token: &str, qs: &str) -> anyhow::Result<Value> {
-    let url = format!("{}/api/v1/events?{qs}", base.trim_end_matches('/'));
-    let answer = ureq::get(&url)
+    api_call("GET", base, token, &format!("/api/v1/events?{qs}"))
+}
+
+/// One API request with the bearer token; errors carry the API's reason.
+fn api_call(method: &str, base: &str, token: &str, path: &str) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let answer = ureq::request(method, &url)
         .set("Authorization", &format!("Bearer {token}"))
         .timeout(std::time::Duration::from_secs(30))
         .call();
@@ -90,6 +95,132 @@ fn api_page(base: &str, token: &str, qs: &str) -> anyhow::Result<Value> {
             "cannot reach the daemon's API at {base}: {t}; is it running? (for a stopped daemon use --db)"
         ),
     }
+}
+
+/// Fetches up to `max` audit records (newest first) matching `query` (`GET /api/v1/audit` syntax).
+pub fn fetch_audit(
+    source: &Source,
+    query: &[(String, String)],
+    max: usize,
+) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut params: Vec<(String, String)> = query.to_vec();
+        params.push((
+            "limit".into(),
+            (max - out.len())
+                .min(crate::store::audit::MAX_LIMIT)
+                .to_string(),
+        ));
+        if let Some(c) = &cursor {
+            params.push(("cursor".into(), c.clone()));
+        }
+        let qs = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params.iter())
+            .finish();
+        let page = match source {
+            Source::Api { base, token } => {
+                api_call("GET", base, token, &format!("/api/v1/audit?{qs}"))?
+            }
+            Source::Db(dir) => {
+                let q =
+                    crate::api::parse_audit_query(Some(&qs), Timestamp::now()).map_err(|e| {
+                        anyhow::anyhow!("{}: {}", e.parameter.unwrap_or_default(), e.reason)
+                    })?;
+                let (records, next) = open_db(dir)?.audit_query(&q)?;
+                serde_json::json!({ "records": records, "next_cursor": next.map(|c| c.encode()) })
+            }
+        };
+        out.extend(
+            page.get("records")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        cursor = page
+            .get("next_cursor")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if cursor.is_none() || out.len() >= max {
+            return Ok(out);
+        }
+    }
+}
+
+/// The dead letters, oldest first.
+pub fn dead_letters(source: &Source) -> anyhow::Result<Vec<Value>> {
+    let v = match source {
+        Source::Api { base, token } => api_call("GET", base, token, "/api/v1/outbox/dead-letters")?,
+        Source::Db(dir) => {
+            serde_json::json!({ "dead_letters": open_db(dir)?.dead_letters(10_000)? })
+        }
+    };
+    Ok(v.get("dead_letters")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// Re-queues one dead letter (by event id) or, with `None`, all; how many.
+pub fn requeue(source: &Source, id: Option<&str>) -> anyhow::Result<u64> {
+    match source {
+        Source::Api { base, token } => {
+            let path = match id {
+                Some(id) => format!("/api/v1/outbox/dead-letters/{id}/requeue"),
+                None => "/api/v1/outbox/dead-letters/requeue".into(),
+            };
+            let v = api_call("POST", base, token, &path)?;
+            Ok(v.get("requeued").and_then(Value::as_u64).unwrap_or(0))
+        }
+        Source::Db(dir) => {
+            let store = open_db(dir)?;
+            match id {
+                Some(id) => {
+                    let id = uuid::Uuid::try_parse(id).map_err(|_| {
+                        anyhow::anyhow!("--requeue {id:?}: not an event id (a UUID)")
+                    })?;
+                    if !store.requeue(&id)? {
+                        anyhow::bail!("no dead letter for event {id}");
+                    }
+                    Ok(1)
+                }
+                None => Ok(store.requeue_all()? as u64),
+            }
+        }
+    }
+}
+
+/// Prints audit records: a table, or JSON.
+pub fn print_audit(records: &[Value], json: bool, out: &mut impl Write) -> std::io::Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, records)?;
+        return writeln!(out);
+    }
+    if records.is_empty() {
+        return writeln!(out, "no audit records");
+    }
+    writeln!(
+        out,
+        "{:<24} {:<5} {:<20} {:<14} {:<10} TARGET",
+        "TIME (UTC)", "VIA", "CALLER", "ACTION", "RESULT"
+    )?;
+    let s = |r: &Value, k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    for r in records {
+        let time = s(r, "time");
+        let time = time.split('.').next().unwrap_or("").trim_end_matches('Z');
+        writeln!(
+            out,
+            "{:<24} {:<5} {:<20} {:<14} {:<10} {}",
+            time,
+            s(r, "channel"),
+            s(r, "caller"),
+            s(r, "action"),
+            s(r, "result"),
+            s(r, "target")
+        )?;
+    }
+    Ok(())
 }
 
 /// Opens the database once per call; a CLI run reads a handful of pages.

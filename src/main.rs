@@ -89,18 +89,42 @@ enum Command {
         limit: usize,
         #[arg(long, value_enum, default_value = "table")]
         format: CliFormat,
-        /// Read this state directory (or events.db) directly; the daemon must be stopped.
-        #[arg(long, conflicts_with_all = ["api", "config"])]
-        db: Option<PathBuf>,
-        /// The daemon's API, e.g. http://127.0.0.1:8080 (default: api.listen from --config).
+        #[command(flatten)]
+        from_daemon: SourceArgs,
+    },
+    /// Print the audit trail (who queried the history, read snapshots, armed or disarmed), newest
+    /// first. Needs an admin token (or --db).
+    Audit {
+        /// Records of the last DURATION (e.g. 24h).
+        #[arg(long, conflicts_with = "from")]
+        since: Option<String>,
         #[arg(long)]
-        api: Option<String>,
-        /// Config file to take api.listen from.
-        #[arg(long, short, default_value = "/etc/kinderwatch/kinderwatch.toml")]
-        config: PathBuf,
-        /// File holding the API token (default: the KINDERWATCH_TOKEN environment variable).
+        from: Option<String>,
         #[arg(long)]
-        token_file: Option<PathBuf>,
+        to: Option<String>,
+        /// Only this token name.
+        #[arg(long)]
+        caller: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        from_daemon: SourceArgs,
+    },
+    /// List the alerts taken out of MQTT delivery (refused by the broker, too large, unreadable),
+    /// or put them back into the outbox once the cause is fixed (admin token).
+    DeadLetters {
+        /// Re-queue the dead letter of this event id.
+        #[arg(long, conflicts_with = "requeue_all")]
+        requeue: Option<String>,
+        /// Re-queue every dead letter.
+        #[arg(long)]
+        requeue_all: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        from_daemon: SourceArgs,
     },
     /// Make a new API token; print it once, with the [[api.tokens]] entry (its hash) for the config.
     Token {
@@ -112,6 +136,52 @@ enum Command {
     },
     /// Print the version.
     Version,
+}
+
+/// Where `events`, `audit` and `dead-letters` read: the daemon's API or a stopped daemon's database.
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// Read this state directory (or events.db) directly; the daemon must be stopped.
+    #[arg(long, conflicts_with_all = ["api", "config"])]
+    db: Option<PathBuf>,
+    /// The daemon's API, e.g. http://127.0.0.1:8080 (default: api.listen from --config).
+    #[arg(long)]
+    api: Option<String>,
+    /// Config file to take api.listen from.
+    #[arg(long, short, default_value = "/etc/kinderwatch/kinderwatch.toml")]
+    config: PathBuf,
+    /// File holding the API token (default: the KINDERWATCH_TOKEN environment variable).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    fn source(self) -> anyhow::Result<kinderwatch::history::Source> {
+        if let Some(dir) = self.db {
+            return Ok(kinderwatch::history::Source::Db(dir));
+        }
+        let base = match self.api {
+            Some(a) => a,
+            None => {
+                let c = Config::load(&self.config).with_context(
+                    || "give --api URL, or a readable --config to take api.listen from",
+                )?;
+                format!("http://{}", c.api.listen)
+            }
+        };
+        let token = match self.token_file {
+            Some(f) => std::fs::read_to_string(&f)
+                .with_context(|| format!("--token-file {}", f.display()))?
+                .trim()
+                .to_owned(),
+            None => std::env::var("KINDERWATCH_TOKEN").map_err(|_| {
+                anyhow::anyhow!(
+                    "no API token: set KINDERWATCH_TOKEN or give --token-file (`kinderwatch token` makes one)"
+                )
+            })?,
+        };
+        Ok(kinderwatch::history::Source::Api { base, token })
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -186,10 +256,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             rule,
             limit,
             format,
-            db,
-            api,
-            config,
-            token_file,
+            from_daemon,
         } => {
             let mut query = Vec::new();
             for (k, v) in [
@@ -204,32 +271,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     query.push((k.to_owned(), v));
                 }
             }
-            let source = match db {
-                Some(dir) => kinderwatch::history::Source::Db(dir),
-                None => {
-                    let base = match api {
-                        Some(a) => a,
-                        None => {
-                            let c = Config::load(&config).with_context(
-                                || "give --api URL, or a readable --config to take api.listen from",
-                            )?;
-                            format!("http://{}", c.api.listen)
-                        }
-                    };
-                    let token = match token_file {
-                        Some(f) => std::fs::read_to_string(&f)
-                            .with_context(|| format!("--token-file {}", f.display()))?
-                            .trim()
-                            .to_owned(),
-                        None => std::env::var("KINDERWATCH_TOKEN").map_err(|_| {
-                            anyhow::anyhow!(
-                                "no API token: set KINDERWATCH_TOKEN or give --token-file (`kinderwatch token` makes one)"
-                            )
-                        })?,
-                    };
-                    kinderwatch::history::Source::Api { base, token }
-                }
-            };
+            let source = from_daemon.source()?;
             let events = kinderwatch::history::fetch(&source, &query, limit.max(1))?;
             let format = match format {
                 CliFormat::Table => kinderwatch::history::Format::Table,
@@ -237,6 +279,69 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 CliFormat::Csv => kinderwatch::history::Format::Csv,
             };
             kinderwatch::history::print(&events, format, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            since,
+            from,
+            to,
+            caller,
+            limit,
+            json,
+            from_daemon,
+        } => {
+            let query: Vec<(String, String)> = [
+                ("since", since),
+                ("from", from),
+                ("to", to),
+                ("caller", caller),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+            .collect();
+            let records =
+                kinderwatch::history::fetch_audit(&from_daemon.source()?, &query, limit.max(1))?;
+            kinderwatch::history::print_audit(&records, json, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DeadLetters {
+            requeue,
+            requeue_all,
+            json,
+            from_daemon,
+        } => {
+            let source = from_daemon.source()?;
+            if requeue.is_some() || requeue_all {
+                let n = kinderwatch::history::requeue(&source, requeue.as_deref())?;
+                println!("{n} re-queued");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let letters = kinderwatch::history::dead_letters(&source)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else if letters.is_empty() {
+                println!("no dead letters");
+            } else {
+                println!(
+                    "{:<38} {:<11} {:<8} {:<24} DETAIL",
+                    "EVENT", "REASON", "ATTEMPTS", "SINCE (UTC)"
+                );
+                let s = |v: &serde_json::Value, k: &str| {
+                    v.get(k)
+                        .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                        .unwrap_or_default()
+                };
+                for l in &letters {
+                    println!(
+                        "{:<38} {:<11} {:<8} {:<24} {}",
+                        s(l, "event_id"),
+                        s(l, "reason"),
+                        s(l, "attempts"),
+                        s(l, "at").split('.').next().unwrap_or(""),
+                        s(l, "detail")
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {

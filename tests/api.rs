@@ -117,6 +117,7 @@ fn start() -> Harness {
             rules: Some(commands),
             metrics,
             tokens,
+            readers: kinderwatch::store::reader::Readers::new(),
             request_timeout: Duration::from_secs(5),
         };
         tokio::spawn(api::serve(listener, state.clone(), cancel.clone()));

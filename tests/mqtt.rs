@@ -44,6 +44,9 @@ fn mqtt_config(port: u16, extra: &str) -> MqttConfig {
 struct Site {
     events: mpsc::Sender<RecordedEvent>,
     store: Store,
+    /// API tokens the site knows: admin and read.
+    admin_token: String,
+    read_token: String,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -76,6 +79,20 @@ fn start_site_live(config: MqttConfig, live: Option<mpsc::Receiver<recorder::Liv
         name: "Gate".into(),
         status: cam_rx,
     }]);
+    let (admin_token, admin_hash) = kinderwatch::api::auth::new_token();
+    let (read_token, read_hash) = kinderwatch::api::auth::new_token();
+    let tokens = kinderwatch::api::Tokens::new(&[
+        kinderwatch::api::TokenConfig {
+            name: "center-admin".into(),
+            role: kinderwatch::api::Role::Admin,
+            sha256: admin_hash,
+        },
+        kinderwatch::api::TokenConfig {
+            name: "operator".into(),
+            role: kinderwatch::api::Role::Read,
+            sha256: read_hash,
+        },
+    ]);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(perimeter::run(
         rules_config,
@@ -109,6 +126,8 @@ fn start_site_live(config: MqttConfig, live: Option<mpsc::Receiver<recorder::Liv
             store: store.clone(),
             rules: Some(commands),
             cameras,
+            tokens,
+            readers: kinderwatch::store::reader::Readers::new(),
         },
         live,
     };
@@ -120,6 +139,8 @@ fn start_site_live(config: MqttConfig, live: Option<mpsc::Receiver<recorder::Liv
     Site {
         events,
         store,
+        admin_token,
+        read_token,
         cancel,
         tasks,
         _dir: dir,
@@ -342,7 +363,10 @@ async fn commands_over_request_response() {
     common::init_logs();
     let broker = Broker::start("");
     let (client, mut rx) = broker::subscribe(broker.port, "center/replies/#", |_| {}).await;
-    let site = start_site(mqtt_config(broker.port, ""));
+    let site = start_site(mqtt_config(
+        broker.port,
+        "reply_topic_prefix = \"center/replies\"",
+    ));
     let mut sent = Vec::new();
     for n in 0..5 {
         let e = crossing(n);
@@ -397,13 +421,70 @@ async fn commands_over_request_response() {
     let r = reply(&mut rx, "q2").await;
     assert_eq!(r["events"].as_array().unwrap().len(), 2);
 
-    ask("admin/disarm", r#"{"rule": "fence"}"#, "a1").await;
+    // Arming needs an admin token: write access to the topic alone is not enough.
+    ask("admin/disarm", r#"{"rule": "fence"}"#, "n1").await;
+    let r = reply(&mut rx, "n1").await;
+    assert_eq!(r["error"], "unauthorized", "{r}");
+    let with = |token: &str| format!(r#"{{"rule": "fence", "token": "{token}"}}"#);
+    ask("admin/disarm", &with("kw_not-a-token"), "n2").await;
+    assert_eq!(reply(&mut rx, "n2").await["error"], "unauthorized");
+    ask("admin/disarm", &with(&site.read_token), "n3").await;
+    let r = reply(&mut rx, "n3").await;
+    assert_eq!(r["error"], "forbidden", "{r}");
+    assert!(
+        !r.to_string().contains(&site.read_token),
+        "a reply never echoes a token"
+    );
+    ask("query/rules", "", "r0").await;
+    assert_eq!(reply(&mut rx, "r0").await["rules"][0]["armed"], true);
+    ask("admin/disarm", &with(&site.admin_token), "a1").await;
     assert_eq!(reply(&mut rx, "a1").await["armed"], false);
     ask("query/rules", "", "r1").await;
     let r = reply(&mut rx, "r1").await;
     assert_eq!(r["rules"][0]["armed"], false, "{r}");
-    ask("admin/arm", r#"{"rule": "fence"}"#, "a2").await;
+    ask("admin/arm", &with(&site.admin_token), "a2").await;
     assert_eq!(reply(&mut rx, "a2").await["ok"], true);
+    // Every attempt is in the audit trail, with who and what came of it.
+    let (records, _) = site
+        .store
+        .audit_query(&kinderwatch::store::AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let changes: Vec<(String, String, String)> = records
+        .iter()
+        .rev()
+        .filter(|r| r.channel == "mqtt" && r.target == "fence")
+        .map(|r| {
+            (
+                serde_json::to_value(r.action)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                r.caller.clone(),
+                r.result.clone(),
+            )
+        })
+        .collect();
+    let t = |a: &str, c: &str, r: &str| (a.to_owned(), c.to_owned(), r.to_owned());
+    assert_eq!(
+        changes,
+        [
+            t("disarm", "mqtt:center/replies/kg-7", "unauthorized"),
+            t("disarm", "operator", "forbidden"),
+            t("disarm", "center-admin", "ok"),
+            t("arm", "center-admin", "ok"),
+        ],
+        "{records:?}"
+    );
+    assert!(
+        records.iter().any(|r| r.channel == "mqtt"
+            && r.target.contains("camera=gate")
+            && r.detail.as_deref() == Some("3 events")),
+        "history queries are audited: {records:?}"
+    );
     ask("query/cameras", "{}", "c1").await;
     assert_eq!(
         reply(&mut rx, "c1").await["cameras"][0]["state"],
@@ -411,6 +492,10 @@ async fn commands_over_request_response() {
     );
 
     // Garbage gets an error reply, never a crash.
+    let bad_rule = format!(
+        r#"{{"rule": "no-such-rule", "token": "{}"}}"#,
+        site.admin_token
+    );
     for (command, body, id, error) in [
         ("query/events", "{not json", "g1", "bad_request"),
         (
@@ -420,13 +505,9 @@ async fn commands_over_request_response() {
             "bad_parameter",
         ),
         ("query/events", "[1, 2]", "g3", "bad_request"),
-        (
-            "admin/arm",
-            r#"{"rule": "no-such-rule"}"#,
-            "g4",
-            "not_found",
-        ),
+        ("admin/arm", bad_rule.as_str(), "g4", "not_found"),
         ("admin/arm", "{}", "g5", "bad_parameter"),
+        ("query/events", r#"{"token": 7}"#, "g7", "bad_parameter"),
         ("self-destruct", "{}", "g6", "unknown_command"),
     ] {
         ask(command, body, id).await;

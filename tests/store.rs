@@ -231,6 +231,7 @@ fn retention_by_age_and_size_keeps_outbox_entries() {
     let policy = RetentionPolicy {
         max_age: Some(Duration::from_secs(30 * 86_400)),
         max_bytes: None,
+        audit_max_age: None,
     };
     let report = store.apply_retention(&policy, now).unwrap();
     assert_eq!(report.deleted_by_age, 15);
@@ -262,6 +263,7 @@ fn retention_by_age_and_size_keeps_outbox_entries() {
     let policy = RetentionPolicy {
         max_age: None,
         max_bytes: Some(per_event * 10),
+        audit_max_age: None,
     };
     let report = store.apply_retention(&policy, now).unwrap();
     assert_eq!(report.deleted_by_size, 15);
@@ -286,6 +288,7 @@ fn retention_by_age_and_size_keeps_outbox_entries() {
     let policy = RetentionPolicy {
         max_age: Some(Duration::from_secs(30 * 86_400)),
         max_bytes: None,
+        audit_max_age: None,
     };
     assert_eq!(
         store.apply_retention(&policy, now).unwrap().deleted_by_age,
@@ -402,7 +405,7 @@ fn a_version_1_database_is_migrated() {
     assert_eq!(e.event, events[3].event);
     assert_eq!(e.snapshot_len, events[3].snapshot.as_ref().unwrap().len());
     drop(store);
-    // Reopening is a no-op, and version 2 is what is on disk now.
+    // Reopening is a no-op, and version 3 is what is on disk now.
     let db = sled::open(dir.path()).unwrap();
     let v = db
         .open_tree("meta")
@@ -410,7 +413,7 @@ fn a_version_1_database_is_migrated() {
         .get("schema_version")
         .unwrap()
         .unwrap();
-    assert_eq!(v.as_ref(), &2u32.to_be_bytes());
+    assert_eq!(v.as_ref(), &3u32.to_be_bytes());
     assert!(
         !db.tree_names()
             .iter()

@@ -10,17 +10,27 @@
 //! | `query/events` | `camera`, `kind`, `rule`, `from`, `to`, `since`, `limit`, `cursor` (as the HTTP API) | `events`, `next_cursor` |
 //! | `query/cameras` | `{}` | `cameras` |
 //! | `query/rules` | `{}` | `rules` |
-//! | `admin/arm`, `admin/disarm` | `{"rule": id}` | `rule`, `armed` |
+//! | `admin/arm`, `admin/disarm` | `{"rule": id, "token": admin token}` | `rule`, `armed` |
+//!
+//! Any request may carry `"token"`, an HTTP API token (checked against the same hashes and
+//! roles); arming and disarming need one with the admin role, so that write access to a topic
+//! alone cannot disarm a fence. History queries, arming and disarming are written to the audit
+//! trail with the token's name (or `mqtt:<response topic>` without a token). Queries run on the
+//! store's reader threads, never beside the recorder's writes.
 
 use std::sync::Arc;
 
+use axum::http::StatusCode;
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
+use crate::api::auth::{Role, Tokens};
 use crate::api::{ApiError, CameraView};
 use crate::perimeter::RuleCommand;
 use crate::store::Store;
+use crate::store::audit::{AuditAction, AuditRecord};
+use crate::store::reader::Readers;
 
 /// What commands may read and change.
 #[derive(Clone)]
@@ -28,33 +38,44 @@ pub struct CommandContext {
     pub store: Store,
     pub rules: Option<mpsc::Sender<RuleCommand>>,
     pub cameras: Arc<Vec<CameraView>>,
+    /// The HTTP API's tokens: admin commands need an admin one.
+    pub tokens: Tokens,
+    pub readers: Readers,
 }
 
-/// The response to one request; never panics on any input.
-pub async fn handle(ctx: &CommandContext, command: &str, payload: &[u8]) -> Value {
-    match run(ctx, command, payload).await {
+/// The response to one request; never panics on any input. `requester` names the asker in the
+/// audit trail when the request carries no token (its response topic).
+pub async fn handle(ctx: &CommandContext, command: &str, payload: &[u8], requester: &str) -> Value {
+    match run(ctx, command, payload, requester).await {
         Ok(mut v) => {
             v["ok"] = true.into();
             v["command"] = command.into();
             v
         }
-        Err(e) => {
-            let mut v =
-                json!({ "ok": false, "command": command, "error": e.code, "reason": e.reason });
-            if let Some(p) = e.parameter {
-                v["parameter"] = p.into();
-            }
-            v
-        }
+        Err(e) => error_reply(command, e),
     }
 }
 
-fn bad_request(reason: impl Into<String>) -> ApiError {
-    ApiError::new(axum::http::StatusCode::BAD_REQUEST, "bad_request", reason)
+/// `{"ok": false, ...}` for an error.
+pub fn error_reply(command: &str, e: ApiError) -> Value {
+    let mut v = json!({ "ok": false, "command": command, "error": e.code, "reason": e.reason });
+    if let Some(p) = e.parameter {
+        v["parameter"] = p.into();
+    }
+    v
 }
 
-async fn run(ctx: &CommandContext, command: &str, payload: &[u8]) -> Result<Value, ApiError> {
-    let body: Map<String, Value> = if payload.iter().all(u8::is_ascii_whitespace) {
+fn bad_request(reason: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason)
+}
+
+async fn run(
+    ctx: &CommandContext,
+    command: &str,
+    payload: &[u8],
+    requester: &str,
+) -> Result<Value, ApiError> {
+    let mut body: Map<String, Value> = if payload.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
         match serde_json::from_slice::<Value>(payload) {
@@ -63,6 +84,23 @@ async fn run(ctx: &CommandContext, command: &str, payload: &[u8]) -> Result<Valu
             Err(e) => return Err(bad_request(format!("the request is not JSON: {e}"))),
         }
     };
+    let caller = match body.remove("token") {
+        None => None,
+        Some(Value::String(t)) => Some(
+            ctx.tokens
+                .check(t.trim())
+                .ok_or_else(|| ApiError::unauthorized("unknown token"))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::bad_parameter(
+                "token",
+                "give the API token as a string",
+            ));
+        }
+    };
+    let label = caller
+        .as_ref()
+        .map_or_else(|| format!("mqtt:{requester}"), |c| c.name.to_string());
     match command {
         "query/events" => {
             let pairs = query_pairs(&body)?;
@@ -71,14 +109,28 @@ async fn run(ctx: &CommandContext, command: &str, payload: &[u8]) -> Result<Valu
                 .finish();
             let q = crate::api::parse_event_query(Some(&qs), Timestamp::now())?;
             let store = ctx.store.clone();
-            let page = tokio::task::spawn_blocking(move || store.query(&q))
-                .await
-                .map_err(ApiError::internal)?
+            let mut record = AuditRecord::new("mqtt", &label, AuditAction::QueryEvents, qs);
+            let page = ctx
+                .readers
+                .run(move || {
+                    let page = store.query(&q);
+                    match &page {
+                        Ok(p) => record.detail = Some(format!("{} events", p.events.len())),
+                        Err(_) => record.result = "internal".into(),
+                    }
+                    store.audit(&record)?;
+                    page
+                })
+                .await?
                 .map_err(ApiError::internal)?;
-            Ok(json!({
+            let mut v = json!({
                 "events": page.events.iter().map(crate::api::event_json).collect::<Vec<_>>(),
                 "next_cursor": page.next_cursor.map(|c| c.encode()),
-            }))
+            });
+            if page.skipped_undecodable > 0 {
+                v["skipped_undecodable"] = page.skipped_undecodable.into();
+            }
+            Ok(v)
         }
         "query/cameras" => Ok(json!({ "cameras": crate::api::cameras_json(&ctx.cameras) })),
         "query/rules" => {
@@ -90,18 +142,63 @@ async fn run(ctx: &CommandContext, command: &str, payload: &[u8]) -> Result<Valu
             let rule = body
                 .get("rule")
                 .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::bad_parameter("rule", "give the rule id as a string"))?;
-            crate::api::rule_set_armed(rules(ctx)?, rule, armed).await?;
-            tracing::info!(rule, armed, "rule armed state changed by an MQTT command");
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::bad_parameter("rule", "give the rule id as a string"));
+            let action = if armed {
+                AuditAction::Arm
+            } else {
+                AuditAction::Disarm
+            };
+            let outcome = match (&caller, rule) {
+                (_, Err(e)) => Err(e),
+                (None, Ok(_)) => Err(ApiError::unauthorized(format!(
+                    "{command} needs an admin token: {{\"rule\": \"...\", \"token\": \"kw_...\"}}"
+                ))),
+                (Some(c), Ok(_)) if c.role < Role::Admin => Err(ApiError::forbidden(format!(
+                    "token {:?} has role {:?}; {command} needs admin",
+                    &*c.name, c.role
+                ))),
+                (Some(_), Ok(rule)) => crate::api::rule_set_armed(rules(ctx)?, &rule, armed)
+                    .await
+                    .map(|()| rule),
+            };
+            let target = body
+                .get("rule")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            audit_change(ctx, &label, action, target, &outcome).await;
+            let rule = outcome?;
+            tracing::info!(rule = %rule, armed, caller = %label, "rule armed state changed by an MQTT command");
             Ok(json!({ "rule": rule, "armed": armed }))
         }
         other => Err(ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
+            StatusCode::NOT_FOUND,
             "unknown_command",
             format!(
                 "unknown command {other:?}; use query/events, query/cameras, query/rules, admin/arm or admin/disarm"
             ),
         )),
+    }
+}
+
+/// Records an arm or disarm attempt (refused ones included); a record that cannot be written is
+/// logged (the change itself has happened or been refused already).
+async fn audit_change<T>(
+    ctx: &CommandContext,
+    caller: &str,
+    action: AuditAction,
+    target: String,
+    outcome: &Result<T, ApiError>,
+) {
+    let mut record = AuditRecord::new("mqtt", caller, action, target);
+    if let Err(e) = outcome {
+        record.result = e.code.into();
+    }
+    let store = ctx.store.clone();
+    let written = tokio::task::spawn_blocking(move || store.audit(&record)).await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::error!(caller, ?action, "audit record of a rule change not written");
     }
 }
 

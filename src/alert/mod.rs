@@ -11,12 +11,13 @@
 //! | `<prefix>/events/<camera>/<kind>/snapshot` | the JPEG (with `publish_snapshots`) | 1 | no |
 //! | `<prefix>/commands/query/events`, `.../query/cameras`, `.../query/rules` | requests | – | – |
 //! | `<prefix>/commands/admin/arm`, `.../admin/disarm` | requests | – | – |
-//! | the request's response topic (MQTT 5), else `<prefix>/responses` | responses | 1 | no |
+//! | the request's response topic (under `mqtt.reply_topic_prefix`), else `<prefix>/responses` | responses | 1 | no |
 //!
 //! The command topics are split into `query/` and `admin/` so that a broker ACL can give the
 //! center's operators queries and only the center's admin service arming.
 
 pub mod commands;
+pub mod fit;
 pub mod payload;
 pub mod publisher;
 
@@ -71,6 +72,31 @@ pub struct MqttConfig {
     /// Alerts published and not yet acknowledged at any time. Default: 100.
     #[serde(default = "default_max_inflight")]
     pub max_inflight: u16,
+    /// The largest packet the site accepts, in bytes; sent to the broker in CONNECT (MQTT 5
+    /// Maximum Packet Size) so that it discards larger messages (a retained 20 MB "command")
+    /// instead of sending them. Default: 262144 (256 KiB).
+    #[serde(default = "default_max_incoming_packet")]
+    pub max_incoming_packet: u32,
+    /// Refusals (a PUBACK with an error reason) of one alert before it moves to the dead
+    /// letters. Default: 5.
+    #[serde(default = "default_max_delivery_attempts")]
+    pub max_delivery_attempts: u32,
+    /// Command replies may go to response topics under this prefix (e.g. "center/replies"),
+    /// besides `<prefix>/responses`. Default: none (only `<prefix>/responses`).
+    pub reply_topic_prefix: Option<String>,
+    /// Commands run at once; a request beyond that is answered `busy`. Default: 4.
+    #[serde(default = "default_max_concurrent_commands")]
+    pub max_concurrent_commands: usize,
+}
+
+fn default_max_incoming_packet() -> u32 {
+    256 * 1024
+}
+fn default_max_delivery_attempts() -> u32 {
+    5
+}
+fn default_max_concurrent_commands() -> usize {
+    4
 }
 
 fn default_keep_alive() -> Duration {
@@ -193,6 +219,35 @@ impl MqttConfig {
                 "snapshot_base_url",
                 format!("{url:?} is not an http(s) URL"),
             ));
+        }
+        if self.max_incoming_packet < 4096 || self.max_incoming_packet > 268_435_455 {
+            p.push((
+                "max_incoming_packet",
+                "use 4096 to 268435455 bytes (the default 262144 fits every command)".into(),
+            ));
+        }
+        if self.max_delivery_attempts == 0 {
+            p.push(("max_delivery_attempts", "use at least 1".into()));
+        }
+        if !(1..=64).contains(&self.max_concurrent_commands) {
+            p.push(("max_concurrent_commands", "use 1 to 64".into()));
+        }
+        if let Some(r) = &self.reply_topic_prefix {
+            let own = self
+                .topic_prefix
+                .clone()
+                .unwrap_or_else(|| "kinderwatch/".into());
+            if r.is_empty() || r.contains(['+', '#']) || r.ends_with('/') || r.starts_with('/') {
+                p.push((
+                    "reply_topic_prefix",
+                    format!("{r:?}: no wildcards (+ #) and no leading or trailing '/'"),
+                ));
+            } else if own.starts_with(&format!("{r}/")) || own == *r {
+                p.push((
+                    "reply_topic_prefix",
+                    format!("{r:?} holds the site's own topics ({own}); use the center's reply prefix, e.g. \"center/replies\""),
+                ));
+            }
         }
         if self.max_inflight == 0 {
             p.push(("max_inflight", "use at least 1".into()));

@@ -30,6 +30,24 @@ pub struct SnapshotRef {
     pub api_path: String,
     pub url: Option<String>,
     pub topic: Option<String>,
+    /// Bytes of the JPEG on `topic`: fewer than `bytes` when it was re-encoded to fit the
+    /// broker's maximum packet size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_bytes: Option<usize>,
+    /// Why the JPEG was not published although `mqtt.publish_snapshots` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<&'static str>,
+}
+
+/// What happens to an alert's snapshot on MQTT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotDelivery {
+    /// `mqtt.publish_snapshots` is off (or the event has none).
+    NotPublished,
+    /// Published on the snapshot topic, with this many bytes.
+    Published { bytes: usize },
+    /// Left out, with the reason (`too_large`).
+    Omitted(&'static str),
 }
 
 /// Where an event goes, and how it is described there.
@@ -75,14 +93,25 @@ pub fn build<'a>(
     snapshot_len: usize,
     topics: &Topics,
     snapshot_base_url: Option<&str>,
-    publish_snapshots: bool,
+    delivery: SnapshotDelivery,
 ) -> AlertPayload<'a> {
     let snapshot = (snapshot_len > 0).then(|| {
         let api_path = format!("/api/v1/events/{}/snapshot.jpg", e.id);
+        let (topic, published_bytes, omitted) = match delivery {
+            SnapshotDelivery::NotPublished => (None, None, None),
+            SnapshotDelivery::Published { bytes } => (
+                Some(format!("{}/snapshot", topics.event(e))),
+                Some(bytes),
+                None,
+            ),
+            SnapshotDelivery::Omitted(why) => (None, None, Some(why)),
+        };
         SnapshotRef {
             bytes: snapshot_len,
             url: snapshot_base_url.map(|b| format!("{}{api_path}", b.trim_end_matches('/'))),
-            topic: publish_snapshots.then(|| format!("{}/snapshot", topics.event(e))),
+            topic,
+            published_bytes,
+            omitted,
             api_path,
         }
     });

@@ -11,6 +11,14 @@
 //! Matching PUBACKs to outbox entries: every publish is QoS 1 and rumqttc reports each one as
 //! `Outgoing::Publish(pkid)` in the order they were queued, so a FIFO of what was queued gives
 //! each packet id its outbox sequence.
+//!
+//! Nothing can wedge delivery: the site's largest incoming packet is announced in CONNECT (the
+//! broker drops larger messages instead of sending them); nothing larger than the broker's CONNACK
+//! maximum is ever queued (a snapshot is re-encoded smaller or left out, a reply is cut to a page,
+//! an alert that cannot fit goes to the dead letters); an alert the broker refuses in its PUBACK is
+//! retried a few times on the same connection, then moved to the dead letters, and the entries
+//! behind it go on. Retained command messages are ignored, commands run a few at a time, and
+//! replies go only to allowed response topics.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,16 +30,19 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PubAckReason, PublishProperties};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+use uuid::Uuid;
 
 use super::MqttConfig;
 use super::commands::{self, CommandContext};
-use super::payload::{self, Topics};
-use crate::api::CameraView;
+use super::fit;
+use super::payload::{self, SnapshotDelivery, Topics};
+use crate::api::{ApiError, CameraView};
 use crate::store::recorder::LiveEvent;
-use crate::store::{OutboxEntry, Store};
+use crate::store::{DeadLetterReason, OutboxEntry, Store};
 
 /// A broker unreachable for this long is a health warning (logged once per outage).
 pub const UNREACHABLE_WARNING: Duration = Duration::from_secs(60);
@@ -50,8 +61,38 @@ pub struct PublisherSettings {
 /// What a queued publish was.
 #[derive(Debug, Clone, Copy)]
 enum Tag {
-    Outbox { seq: u64, event_ms: u64 },
+    Outbox {
+        seq: u64,
+        event_ms: u64,
+        event_id: Uuid,
+    },
     Other,
+}
+
+/// Whether a publish was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queued {
+    Yes,
+    /// The client's queue is full: try again later.
+    Full,
+    /// Larger than the broker's maximum packet size: it can never be sent.
+    TooLarge {
+        size: usize,
+        max: usize,
+    },
+}
+
+/// What outlives one connection.
+struct Delivery {
+    /// PUBACK refusals per outbox sequence.
+    refusals: HashMap<u64, u32>,
+    warned_retained: bool,
+    commands: Arc<Semaphore>,
+}
+
+/// The pause before an alert refused `n` times is sent again.
+fn retry_delay(n: u32) -> Duration {
+    Duration::from_millis(500u64 << n.min(6)).min(Duration::from_secs(30))
 }
 
 /// Builds the client options; errors name the config key.
@@ -62,6 +103,8 @@ pub fn mqtt_options(config: &MqttConfig, site: &str) -> anyhow::Result<MqttOptio
     let mut opts = MqttOptions::new(config.client_id(site), config.host.trim(), config.port());
     opts.set_keep_alive(config.keep_alive);
     opts.set_clean_start(true);
+    // Also the limit rumqttc enforces on what it reads.
+    opts.set_max_packet_size(Some(config.max_incoming_packet));
     opts.set_connection_timeout(10);
     opts.set_last_will(LastWill::new(
         topics.status(),
@@ -115,6 +158,13 @@ pub async fn run(store: Store, mut settings: PublisherSettings, cancel: Cancella
     let mut warned_unreachable = false;
     let mut last_error: Option<String> = None;
     let mut repeats = 0u64;
+    let mut delivery = Delivery {
+        refusals: HashMap::new(),
+        warned_retained: false,
+        commands: Arc::new(Semaphore::new(
+            settings.config.max_concurrent_commands.max(1),
+        )),
+    };
     metrics::gauge!("kinderwatch_mqtt_connected").set(0.0);
     loop {
         let options = match mqtt_options(&settings.config, &settings.site) {
@@ -125,7 +175,7 @@ pub async fn run(store: Store, mut settings: PublisherSettings, cancel: Cancella
             }
         };
         let (client, eventloop) = AsyncClient::new(options, 1024);
-        let mut session = Session::new(&store, &settings, &topics, client);
+        let mut session = Session::new(&store, &settings, &topics, client, &mut delivery);
         let outcome = session.run(eventloop, &mut live, &cancel).await;
         metrics::gauge!("kinderwatch_mqtt_connected").set(0.0);
         match outcome {
@@ -175,11 +225,17 @@ pub async fn run(store: Store, mut settings: PublisherSettings, cancel: Cancella
     }
 }
 
-/// Outbox entries (with their JPEG when snapshots are published) read off the async workers.
-/// An outbox read: the entries (with snapshots when they are published) and how many were asked for.
-type OutboxRead = tokio::task::JoinHandle<
-    Result<(Vec<(OutboxEntry, Option<Vec<u8>>)>, usize), crate::store::StoreError>,
->;
+/// An outbox entry ready to publish: its snapshot fitted to the broker's limit.
+struct Prepared {
+    entry: OutboxEntry,
+    /// Read again after a refusal (its sequence is behind the connection's last one).
+    retry: bool,
+    jpeg: Option<Vec<u8>>,
+    snapshot: SnapshotDelivery,
+}
+
+/// An outbox read off the async workers: the entries and how many new ones were asked for.
+type OutboxRead = tokio::task::JoinHandle<Result<(Vec<Prepared>, usize), crate::store::StoreError>>;
 
 /// A command response: topic, correlation data, body.
 type Response = (String, Option<Bytes>, Vec<u8>);
@@ -212,6 +268,11 @@ struct Session<'a> {
     responses: (mpsc::Sender<Response>, mpsc::Receiver<Response>),
     camera_states: Vec<Option<serde_json::Value>>,
     gauges_at: Instant,
+    /// The broker's maximum packet size (CONNACK), if it has one.
+    max_packet: Option<usize>,
+    /// Refused alerts to send again: (when, sequence).
+    retry: Vec<(Instant, u64)>,
+    delivery: &'a mut Delivery,
 }
 
 impl<'a> Session<'a> {
@@ -220,6 +281,7 @@ impl<'a> Session<'a> {
         settings: &'a PublisherSettings,
         topics: &'a Topics,
         client: AsyncClient,
+        delivery: &'a mut Delivery,
     ) -> Self {
         Self {
             store,
@@ -237,6 +299,9 @@ impl<'a> Session<'a> {
             responses: mpsc::channel(64),
             camera_states: vec![None; settings.cameras.len()],
             gauges_at: Instant::now(),
+            max_packet: None,
+            retry: Vec::new(),
+            delivery,
         }
     }
 
@@ -265,7 +330,8 @@ impl<'a> Session<'a> {
                     match read {
                         Ok(Ok((entries, asked))) => {
                             // A full read may have left more behind: read on once the window allows.
-                            self.outbox_unread |= entries.len() >= asked;
+                            let new = entries.iter().filter(|e| !e.retry).count();
+                            self.outbox_unread |= asked > 0 && new >= asked;
                             self.publish_entries(entries);
                         }
                         // Retried on the next poll tick.
@@ -274,8 +340,10 @@ impl<'a> Session<'a> {
                     }
                 }
                 Some((topic, correlation, body)) = self.responses.1.recv() => {
-                    let props = PublishProperties { correlation_data: correlation, content_type: Some("application/json".into()), ..Default::default() };
-                    self.publish(topic, body, false, Some(props), Tag::Other);
+                    let props = reply_props(correlation);
+                    if let Queued::TooLarge { size, max } = self.publish(topic, body, false, Some(props), Tag::Other) {
+                        warn!(size, max, "a command reply does not fit the broker's maximum packet size; dropped");
+                    }
                 }
                 Some(e) = recv_live(live), if self.connected => self.publish_live(e),
                 _ = self.store.outbox_changed() => self.outbox_unread = true,
@@ -290,10 +358,15 @@ impl<'a> Session<'a> {
         match ev {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 self.connected = true;
+                self.max_packet = ack
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.max_packet_size)
+                    .map(|m| m as usize);
                 metrics::gauge!("kinderwatch_mqtt_connected").set(1.0);
                 info!(host = %self.settings.config.host, port = self.settings.config.port(),
                       session_present = ack.session_present, outbox = self.store.outbox_len(),
-                      "MQTT connected");
+                      broker_max_packet = self.max_packet, "MQTT connected");
                 self.publish(
                     self.topics.status(),
                     b"online".to_vec(),
@@ -316,20 +389,24 @@ impl<'a> Session<'a> {
                 }
             }
             Event::Incoming(Packet::PubAck(ack)) => match self.in_flight.remove(&ack.pkid) {
-                Some(Tag::Outbox { seq, event_ms }) => {
+                Some(Tag::Outbox {
+                    seq,
+                    event_ms,
+                    event_id,
+                }) => {
                     self.outbox_in_flight = self.outbox_in_flight.saturating_sub(1);
                     if matches!(
                         ack.reason,
                         PubAckReason::Success | PubAckReason::NoMatchingSubscribers
                     ) {
+                        self.delivery.refusals.remove(&seq);
                         self.acks.push(seq);
                         let now_ms = Timestamp::now().as_millisecond().max(0) as u64;
                         metrics::histogram!("kinderwatch_mqtt_publish_latency_seconds")
                             .record(now_ms.saturating_sub(event_ms) as f64 / 1000.0);
                         metrics::counter!("kinderwatch_mqtt_events_published_total").increment(1);
                     } else {
-                        // Kept in the outbox; sent again on the next connection.
-                        error!(seq, reason = ?ack.reason, "the broker refused an alert (check its ACL for the events topic); it stays in the outbox");
+                        self.refused(seq, event_id, ack.reason);
                     }
                 }
                 Some(Tag::Other) | None => {}
@@ -342,79 +419,189 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// A refusal in a PUBACK: sent again after a pause, until `max_delivery_attempts`; then the
+    /// entry moves to the dead letters and the ones behind it go on.
+    fn refused(&mut self, seq: u64, event_id: Uuid, reason: PubAckReason) {
+        metrics::counter!("kinderwatch_mqtt_refused_total").increment(1);
+        let n = {
+            let n = self.delivery.refusals.entry(seq).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let max = self.settings.config.max_delivery_attempts;
+        if n >= max {
+            self.delivery.refusals.remove(&seq);
+            self.dead_letter(
+                seq,
+                event_id,
+                DeadLetterReason::Refused,
+                format!("the broker answered {reason:?} {n} times"),
+                n,
+            );
+        } else {
+            let delay = retry_delay(n);
+            warn!(%event_id, seq, reason = ?reason, attempt = n, of = max, retry_in_s = delay.as_secs_f64(),
+                  "the broker refused an alert (check its ACL for the events topic); sending it again");
+            self.retry.push((Instant::now() + delay, seq));
+        }
+    }
+
+    /// Moves an entry to the dead letters (off the async workers); logged once, with its event id.
+    fn dead_letter(
+        &mut self,
+        seq: u64,
+        event_id: Uuid,
+        reason: DeadLetterReason,
+        detail: String,
+        attempts: u32,
+    ) {
+        error!(%event_id, seq, reason = reason.as_str(), detail = %detail,
+               "alert moved to the dead letters; the alerts behind it go on (re-queue it with `kinderwatch dead-letters --requeue`)");
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            match store.dead_letter(seq, reason, &detail, attempts) {
+                Ok(Some(_)) => {
+                    metrics::counter!("kinderwatch_mqtt_dead_letters_total", "reason" => reason.as_str())
+                        .increment(1);
+                    metrics::gauge!("kinderwatch_mqtt_dead_letters")
+                        .set(store.dead_letter_len() as f64);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(%event_id, error = %e, "dead letter not written; the alert stays in the outbox")
+                }
+            }
+        });
+    }
+
     fn maybe_read_outbox(&mut self) {
         let window = self.settings.config.max_inflight as usize;
-        if !self.connected
-            || !self.outbox_unread
-            || self.outbox_read.is_some()
-            || self.outbox_in_flight >= window
-        {
+        if !self.connected || self.outbox_read.is_some() || self.outbox_in_flight >= window {
             return;
         }
-        self.outbox_unread = false;
-        let (store, after, n) = (
-            self.store.clone(),
-            self.last_seq,
-            window - self.outbox_in_flight,
-        );
+        let now = Instant::now();
+        let room = window - self.outbox_in_flight;
+        let mut due = Vec::new();
+        self.retry.retain(|&(at, seq)| {
+            if at <= now && due.len() < room {
+                due.push(seq);
+                false
+            } else {
+                true
+            }
+        });
+        let fresh = if self.outbox_unread {
+            room - due.len()
+        } else {
+            0
+        };
+        if due.is_empty() && fresh == 0 {
+            return;
+        }
+        if fresh > 0 {
+            self.outbox_unread = false;
+        }
+        let (store, after) = (self.store.clone(), self.last_seq);
         let snapshots = self.settings.config.publish_snapshots;
+        let max_packet = self.max_packet;
+        let prefix = self.topics.prefix.clone();
+        let props = snapshot_props(&self.settings.config);
         self.outbox_read = Some(tokio::task::spawn_blocking(move || {
-            let entries = store.outbox_after(after, n)?;
-            let entries = entries
+            let topics = Topics { prefix };
+            let mut entries = Vec::new();
+            for seq in due {
+                if let Some(e) = store.outbox_get(seq)? {
+                    entries.push((e, true));
+                }
+            }
+            if fresh > 0 {
+                entries.extend(
+                    store
+                        .outbox_after(after, fresh)?
+                        .into_iter()
+                        .map(|e| (e, false)),
+                );
+            }
+            let prepared = entries
                 .into_iter()
-                .map(|e| {
-                    let jpeg = match snapshots && e.snapshot_len > 0 {
-                        true => store.snapshot(&e.event.id)?,
-                        false => None,
+                .map(|(entry, retry)| {
+                    let (jpeg, snapshot) = match snapshots && entry.snapshot_len > 0 {
+                        true => fit_snapshot(&store, &entry, &topics, &props, max_packet)?,
+                        false => (None, SnapshotDelivery::NotPublished),
                     };
-                    Ok((e, jpeg))
+                    Ok(Prepared {
+                        entry,
+                        retry,
+                        jpeg,
+                        snapshot,
+                    })
                 })
                 .collect::<Result<Vec<_>, crate::store::StoreError>>()?;
-            Ok((entries, n))
+            Ok((prepared, fresh))
         }));
     }
 
-    fn publish_entries(&mut self, entries: Vec<(OutboxEntry, Option<Vec<u8>>)>) {
+    fn publish_entries(&mut self, entries: Vec<Prepared>) {
         let c = &self.settings.config;
-        for (entry, jpeg) in entries {
-            let e = &entry.event;
+        let mut entries = entries.into_iter();
+        while let Some(p) = entries.next() {
+            let e = &p.entry.event;
             let body = serde_json::to_vec(&payload::build(
                 e,
-                entry.snapshot_len,
+                p.entry.snapshot_len,
                 self.topics,
                 c.snapshot_base_url.as_deref(),
-                c.publish_snapshots,
+                p.snapshot,
             ))
             .expect("payload serialises");
             let topic = self.topics.event(e);
-            let props = PublishProperties {
-                payload_format_indicator: Some(1),
-                content_type: Some("application/json".into()),
-                message_expiry_interval: expiry(c.message_expiry),
-                ..Default::default()
-            };
             let tag = Tag::Outbox {
-                seq: entry.seq,
+                seq: p.entry.seq,
                 event_ms: e.time.as_millisecond().max(0) as u64,
+                event_id: e.id,
             };
-            if !self.publish(topic.clone(), body, false, Some(props), tag) {
-                break;
+            let (seq, event_id) = (p.entry.seq, e.id);
+            match self.publish(topic.clone(), body, false, Some(alert_props(c)), tag) {
+                Queued::Yes => {}
+                Queued::Full => {
+                    // Read again later: retried entries from the retry list, the rest after
+                    // `last_seq`.
+                    let now = Instant::now();
+                    self.retry.extend(
+                        std::iter::once(&p)
+                            .chain(entries.as_slice())
+                            .filter(|p| p.retry)
+                            .map(|p| (now, p.entry.seq)),
+                    );
+                    self.outbox_unread = true;
+                    break;
+                }
+                Queued::TooLarge { size, max } => {
+                    if !p.retry {
+                        self.last_seq = Some(seq);
+                    }
+                    self.dead_letter(
+                        seq,
+                        event_id,
+                        DeadLetterReason::TooLarge,
+                        format!("the alert is a {size}-byte packet; the broker accepts {max}"),
+                        1,
+                    );
+                    continue;
+                }
             }
             self.outbox_in_flight += 1;
-            self.last_seq = Some(entry.seq);
-            debug!(event_id = %e.id, seq = entry.seq, "alert published");
+            if !p.retry {
+                self.last_seq = Some(seq);
+            }
+            debug!(%event_id, seq, "alert published");
             // The picture after the alert, best effort (the alert carries where to fetch it).
-            if let Some(jpeg) = jpeg {
-                let props = PublishProperties {
-                    content_type: Some("image/jpeg".into()),
-                    message_expiry_interval: expiry(c.message_expiry),
-                    ..Default::default()
-                };
+            if let Some(jpeg) = p.jpeg {
                 self.publish(
                     format!("{topic}/snapshot"),
                     jpeg,
                     false,
-                    Some(props),
+                    Some(snapshot_props(c)),
                     Tag::Other,
                 );
             }
@@ -430,28 +617,24 @@ impl<'a> Session<'a> {
             e.snapshot_len,
             self.topics,
             None,
-            false,
+            SnapshotDelivery::NotPublished,
         ))
         .expect("payload serialises");
-        let props = PublishProperties {
-            payload_format_indicator: Some(1),
-            content_type: Some("application/json".into()),
-            message_expiry_interval: expiry(c.message_expiry),
-            ..Default::default()
-        };
         if self.publish(
             self.topics.event(&e.event),
             body,
             false,
-            Some(props),
+            Some(alert_props(c)),
             Tag::Other,
-        ) {
+        ) == Queued::Yes
+        {
             metrics::counter!("kinderwatch_mqtt_live_published_total").increment(1);
             debug!(event_id = %e.event.id, "alert published live (not yet stored)");
         }
     }
 
-    /// Queues a QoS 1 publish; false if the client's queue is full (tried again later).
+    /// Queues a QoS 1 publish unless it is larger than the broker accepts or the client's queue is
+    /// full.
     fn publish(
         &mut self,
         topic: String,
@@ -459,7 +642,14 @@ impl<'a> Session<'a> {
         retain: bool,
         props: Option<PublishProperties>,
         tag: Tag,
-    ) -> bool {
+    ) -> Queued {
+        if let Some(max) = self.max_packet {
+            let size = fit::packet_size(&topic, props.as_ref(), body.len());
+            if size > max {
+                metrics::counter!("kinderwatch_mqtt_too_large_total").increment(1);
+                return Queued::TooLarge { size, max };
+            }
+        }
         let result = match props {
             Some(p) => {
                 self.client
@@ -472,11 +662,11 @@ impl<'a> Session<'a> {
         match result {
             Ok(()) => {
                 self.queued.push_back(tag);
-                true
+                Queued::Yes
             }
             Err(e) => {
                 debug!(error = %e, "MQTT client queue full");
-                false
+                Queued::Full
             }
         }
     }
@@ -529,7 +719,8 @@ impl<'a> Session<'a> {
                     true,
                     None,
                     Tag::Other,
-                ) {
+                ) == Queued::Yes
+                {
                     self.camera_states[i] = Some(v);
                 }
             }
@@ -544,23 +735,106 @@ impl<'a> Session<'a> {
         else {
             return;
         };
-        let (response_topic, correlation) = match &p.properties {
+        metrics::counter!("kinderwatch_mqtt_commands_total").increment(1);
+        // A command is an action, not a state: a retained one would run again on every connection.
+        if p.retain {
+            metrics::counter!("kinderwatch_mqtt_commands_ignored_total", "reason" => "retained")
+                .increment(1);
+            if !self.delivery.warned_retained {
+                self.delivery.warned_retained = true;
+                warn!(topic = %topic, bytes = p.payload.len(),
+                      "a retained message on a command topic was ignored (clear it: mosquitto_pub -r -n -t <topic>); logged once");
+            }
+            return;
+        }
+        let (requested, correlation) = match &p.properties {
             Some(props) => (props.response_topic.clone(), props.correlation_data.clone()),
             None => (None, None),
         };
-        let response_topic = response_topic.unwrap_or_else(|| self.topics.responses());
+        let response_topic = match requested {
+            None => self.topics.responses(),
+            Some(t) if self.reply_allowed(&t) => t,
+            Some(t) => {
+                metrics::counter!("kinderwatch_mqtt_commands_ignored_total", "reason" => "response_topic")
+                    .increment(1);
+                warn!(command = %command, response_topic = %t, "a command asked for a reply on a topic outside mqtt.reply_topic_prefix; refused");
+                let why = ApiError::forbidden(format!(
+                    "response topic {t:?} is not allowed: use {} or a topic under mqtt.reply_topic_prefix ({})",
+                    self.topics.responses(),
+                    self.settings
+                        .config
+                        .reply_topic_prefix
+                        .as_deref()
+                        .unwrap_or("not set")
+                ));
+                self.reply_now(self.topics.responses(), correlation, &command, why);
+                return;
+            }
+        };
+        let Ok(permit) = self.delivery.commands.clone().try_acquire_owned() else {
+            metrics::counter!("kinderwatch_mqtt_commands_ignored_total", "reason" => "busy")
+                .increment(1);
+            let busy = ApiError::busy(format!(
+                "{} commands are running; try again in a moment",
+                self.settings.config.max_concurrent_commands
+            ));
+            self.reply_now(response_topic, correlation, &command, busy);
+            return;
+        };
+        let room = self.max_packet.map(|max| {
+            fit::payload_room(
+                &response_topic,
+                Some(&reply_props(correlation.clone())),
+                max,
+            )
+        });
         let ctx = self.settings.commands.clone();
         let tx = self.responses.0.clone();
         let payload = p.payload.clone();
-        metrics::counter!("kinderwatch_mqtt_commands_total").increment(1);
         tokio::spawn(async move {
-            let response = commands::handle(&ctx, &command, &payload).await;
+            let response = commands::handle(&ctx, &command, &payload, &response_topic).await;
+            drop(permit);
             if response["ok"] != true {
                 warn!(command = %command, reason = %response["reason"], "MQTT command refused");
             }
-            let body = serde_json::to_vec(&response).expect("json");
+            let body = match room {
+                Some(room) => fit::fit_reply(response, room),
+                None => serde_json::to_vec(&response).expect("json"),
+            };
             let _ = tx.send((response_topic, correlation, body)).await;
         });
+    }
+
+    /// An error reply sent without running the command (busy, a refused response topic).
+    fn reply_now(&mut self, topic: String, correlation: Option<Bytes>, command: &str, e: ApiError) {
+        let body = serde_json::to_vec(&commands::error_reply(command, e)).expect("json");
+        self.publish(
+            topic,
+            body,
+            false,
+            Some(reply_props(correlation)),
+            Tag::Other,
+        );
+    }
+
+    /// Replies go to `<prefix>/responses` or under `mqtt.reply_topic_prefix`, never onto the
+    /// site's own topics (its status, events, cameras or commands) and never to a wildcard.
+    fn reply_allowed(&self, topic: &str) -> bool {
+        if topic.is_empty() || topic.contains(['+', '#']) {
+            return false;
+        }
+        let responses = self.topics.responses();
+        if topic == responses {
+            return true;
+        }
+        let own = format!("{}/", self.topics.prefix);
+        let under_reply_prefix = self
+            .settings
+            .config
+            .reply_topic_prefix
+            .as_deref()
+            .is_some_and(|r| topic.starts_with(&format!("{r}/")));
+        under_reply_prefix && !topic.starts_with(&own)
     }
 
     /// Retained `offline`, then DISCONNECT (the broker drops the last will on a clean one).
@@ -594,6 +868,67 @@ async fn recv_live(rx: &mut Option<mpsc::Receiver<LiveEvent>>) -> Option<LiveEve
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+fn alert_props(c: &MqttConfig) -> PublishProperties {
+    PublishProperties {
+        payload_format_indicator: Some(1),
+        content_type: Some("application/json".into()),
+        message_expiry_interval: expiry(c.message_expiry),
+        ..Default::default()
+    }
+}
+
+fn snapshot_props(c: &MqttConfig) -> PublishProperties {
+    PublishProperties {
+        content_type: Some("image/jpeg".into()),
+        message_expiry_interval: expiry(c.message_expiry),
+        ..Default::default()
+    }
+}
+
+fn reply_props(correlation: Option<Bytes>) -> PublishProperties {
+    PublishProperties {
+        correlation_data: correlation,
+        content_type: Some("application/json".into()),
+        ..Default::default()
+    }
+}
+
+/// The entry's snapshot as it will be published: whole, re-encoded to fit the broker's maximum
+/// packet size, or left out (missing, or too large even re-encoded).
+fn fit_snapshot(
+    store: &Store,
+    entry: &OutboxEntry,
+    topics: &Topics,
+    props: &PublishProperties,
+    max_packet: Option<usize>,
+) -> Result<(Option<Vec<u8>>, SnapshotDelivery), crate::store::StoreError> {
+    let Some(jpeg) = store.snapshot(&entry.event.id)? else {
+        return Ok((None, SnapshotDelivery::Omitted("missing")));
+    };
+    let topic = format!("{}/snapshot", topics.event(&entry.event));
+    let room = max_packet.map(|max| fit::payload_room(&topic, Some(props), max));
+    let jpeg = match room {
+        Some(room) if jpeg.len() > room => match fit::shrink_jpeg(&jpeg, room) {
+            Some(small) => {
+                metrics::counter!("kinderwatch_mqtt_snapshots_reencoded_total").increment(1);
+                debug!(event_id = %entry.event.id, from = jpeg.len(), to = small.len(), room,
+                       "snapshot re-encoded to fit the broker's maximum packet size");
+                small
+            }
+            None => {
+                metrics::counter!("kinderwatch_mqtt_snapshots_omitted_total", "reason" => "too_large")
+                    .increment(1);
+                warn!(event_id = %entry.event.id, bytes = jpeg.len(), room,
+                      "snapshot left out: it does not fit the broker's maximum packet size even re-encoded (the alert says so; fetch it over HTTP)");
+                return Ok((None, SnapshotDelivery::Omitted("too_large")));
+            }
+        },
+        _ => jpeg,
+    };
+    let bytes = jpeg.len();
+    Ok((Some(jpeg), SnapshotDelivery::Published { bytes }))
 }
 
 fn expiry(d: Duration) -> Option<u32> {

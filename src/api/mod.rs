@@ -2,8 +2,8 @@
 //!
 //! Bound to `api.listen` (default loopback). Every route but `/healthz` needs a bearer token
 //! (see [`auth`]); arming and disarming need the admin role. Requests time out after
-//! `api.request_timeout` and bodies are capped at [`MAX_BODY`]. Store reads run on the blocking
-//! pool. The API never touches cameras: it reads their status through watch channels and sends
+//! `api.request_timeout` and bodies are capped at [`MAX_BODY`]. History and snapshot reads run on
+//! the store's reader threads and are written to the audit trail with the token's name. The API never touches cameras: it reads their status through watch channels and sends
 //! rule commands to the perimeter stage.
 
 pub mod auth;
@@ -29,7 +29,8 @@ use crate::store::recorder::StoreStatus;
 
 pub use auth::{Role, TokenConfig, Tokens};
 pub use routes::{
-    camera_json, cameras_json, event_json, parse_event_query, rule_set_armed, rules_list,
+    camera_json, cameras_json, event_json, parse_audit_query, parse_event_query, rule_set_armed,
+    rules_list,
 };
 
 /// The largest request body accepted (the API takes no bodies today).
@@ -90,6 +91,8 @@ pub struct ApiState {
     pub rules: Option<mpsc::Sender<RuleCommand>>,
     pub metrics: Option<PrometheusHandle>,
     pub tokens: Tokens,
+    /// History queries and snapshot reads run here, not beside the recorder's writes.
+    pub readers: crate::store::reader::Readers,
     pub request_timeout: Duration,
 }
 
@@ -136,6 +139,28 @@ impl ApiError {
 
     pub fn unavailable(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
+    }
+
+    /// Too many reads at once: come back in a moment.
+    pub fn busy(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", reason)
+    }
+
+    pub fn unauthorized(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", reason)
+    }
+
+    pub fn forbidden(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", reason)
+    }
+}
+
+impl From<crate::store::reader::ReadError> for ApiError {
+    fn from(e: crate::store::reader::ReadError) -> Self {
+        match e {
+            crate::store::reader::ReadError::Busy => Self::busy(e.to_string()),
+            crate::store::reader::ReadError::Gone => Self::unavailable(e.to_string()),
+        }
     }
 }
 

@@ -2,13 +2,13 @@
 
 use std::time::{Instant, SystemTime};
 
-use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -16,12 +16,13 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use uuid::Uuid;
 
-use super::auth::{self, Role};
+use super::auth::{self, Caller, Role};
 use super::{ApiError, ApiState, MAX_BODY};
 use crate::events::EventKind;
 use crate::perimeter::RuleCommand;
+use crate::store::audit::{AuditAction, AuditRecord};
 use crate::store::query::{DEFAULT_LIMIT, MAX_LIMIT};
-use crate::store::{Cursor, EventQuery, StoredEvent};
+use crate::store::{AuditQuery, Cursor, EventQuery, Store, StoreError, StoredEvent};
 
 pub(super) fn router(state: ApiState) -> Router {
     let read = Router::new()
@@ -31,6 +32,7 @@ pub(super) fn router(state: ApiState) -> Router {
         .route("/api/v1/cameras", get(cameras))
         .route("/api/v1/rules", get(list_rules))
         .route("/api/v1/store", get(store_stats))
+        .route("/api/v1/outbox/dead-letters", get(dead_letters))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
             (state.tokens.clone(), Role::Read),
@@ -39,6 +41,9 @@ pub(super) fn router(state: ApiState) -> Router {
     let admin = Router::new()
         .route("/api/v1/rules/{id}/arm", post(arm))
         .route("/api/v1/rules/{id}/disarm", post(disarm))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/outbox/dead-letters/requeue", post(requeue_all))
+        .route("/api/v1/outbox/dead-letters/{id}/requeue", post(requeue))
         .route_layer(middleware::from_fn_with_state(
             (state.tokens.clone(), Role::Admin),
             auth::require,
@@ -84,6 +89,52 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)
+}
+
+/// Runs a history or snapshot read on the reader threads and writes its audit record in the same
+/// job: the answer leaves only if the record was written. `describe` says what was returned.
+async fn audited<T: Send + 'static>(
+    state: &ApiState,
+    mut record: AuditRecord,
+    read: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    describe: fn(&T) -> String,
+) -> Result<T, ApiError> {
+    let store = state.store.clone();
+    state
+        .readers
+        .run(move || {
+            let out = read(&store);
+            match &out {
+                Ok(v) => record.detail = Some(describe(v)),
+                Err(_) => record.result = "internal".into(),
+            }
+            store.audit(&record)?;
+            out
+        })
+        .await?
+        .map_err(ApiError::internal)
+}
+
+/// Records a change (arm, disarm, re-queue) after it was tried; a record that cannot be written
+/// is logged.
+async fn audit_change<T>(
+    state: &ApiState,
+    caller: &Caller,
+    action: AuditAction,
+    target: &str,
+    outcome: &Result<T, ApiError>,
+) {
+    let mut record = AuditRecord::new("http", &caller.name, action, target);
+    if let Err(e) = outcome {
+        record.result = e.code.into();
+    }
+    let store = state.store.clone();
+    if !matches!(
+        tokio::task::spawn_blocking(move || store.audit(&record)).await,
+        Ok(Ok(()))
+    ) {
+        tracing::error!(caller = %caller.name, ?action, "audit record of a change not written");
+    }
 }
 
 /// Parses `?camera=&kind=&rule=&from=&to=&since=&limit=&cursor=`; every problem names its
@@ -203,15 +254,31 @@ pub fn event_json(s: &StoredEvent) -> Value {
 
 async fn list_events(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let q = parse_event_query(raw.as_deref(), Timestamp::now())?;
-    let store = state.store.clone();
-    let page = blocking(move || store.query(&q)).await?;
-    Ok(Json(json!({
+    let record = AuditRecord::new(
+        "http",
+        &caller.name,
+        AuditAction::QueryEvents,
+        raw.unwrap_or_default(),
+    );
+    let page = audited(
+        &state,
+        record,
+        move |s| s.query(&q),
+        |p| format!("{} events", p.events.len()),
+    )
+    .await?;
+    let mut body = json!({
         "events": page.events.iter().map(event_json).collect::<Vec<_>>(),
         "next_cursor": page.next_cursor.map(|c| c.encode()),
-    })))
+    });
+    if page.skipped_undecodable > 0 {
+        body["skipped_undecodable"] = page.skipped_undecodable.into();
+    }
+    Ok(Json(body))
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
@@ -219,13 +286,18 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::bad_parameter("id", format!("{id:?} is not an event id (a UUID)")))
 }
 
+fn found<T>(v: &Option<T>) -> String {
+    if v.is_some() { "found" } else { "not found" }.into()
+}
+
 async fn get_event(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let store = state.store.clone();
-    match blocking(move || store.get(&id)).await? {
+    let record = AuditRecord::new("http", &caller.name, AuditAction::GetEvent, id.to_string());
+    match audited(&state, record, move |s| s.get(&id), found).await? {
         Some(e) => Ok(Json(event_json(&e))),
         None => Err(ApiError::not_found(format!("no event {id}"))),
     }
@@ -233,11 +305,17 @@ async fn get_event(
 
 async fn get_snapshot(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let store = state.store.clone();
-    match blocking(move || store.snapshot(&id)).await? {
+    let record = AuditRecord::new(
+        "http",
+        &caller.name,
+        AuditAction::ReadSnapshot,
+        id.to_string(),
+    );
+    match audited(&state, record, move |s| s.snapshot(&id), found).await? {
         Some(jpeg) => Ok((
             [
                 (header::CONTENT_TYPE, "image/jpeg"),
@@ -328,22 +406,139 @@ async fn list_rules(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
     Ok(Json(json!({ "rules": rules })))
 }
 
-async fn arm(state: State<ApiState>, id: Path<String>) -> Result<Json<Value>, ApiError> {
-    set_armed(state, id, true).await
+async fn arm(
+    state: State<ApiState>,
+    caller: Extension<Caller>,
+    id: Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_armed(state, caller, id, true).await
 }
 
-async fn disarm(state: State<ApiState>, id: Path<String>) -> Result<Json<Value>, ApiError> {
-    set_armed(state, id, false).await
+async fn disarm(
+    state: State<ApiState>,
+    caller: Extension<Caller>,
+    id: Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_armed(state, caller, id, false).await
 }
 
 async fn set_armed(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(rule): Path<String>,
     armed: bool,
 ) -> Result<Json<Value>, ApiError> {
-    rule_set_armed(&rules_sender(&state)?, &rule, armed).await?;
-    tracing::info!(rule = %rule, armed, "rule armed state changed through the API");
+    let outcome = match rules_sender(&state) {
+        Ok(tx) => rule_set_armed(&tx, &rule, armed).await,
+        Err(e) => Err(e),
+    };
+    let action = if armed {
+        AuditAction::Arm
+    } else {
+        AuditAction::Disarm
+    };
+    audit_change(&state, &caller, action, &rule, &outcome).await;
+    outcome?;
+    tracing::info!(rule = %rule, armed, caller = %caller.name, "rule armed state changed through the API");
     Ok(Json(json!({ "rule": rule, "armed": armed })))
+}
+
+/// `GET /api/v1/audit?from=&to=&since=&caller=&limit=&cursor=` (admin), newest first.
+async fn audit(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = parse_audit_query(raw.as_deref(), Timestamp::now())?;
+    let record = AuditRecord::new(
+        "http",
+        &caller.name,
+        AuditAction::ReadAudit,
+        raw.unwrap_or_default(),
+    );
+    let (records, next) = audited(
+        &state,
+        record,
+        move |s| s.audit_query(&q),
+        |(r, _)| format!("{} records", r.len()),
+    )
+    .await?;
+    Ok(Json(json!({
+        "records": records,
+        "next_cursor": next.map(|c| c.encode()),
+    })))
+}
+
+/// The audit query: the event query's `from`, `to`, `since`, `limit` and `cursor`, and `caller`.
+pub fn parse_audit_query(raw: Option<&str>, now: Timestamp) -> Result<AuditQuery, ApiError> {
+    let mut caller = None;
+    let mut rest = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "caller" => caller = Some(v.into_owned()),
+            "from" | "to" | "since" | "limit" | "cursor" => {
+                rest.append_pair(&k, &v);
+            }
+            other => {
+                return Err(ApiError::bad_parameter(
+                    other,
+                    "unknown parameter; use from, to, since, caller, limit or cursor",
+                ));
+            }
+        }
+    }
+    let q = parse_event_query(Some(&rest.finish()), now)?;
+    Ok(AuditQuery {
+        from: q.from,
+        to: q.to,
+        caller,
+        limit: q.limit,
+        cursor: q.cursor,
+    })
+}
+
+/// `GET /api/v1/outbox/dead-letters`: alerts taken out of delivery, oldest first.
+async fn dead_letters(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let letters = blocking(move || store.dead_letters(10_000)).await?;
+    Ok(Json(json!({ "dead_letters": letters })))
+}
+
+/// `POST /api/v1/outbox/dead-letters/{event id}/requeue` (admin).
+async fn requeue(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let store = state.store.clone();
+    let outcome = match blocking(move || store.requeue(&id)).await {
+        Ok(true) => Ok(1),
+        Ok(false) => Err(ApiError::not_found(format!(
+            "no dead letter for event {id}"
+        ))),
+        Err(e) => Err(e),
+    };
+    audit_change(
+        &state,
+        &caller,
+        AuditAction::Requeue,
+        &id.to_string(),
+        &outcome,
+    )
+    .await;
+    Ok(Json(json!({ "requeued": outcome? })))
+}
+
+/// `POST /api/v1/outbox/dead-letters/requeue` (admin): every dead letter.
+async fn requeue_all(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let outcome = blocking(move || store.requeue_all()).await;
+    audit_change(&state, &caller, AuditAction::Requeue, "all", &outcome).await;
+    Ok(Json(json!({ "requeued": outcome? })))
 }
 
 async fn store_stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {

@@ -1,4 +1,4 @@
-//! Key layouts of the sled trees (schema version 2).
+//! Key layouts of the sled trees (schema version 3).
 //!
 //! - `events`: event id (16 bytes, UUID v7: the first 6 bytes are the event time in Unix
 //!   milliseconds, big-endian) → [`VALUE_TAG`] ∥ snapshot length (u32 big-endian, 0: none) ∥
@@ -9,6 +9,12 @@
 //!   one camera's keys from running into another's whose id starts the same.
 //! - `snapshots`: event id → JPEG.
 //! - `outbox`: sequence (u64 big-endian) → event id.
+//! - `outbox_index`: event id → sequence: whether an event waits in the outbox, read by retention
+//!   inside its delete transaction and by a retried write (schema version 3).
+//! - `dead_letters`: event id → [`crate::store::DeadLetter`] JSON: outbox entries taken out of
+//!   delivery (refused, too large, unreadable) until an admin re-queues them (schema version 3).
+//! - `audit`: record id (UUID v7, time-ordered) → [`crate::store::AuditRecord`] JSON
+//!   (schema version 3).
 //! - `meta`: [`META_FORMAT`], [`META_SCHEMA`], [`META_STORED_BYTES`], [`META_EVENT_COUNT`].
 
 use jiff::Timestamp;
@@ -19,6 +25,9 @@ pub const BY_CAMERA: &str = "by_camera";
 pub const SNAPSHOTS: &str = "snapshots";
 pub const OUTBOX: &str = "outbox";
 pub const META: &str = "meta";
+pub const OUTBOX_INDEX: &str = "outbox_index";
+pub const DEAD_LETTERS: &str = "dead_letters";
+pub const AUDIT: &str = "audit";
 
 /// Marks a sled database as ours; a database without it is someone else's.
 pub const META_FORMAT: &[u8] = b"format";

@@ -7,6 +7,9 @@
 //! - **Version 2**: event values carry a header with the snapshot length, `by_camera` is keyed
 //!   `len ∥ camera ∥ event id` (value: the event kind), the `outbox` tree, and the byte and event counters in `meta`
 //!   that retention by size reads.
+//! - **Version 3**: the `outbox_index` tree (event id → outbox sequence), so that retention and a
+//!   retried write check outbox membership inside their transactions; the `dead_letters` and
+//!   `audit` trees (empty in a migrated database).
 //!
 //! A migration runs in one go at open; it is idempotent (rebuilding an index and recounting), so
 //! a crash halfway repeats it on the next start. The version is written last.
@@ -64,6 +67,26 @@ pub(super) fn bring_up_to_date(db: &sled::Db, dir: &Path) -> Result<(), StoreErr
         db.flush()?;
         tracing::info!(dir = %dir.display(), from = version, to = 2, "event database migrated");
     }
+    if version < 3 {
+        v2_to_v3(db)?;
+        meta.insert(keys::META_SCHEMA, &3u32.to_be_bytes())?;
+        db.flush()?;
+        tracing::info!(dir = %dir.display(), from = version.max(2), to = 3, "event database migrated");
+    }
+    Ok(())
+}
+
+/// Builds the outbox index from the outbox.
+fn v2_to_v3(db: &sled::Db) -> Result<(), StoreError> {
+    let outbox = db.open_tree(keys::OUTBOX)?;
+    let index = db.open_tree(keys::OUTBOX_INDEX)?;
+    index.clear()?;
+    let mut batch = sled::Batch::default();
+    for kv in outbox.iter() {
+        let (seq, id) = kv?;
+        batch.insert(id, seq);
+    }
+    index.apply_batch(batch)?;
     Ok(())
 }
 

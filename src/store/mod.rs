@@ -10,13 +10,15 @@
 //! [`Store::record`] refuses a batch while the file system has less than the configured reserve
 //! free, and the recorder keeps such events in memory until space returns.
 
+pub mod audit;
 pub mod keys;
 mod migrate;
+pub mod outbox;
 pub mod query;
+pub mod reader;
 pub mod recorder;
 pub mod retention;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +32,13 @@ use uuid::Uuid;
 use crate::events::Event;
 use crate::perimeter::RecordedEvent;
 
+pub use audit::{AuditQuery, AuditRecord};
+pub use outbox::{DeadLetter, DeadLetterReason, OutboxEntry};
 pub use query::{Cursor, EventQuery, Page};
 pub use retention::{RetentionPolicy, RetentionReport};
 
 /// The schema this code writes. See `migrate.rs` for the older ones it can open.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Tries (100 ms apart) before a locked database counts as in use.
 const OPEN_LOCK_RETRIES: u32 = 30;
@@ -66,6 +70,9 @@ pub struct StoreConfig {
     pub write_timeout: Duration,
     /// sled's page cache, MB. Default: 64.
     pub cache_mb: u64,
+    /// Audit records (who read the history and snapshots, who armed and disarmed) older than
+    /// this many days are deleted (0: keep them). Default: 365.
+    pub audit_retention_days: u32,
 }
 
 impl Default for StoreConfig {
@@ -78,6 +85,7 @@ impl Default for StoreConfig {
             max_pending: 10_000,
             write_timeout: Duration::from_secs(10),
             cache_mb: 64,
+            audit_retention_days: 365,
         }
     }
 }
@@ -144,15 +152,8 @@ pub struct StoreStats {
     pub oldest: Option<Timestamp>,
     pub newest: Option<Timestamp>,
     pub outbox: u64,
-}
-
-/// One event waiting in the outbox.
-#[derive(Debug, Clone)]
-pub struct OutboxEntry {
-    pub seq: u64,
-    pub event: Event,
-    /// Bytes of the event's snapshot; 0 when it has none.
-    pub snapshot_len: usize,
+    pub dead_letters: u64,
+    pub audit_records: u64,
 }
 
 /// A handle to the open database; cheap to clone.
@@ -168,6 +169,9 @@ struct Inner {
     by_camera: sled::Tree,
     snapshots: sled::Tree,
     outbox: sled::Tree,
+    outbox_index: sled::Tree,
+    dead_letters: sled::Tree,
+    audit: sled::Tree,
     meta: sled::Tree,
     min_free_bytes: u64,
     outbox_changed: tokio::sync::Notify,
@@ -200,6 +204,9 @@ impl Store {
                 by_camera: tree(keys::BY_CAMERA)?,
                 snapshots: tree(keys::SNAPSHOTS)?,
                 outbox: tree(keys::OUTBOX)?,
+                outbox_index: tree(keys::OUTBOX_INDEX)?,
+                dead_letters: tree(keys::DEAD_LETTERS)?,
+                audit: tree(keys::AUDIT)?,
                 meta: tree(keys::META)?,
                 db,
                 min_free_bytes: config.min_free_mb * 1024 * 1024,
@@ -230,11 +237,11 @@ impl Store {
                 (keys::event_value(&json, snapshot_len), r)
             })
             .collect();
-        let bytes: u64 = encoded
+        let incoming: u64 = encoded
             .iter()
             .map(|(value, r)| (value.len() + r.snapshot.as_ref().map_or(0, Vec::len)) as u64)
             .sum();
-        self.check_free_space(bytes)?;
+        self.check_free_space(incoming)?;
         let seqs = if outbox {
             encoded
                 .iter()
@@ -244,10 +251,23 @@ impl Store {
             Vec::new()
         };
         let i = &self.inner;
-        (&i.events, &i.by_camera, &i.snapshots, &i.outbox, &i.meta).transaction(
-            |(events, by_camera, snapshots, outbox_tree, meta)| {
+        (
+            &i.events,
+            &i.by_camera,
+            &i.snapshots,
+            &i.outbox,
+            &i.outbox_index,
+            &i.meta,
+        )
+            .transaction(|(events, by_camera, snapshots, outbox_tree, index, meta)| {
+                let (mut bytes, mut count) = (0u64, 0i64);
                 for (n, (value, r)) in encoded.iter().enumerate() {
                     let id = r.event.id.as_bytes();
+                    // Written before (a batch retried after its transaction committed but its
+                    // flush failed): idempotent by event id, no second outbox entry or count.
+                    if events.get(id.as_slice())?.is_some() {
+                        continue;
+                    }
                     events.insert(id.as_slice(), value.as_slice())?;
                     if let Some(camera) = &r.event.camera {
                         by_camera
@@ -258,13 +278,15 @@ impl Store {
                     }
                     if let Some(seq) = seqs.get(n) {
                         outbox_tree.insert(&seq.to_be_bytes(), id.as_slice())?;
+                        index.insert(id.as_slice(), &seq.to_be_bytes())?;
                     }
+                    bytes += (value.len() + r.snapshot.as_ref().map_or(0, Vec::len)) as u64;
+                    count += 1;
                 }
                 add_counter(meta, keys::META_STORED_BYTES, bytes as i64)?;
-                add_counter(meta, keys::META_EVENT_COUNT, encoded.len() as i64)?;
+                add_counter(meta, keys::META_EVENT_COUNT, count)?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
-            },
-        )?;
+            })?;
         i.db.flush()?;
         if outbox {
             // One consumer (the publisher): a permit is kept if it is not waiting right now.
@@ -310,75 +332,6 @@ impl Store {
         query::run(self, q)
     }
 
-    /// Up to `max` outbox entries after sequence `after` (exclusive), oldest first. Entries whose
-    /// event is gone (it cannot be: retention keeps them) are skipped.
-    /// How many times the outbox has been read since the store was opened.
-    pub fn outbox_reads(&self) -> u64 {
-        self.inner
-            .outbox_reads
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub fn outbox_after(
-        &self,
-        after: Option<u64>,
-        max: usize,
-    ) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.inner
-            .outbox_reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let start = after.map_or(0, |s| s.saturating_add(1));
-        let mut out = Vec::new();
-        for kv in self.inner.outbox.range(start.to_be_bytes()..) {
-            let (k, v) = kv?;
-            let seq = keys::u64_value(Some(&k));
-            if let Some(ev) = self.inner.events.get(&v)? {
-                let stored = decode_stored(&v, &ev)?;
-                out.push(OutboxEntry {
-                    seq,
-                    event: stored.event,
-                    snapshot_len: stored.snapshot_len,
-                });
-            }
-            if out.len() >= max {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Removes an entry once the broker acknowledged it. Not flushed at once: after a crash the
-    /// entry may be published again (at-least-once, same event id).
-    pub fn outbox_remove(&self, seq: u64) -> Result<(), StoreError> {
-        self.inner.outbox.remove(seq.to_be_bytes())?;
-        Ok(())
-    }
-
-    pub fn outbox_len(&self) -> usize {
-        self.inner.outbox.len()
-    }
-
-    /// Resolves the next time events are added to the outbox.
-    pub async fn outbox_changed(&self) {
-        self.inner.outbox_changed.notified().await
-    }
-
-    /// The time of the oldest event still in the outbox.
-    pub fn outbox_oldest(&self) -> Result<Option<Timestamp>, StoreError> {
-        Ok(self.inner.outbox.first()?.map(|(_, id)| keys::id_time(&id)))
-    }
-
-    pub(crate) fn outbox_ids(&self) -> Result<HashSet<[u8; 16]>, StoreError> {
-        let mut ids = HashSet::new();
-        for kv in self.inner.outbox.iter() {
-            let (_, v) = kv?;
-            if let Ok(id) = <[u8; 16]>::try_from(v.as_ref()) {
-                ids.insert(id);
-            }
-        }
-        Ok(ids)
-    }
-
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let i = &self.inner;
         Ok(StoreStats {
@@ -388,6 +341,8 @@ impl Store {
             oldest: i.events.first()?.map(|(k, _)| keys::id_time(&k)),
             newest: i.events.last()?.map(|(k, _)| keys::id_time(&k)),
             outbox: i.outbox.len() as u64,
+            dead_letters: i.dead_letters.len() as u64,
+            audit_records: i.audit.len() as u64,
         })
     }
 

@@ -37,6 +37,15 @@ pub struct EventQuery {
 pub struct Cursor(Uuid);
 
 impl Cursor {
+    /// The cursor of a page that ends with the record `id`: the next page starts just before it.
+    pub fn before(id: Uuid) -> Self {
+        Self(id)
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.0
+    }
+
     /// An opaque string for clients.
     pub fn encode(&self) -> String {
         format!("c1{}", self.0.simple())
@@ -55,6 +64,8 @@ pub struct Page {
     pub events: Vec<StoredEvent>,
     /// Present when more events may follow; pass it back to get them.
     pub next_cursor: Option<Cursor>,
+    /// Stored records in the walked range that do not decode (skipped, counted, logged).
+    pub skipped_undecodable: usize,
 }
 
 pub(super) fn run(store: &Store, q: &EventQuery) -> Result<Page, StoreError> {
@@ -97,14 +108,28 @@ pub(super) fn run(store: &Store, q: &EventQuery) -> Result<Page, StoreError> {
             }
             continue;
         }
-        let stored = if q.camera.is_some() {
+        let decoded = if q.camera.is_some() {
             match t.events.get(id_bytes)? {
-                Some(v) => decode_stored(id_bytes, &v)?,
+                Some(v) => decode_stored(id_bytes, &v),
                 // Deleted by retention between the two reads.
                 None => continue,
             }
         } else {
-            decode_stored(id_bytes, &v)?
+            decode_stored(id_bytes, &v)
+        };
+        let stored = match decoded {
+            Ok(s) => s,
+            Err(e) => {
+                // One bad record never fails a page: skipped and reported with the page.
+                tracing::warn!(error = %e, "a stored event does not decode; skipped");
+                metrics::counter!("kinderwatch_store_undecodable_total", "where" => "query")
+                    .increment(1);
+                page.skipped_undecodable += 1;
+                if scanned >= MAX_SCAN {
+                    break;
+                }
+                continue;
+            }
         };
         let event = &stored.event;
         if q.kind.is_some_and(|k| k != event.kind)

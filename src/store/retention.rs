@@ -1,10 +1,12 @@
-//! Retention: delete the oldest events by age and by total size, never one still in the outbox.
+//! Retention: delete the oldest events by age and by total size, never one still in the outbox
+//! or among its dead letters.
 //!
 //! Events are walked oldest first (ids are time-ordered) and deleted in transactions of
 //! [`CHUNK`] events, each with its snapshot and camera index entry, the byte and event counters
-//! adjusted in the same transaction.
+//! adjusted in the same transaction. Outbox membership is checked inside that transaction
+//! (`outbox_index`, `dead_letters`), so an event recorded or re-queued while retention runs is
+//! never deleted from under the publisher.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -21,6 +23,8 @@ pub struct RetentionPolicy {
     pub max_age: Option<Duration>,
     /// Delete the oldest while event JSON and snapshots exceed this many bytes (None: no limit).
     pub max_bytes: Option<u64>,
+    /// Delete audit records older than this (None: keep them).
+    pub audit_max_age: Option<Duration>,
 }
 
 impl RetentionPolicy {
@@ -29,6 +33,8 @@ impl RetentionPolicy {
             max_age: (c.retention_days > 0)
                 .then(|| Duration::from_secs(u64::from(c.retention_days) * 86_400)),
             max_bytes: (c.max_size_mb > 0).then(|| c.max_size_mb * 1024 * 1024),
+            audit_max_age: (c.audit_retention_days > 0)
+                .then(|| Duration::from_secs(u64::from(c.audit_retention_days) * 86_400)),
         }
     }
 }
@@ -37,8 +43,9 @@ impl RetentionPolicy {
 pub struct RetentionReport {
     pub deleted_by_age: u64,
     pub deleted_by_size: u64,
-    /// Events old enough to go, kept because they wait in the outbox.
+    /// Events old enough to go, kept because they wait in the outbox or its dead letters.
     pub kept_for_outbox: u64,
+    pub audit_deleted: u64,
 }
 
 pub(super) fn run(
@@ -47,33 +54,33 @@ pub(super) fn run(
     now: Timestamp,
 ) -> Result<RetentionReport, StoreError> {
     let mut report = RetentionReport::default();
-    let waiting = store.outbox_ids()?;
     if let Some(age) = policy.max_age {
         let cutoff = now
             .checked_sub(jiff::SignedDuration::try_from(age).unwrap_or(jiff::SignedDuration::MAX))
             .unwrap_or(Timestamp::MIN);
         let bound = keys::id_lower_bound(cutoff);
-        report.deleted_by_age =
-            delete_oldest(store, &waiting, &mut report.kept_for_outbox, |k, _| {
-                k < bound.as_slice()
-            })?;
+        report.deleted_by_age = delete_oldest(store, &mut report.kept_for_outbox, |k, _| {
+            k < bound.as_slice()
+        })?;
     }
     if let Some(max) = policy.max_bytes {
         let mut kept = 0;
-        report.deleted_by_size =
-            delete_oldest(store, &waiting, &mut kept, |_, stored| stored > max)?;
+        report.deleted_by_size = delete_oldest(store, &mut kept, |_, stored| stored > max)?;
         report.kept_for_outbox = report.kept_for_outbox.max(kept);
     }
     if report.deleted_by_age + report.deleted_by_size > 0 {
         store.flush()?;
     }
+    if let Some(age) = policy.audit_max_age {
+        report.audit_deleted = super::audit::delete_older(store, now, age)?;
+    }
     Ok(report)
 }
 
-/// Deletes events oldest first while `more(key, stored_bytes)` holds, skipping outbox entries.
+/// Deletes events oldest first while `more(key, stored_bytes)` holds, keeping those that await
+/// delivery.
 fn delete_oldest(
     store: &Store,
-    waiting: &HashSet<[u8; 16]>,
     kept: &mut u64,
     more: impl Fn(&[u8], u64) -> bool,
 ) -> Result<u64, StoreError> {
@@ -97,7 +104,8 @@ fn delete_oldest(
                 break;
             }
             after = Some(k.clone());
-            if <[u8; 16]>::try_from(k.as_ref()).is_ok_and(|id| waiting.contains(&id)) {
+            // A first look outside the transaction; the transaction looks again.
+            if t.outbox_index.contains_key(&k)? || t.dead_letters.contains_key(&k)? {
                 *kept += 1;
                 continue;
             }
@@ -116,22 +124,38 @@ fn delete_oldest(
         if chunk.is_empty() {
             return Ok(deleted);
         }
-        let freed: u64 = chunk.iter().map(|c| c.2).sum();
-        (&t.events, &t.by_camera, &t.snapshots, &t.meta).transaction(
-            |(events, by_camera, snapshots, meta)| {
-                for (k, camera, _) in &chunk {
-                    events.remove(k)?;
+        let (removed, late) = (
+            &t.events,
+            &t.by_camera,
+            &t.snapshots,
+            &t.meta,
+            &t.outbox_index,
+            &t.dead_letters,
+        )
+            .transaction(|(events, by_camera, snapshots, meta, index, dead)| {
+                let (mut removed, mut late, mut freed) = (0u64, 0u64, 0u64);
+                for (k, camera, bytes) in &chunk {
+                    // Queued for delivery since the first look (re-queued by an admin).
+                    if index.get(k)?.is_some() || dead.get(k)?.is_some() {
+                        late += 1;
+                        continue;
+                    }
+                    if events.remove(k)?.is_none() {
+                        continue;
+                    }
                     snapshots.remove(k)?;
                     if let (Some(camera), Some(id)) = (camera, keys::uuid_from_key(k)) {
                         by_camera.remove(keys::camera_key(camera, &id))?;
                     }
+                    removed += 1;
+                    freed += bytes;
                 }
                 add_counter(meta, keys::META_STORED_BYTES, -(freed as i64))?;
-                add_counter(meta, keys::META_EVENT_COUNT, -(chunk.len() as i64))?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            },
-        )?;
-        deleted += chunk.len() as u64;
+                add_counter(meta, keys::META_EVENT_COUNT, -(removed as i64))?;
+                Ok::<_, ConflictableTransactionError<StoreError>>((removed, late))
+            })?;
+        deleted += removed;
+        *kept += late;
         if done {
             return Ok(deleted);
         }

@@ -1,0 +1,263 @@
+//! The outbox (events waiting for the broker's PUBACK) and its dead letters.
+//!
+//! An outbox entry is `outbox[seq] = event id` with `outbox_index[event id] = seq` beside it,
+//! both written in the event's own transaction and removed together. An entry that cannot be
+//! delivered (the broker refused it too often, it is larger than the broker accepts, or its
+//! event does not decode) moves to `dead_letters[event id]` in one transaction, so the entries
+//! behind it go on; an admin re-queues it (at the end of the outbox) once the cause is fixed.
+//! Retention keeps the events of both (see [`super::retention`]).
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+use uuid::Uuid;
+
+use super::{Store, StoreError, decode_stored, keys};
+use crate::events::Event;
+
+/// One event waiting in the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub seq: u64,
+    pub event: Event,
+    /// Bytes of the event's snapshot; 0 when it has none.
+    pub snapshot_len: usize,
+}
+
+/// Why an entry left delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterReason {
+    /// The broker answered its PUBACK with an error reason (an ACL, a quota) too many times.
+    Refused,
+    /// The alert is larger than the broker's maximum packet size.
+    TooLarge,
+    /// The stored event does not decode.
+    Unreadable,
+}
+
+impl DeadLetterReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::TooLarge => "too_large",
+            Self::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// An outbox entry taken out of delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub event_id: Uuid,
+    /// Its outbox sequence when it was taken out.
+    pub seq: u64,
+    pub reason: DeadLetterReason,
+    /// The broker's reason code, the sizes, or the decode error.
+    pub detail: String,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// When it was taken out.
+    pub at: Timestamp,
+}
+
+impl Store {
+    /// How many times the outbox has been read since the store was opened.
+    pub fn outbox_reads(&self) -> u64 {
+        self.inner
+            .outbox_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Up to `max` outbox entries after sequence `after` (exclusive), oldest first. An entry whose
+    /// event does not decode moves to the dead letters (counted, logged) and the read goes on; one
+    /// whose event is gone is removed.
+    pub fn outbox_after(
+        &self,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.inner
+            .outbox_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let start = after.map_or(0, |s| s.saturating_add(1));
+        let mut out = Vec::new();
+        for kv in self.inner.outbox.range(start.to_be_bytes()..) {
+            if out.len() >= max {
+                break;
+            }
+            let (k, id) = kv?;
+            if let Some(entry) = self.entry(keys::u64_value(Some(&k)), &id)? {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entry `seq`, if it is still in the outbox (for a retry after a refusal).
+    pub fn outbox_get(&self, seq: u64) -> Result<Option<OutboxEntry>, StoreError> {
+        match self.inner.outbox.get(seq.to_be_bytes())? {
+            Some(id) => self.entry(seq, &id),
+            None => Ok(None),
+        }
+    }
+
+    fn entry(&self, seq: u64, id: &[u8]) -> Result<Option<OutboxEntry>, StoreError> {
+        let Some(value) = self.inner.events.get(id)? else {
+            tracing::warn!(
+                seq,
+                "outbox entry without its event (deleted outside kinderwatch?); removed"
+            );
+            self.outbox_remove(seq)?;
+            return Ok(None);
+        };
+        match decode_stored(id, &value) {
+            Ok(stored) => Ok(Some(OutboxEntry {
+                seq,
+                event: stored.event,
+                snapshot_len: stored.snapshot_len,
+            })),
+            Err(e) => {
+                tracing::error!(seq, error = %e, "an outbox entry does not decode; moved to the dead letters, the entries behind it go on");
+                metrics::counter!("kinderwatch_store_undecodable_total", "where" => "outbox")
+                    .increment(1);
+                if self
+                    .dead_letter(seq, DeadLetterReason::Unreadable, &e.to_string(), 0)?
+                    .is_some()
+                {
+                    metrics::counter!("kinderwatch_mqtt_dead_letters_total", "reason" => "unreadable")
+                        .increment(1);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Removes an entry once the broker acknowledged it. Not flushed at once: after a crash the
+    /// entry may be published again (at-least-once, same event id).
+    pub fn outbox_remove(&self, seq: u64) -> Result<(), StoreError> {
+        let i = &self.inner;
+        (&i.outbox, &i.outbox_index).transaction(|(outbox, index)| {
+            if let Some(id) = outbox.remove(&seq.to_be_bytes())? {
+                // Only if the index still points here (a re-queued event has a new sequence).
+                if index.get(&id)?.as_deref() == Some(seq.to_be_bytes().as_slice()) {
+                    index.remove(&id)?;
+                }
+            }
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.inner.outbox.len()
+    }
+
+    /// Resolves the next time events are added to the outbox.
+    pub async fn outbox_changed(&self) {
+        self.inner.outbox_changed.notified().await
+    }
+
+    /// The time of the oldest event still in the outbox.
+    pub fn outbox_oldest(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self.inner.outbox.first()?.map(|(_, id)| keys::id_time(&id)))
+    }
+
+    /// Whether the event waits in the outbox or among the dead letters.
+    pub fn awaits_delivery(&self, id: &Uuid) -> Result<bool, StoreError> {
+        Ok(self.inner.outbox_index.contains_key(id.as_bytes())?
+            || self.inner.dead_letters.contains_key(id.as_bytes())?)
+    }
+
+    /// Moves outbox entry `seq` to the dead letters; `None` if it was no longer in the outbox.
+    pub fn dead_letter(
+        &self,
+        seq: u64,
+        reason: DeadLetterReason,
+        detail: &str,
+        attempts: u32,
+    ) -> Result<Option<DeadLetter>, StoreError> {
+        let i = &self.inner;
+        let now = Timestamp::now();
+        let moved = (&i.outbox, &i.outbox_index, &i.dead_letters).transaction(
+            |(outbox, index, dead)| {
+                let Some(id) = outbox.remove(&seq.to_be_bytes())? else {
+                    return Ok(None);
+                };
+                index.remove(&id)?;
+                let letter = DeadLetter {
+                    event_id: keys::uuid_from_key(&id).unwrap_or_default(),
+                    seq,
+                    reason,
+                    detail: detail.to_owned(),
+                    attempts,
+                    at: now,
+                };
+                dead.insert(
+                    &id,
+                    serde_json::to_vec(&letter).expect("dead letters serialise"),
+                )?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(Some(letter))
+            },
+        )?;
+        if moved.is_some() {
+            i.db.flush()?;
+        }
+        Ok(moved)
+    }
+
+    /// Every dead letter, oldest event first (at most `max`).
+    pub fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.inner.dead_letters.iter().take(max) {
+            let (k, v) = kv?;
+            match serde_json::from_slice::<DeadLetter>(&v) {
+                Ok(d) => out.push(d),
+                Err(e) => {
+                    tracing::warn!(id = %hex::encode(&k), error = %e, "a dead letter does not decode")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn dead_letter_len(&self) -> usize {
+        self.inner.dead_letters.len()
+    }
+
+    /// Puts a dead letter back at the end of the outbox; `false` if there is no such dead letter.
+    pub fn requeue(&self, id: &Uuid) -> Result<bool, StoreError> {
+        let i = &self.inner;
+        let seq = i.db.generate_id()?;
+        let done = (&i.outbox, &i.outbox_index, &i.dead_letters).transaction(
+            |(outbox, index, dead)| {
+                if dead.remove(id.as_bytes().as_slice())?.is_none() {
+                    return Ok(false);
+                }
+                outbox.insert(&seq.to_be_bytes(), id.as_bytes().as_slice())?;
+                index.insert(id.as_bytes().as_slice(), &seq.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(true)
+            },
+        )?;
+        if done {
+            i.db.flush()?;
+            i.outbox_changed.notify_one();
+        }
+        Ok(done)
+    }
+
+    /// Re-queues every dead letter (oldest event first); how many.
+    pub fn requeue_all(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.inner.dead_letters.iter() {
+            let (k, _) = kv?;
+            if let Some(id) = keys::uuid_from_key(&k)
+                && self.requeue(&id)?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
