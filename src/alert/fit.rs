@@ -86,35 +86,18 @@ pub fn fit_reply(mut reply: Value, max: usize) -> Vec<u8> {
     if body.len() <= max {
         return body;
     }
-    if let Some(events) = reply.get("events").and_then(Value::as_array).cloned() {
-        let fits = |n: usize, reply: &mut Value| -> Option<Vec<u8>> {
-            reply["events"] = Value::Array(events[..n].to_vec());
-            let cursor = events[..n]
-                .last()
-                .and_then(|e| e.get("id"))
-                .and_then(Value::as_str)
-                .and_then(|id| uuid::Uuid::try_parse(id).ok())
-                .map(|id| Cursor::before(id).encode());
-            reply["next_cursor"] = cursor.map_or(Value::Null, Value::String);
-            reply["truncated"] = true.into();
-            let body = serde_json::to_vec(reply).expect("json");
-            (body.len() <= max).then_some(body)
-        };
-        // The largest n (at least 1) whose page fits: binary search, ~10 serialisations.
-        let (mut lo, mut hi) = (0usize, events.len());
-        let mut best = None;
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            match fits(mid, &mut reply) {
-                Some(b) => {
-                    best = Some(b);
-                    lo = mid;
-                }
-                None => hi = mid - 1,
+    if let Some(mut events) = reply.get("events").and_then(Value::as_array).cloned() {
+        let rest = reply.get("next_cursor").cloned().unwrap_or(Value::Null);
+        loop {
+            if let Some(body) = largest_page(&mut reply, &events, &rest, max) {
+                return body;
             }
-        }
-        if let Some(b) = best.filter(|_| lo > 0) {
-            return b;
+            // Not even the first event fits: it goes as a stub (fetch it over HTTP), so that
+            // one large event never blocks the pages behind it.
+            match events.first_mut() {
+                Some(first) if first.get("omitted").is_none() => *first = stub(first),
+                _ => break,
+            }
         }
     }
     let error = serde_json::json!({
@@ -124,6 +107,55 @@ pub fn fit_reply(mut reply: Value, max: usize) -> Vec<u8> {
         "reason": format!("the reply does not fit the broker's maximum packet size ({max} bytes of payload); ask for fewer events (limit)"),
     });
     serde_json::to_vec(&error).expect("json")
+}
+
+/// The page with the most events (at least one) that fits, with the cursor of the rest (`rest`:
+/// the cursor after all of `events`).
+fn largest_page(reply: &mut Value, events: &[Value], rest: &Value, max: usize) -> Option<Vec<u8>> {
+    let mut fits = |n: usize| -> Option<Vec<u8>> {
+        reply["events"] = Value::Array(events[..n].to_vec());
+        reply["next_cursor"] = if n == events.len() {
+            rest.clone()
+        } else {
+            events[n - 1]
+                .get("id")
+                .and_then(Value::as_str)
+                .and_then(|id| uuid::Uuid::try_parse(id).ok())
+                .map_or(Value::Null, |id| Cursor::before(id).encode().into())
+        };
+        reply["truncated"] = true.into();
+        let body = serde_json::to_vec(reply).expect("json");
+        (body.len() <= max).then_some(body)
+    };
+    // Binary search on the count: ~10 serialisations for 1000 events.
+    let (mut lo, mut hi) = (0usize, events.len());
+    let mut best = None;
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        match fits(mid) {
+            Some(b) => {
+                best = Some(b);
+                lo = mid;
+            }
+            None => hi = mid - 1,
+        }
+    }
+    best
+}
+
+/// An event reduced to what identifies it, marked `"omitted": "too_large"`.
+fn stub(event: &Value) -> Value {
+    let mut s = serde_json::Map::new();
+    for key in ["id", "kind", "site", "camera", "rule", "started_at", "time"] {
+        if let Some(v) = event.get(key) {
+            s.insert(key.into(), v.clone());
+        }
+    }
+    if let Some(id) = event.get("id").and_then(Value::as_str) {
+        s.insert("api_path".into(), format!("/api/v1/events/{id}").into());
+    }
+    s.insert("omitted".into(), "too_large".into());
+    Value::Object(s)
 }
 
 #[cfg(test)]
@@ -186,6 +218,21 @@ mod tests {
         // Nothing fits: an error that fits.
         let e: Value = serde_json::from_slice(&fit_reply(reply, 150)).unwrap();
         assert_eq!(e["error"], "too_large");
+        // A first event larger than the limit goes as a stub; the page goes on behind it.
+        let mut big = events.clone();
+        big[0]["detail"] = "w".repeat(5000).into();
+        let reply = serde_json::json!({"ok": true, "events": big, "next_cursor": null});
+        let v: Value = serde_json::from_slice(&fit_reply(reply, 2000)).unwrap();
+        assert_eq!(v["events"][0]["omitted"], "too_large", "{v}");
+        assert_eq!(v["events"][0]["id"], events[0]["id"]);
+        assert!(v["events"].as_array().unwrap().len() > 1);
+        // A page that fits whole once stubbed keeps the query's own cursor.
+        let mut two = events[..2].to_vec();
+        two[0]["detail"] = "w".repeat(5000).into();
+        let reply = serde_json::json!({"ok": true, "events": two, "next_cursor": null});
+        let v: Value = serde_json::from_slice(&fit_reply(reply, 2000)).unwrap();
+        assert_eq!(v["events"].as_array().unwrap().len(), 2);
+        assert!(v["next_cursor"].is_null(), "{v}");
     }
 
     #[test]

@@ -207,7 +207,7 @@ impl Store {
         Ok(moved)
     }
 
-    /// Every dead letter, oldest event first (at most `max`).
+    /// Dead letters in their old outbox order (at most `max`).
     pub fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError> {
         let mut out = Vec::new();
         for kv in self.inner.dead_letters.iter().take(max) {
@@ -219,6 +219,7 @@ impl Store {
                 }
             }
         }
+        out.sort_by_key(|d| d.seq);
         Ok(out)
     }
 
@@ -247,14 +248,11 @@ impl Store {
         Ok(done)
     }
 
-    /// Re-queues every dead letter (oldest event first); how many.
+    /// Re-queues every dead letter, in their old outbox order; how many.
     pub fn requeue_all(&self) -> Result<usize, StoreError> {
         let mut n = 0;
-        for kv in self.inner.dead_letters.iter() {
-            let (k, _) = kv?;
-            if let Some(id) = keys::uuid_from_key(&k)
-                && self.requeue(&id)?
-            {
+        for letter in self.dead_letters(usize::MAX)? {
+            if self.requeue(&letter.event_id)? {
                 n += 1;
             }
         }

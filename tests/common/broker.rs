@@ -106,6 +106,16 @@ impl Broker {
         }
     }
 
+    /// SIGHUP: mosquitto reloads its ACL and password files.
+    pub fn reload(&self) {
+        let child = self.child.as_ref().expect("running");
+        let _ = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status();
+        // It reloads between network loop iterations.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     /// SIGTERM (mosquitto saves its persistence file) and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
