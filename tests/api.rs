@@ -511,3 +511,112 @@ fn cameras_health_and_metrics_report_state() {
     );
     assert!(text.contains("kinderwatch_api_requests_total"), "{text}");
 }
+
+#[test]
+fn history_and_snapshot_reads_and_arming_are_audited_and_dead_letters_requeued() {
+    let h = start();
+    walk_across(&h);
+    let events = wait_events(&h, "kind=line_crossed", 1);
+    let id = events[0]["id"].as_str().unwrap().to_owned();
+    let url = events[0]["snapshot_url"].as_str().unwrap().to_owned();
+    assert_eq!(call(&h, "GET", &url, Some(&h.read)).0, 200);
+    assert_eq!(
+        call(&h, "GET", &format!("/api/v1/events/{id}"), Some(&h.read)).0,
+        200
+    );
+    assert_eq!(
+        call(&h, "POST", "/api/v1/rules/fence/disarm", Some(&h.admin)).0,
+        200
+    );
+    assert_eq!(
+        call(&h, "POST", "/api/v1/rules/no-such-rule/arm", Some(&h.admin)).0,
+        404
+    );
+    // Only admins read the audit trail.
+    assert_eq!(json(&h, "/api/v1/audit", &h.read).0, 403);
+    let (status, v) = json(&h, "/api/v1/audit?limit=100", &h.admin);
+    assert_eq!(status, 200, "{v}");
+    let records = v["records"].as_array().unwrap();
+    let find = |action: &str, caller: &str| {
+        records
+            .iter()
+            .filter(|r| r["action"] == action && r["caller"] == caller && r["channel"] == "http")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let snapshots = find("read_snapshot", "operator");
+    assert_eq!(snapshots.len(), 1, "{v}");
+    assert_eq!(snapshots[0]["target"], id.as_str());
+    assert_eq!(snapshots[0]["detail"], "found");
+    assert!(!find("query_events", "operator").is_empty());
+    assert_eq!(find("get_event", "operator").len(), 1);
+    let disarm = find("disarm", "city-center");
+    assert_eq!(disarm.len(), 1);
+    assert_eq!(disarm[0]["target"], "fence");
+    assert_eq!(disarm[0]["result"], "ok");
+    let refused = find("arm", "city-center");
+    assert_eq!(
+        refused[0]["result"], "not_found",
+        "failed attempts are recorded too"
+    );
+    assert!(
+        !v.to_string().contains(&h.read) && !v.to_string().contains(&h.admin),
+        "no token in the audit trail"
+    );
+    // Filtered by caller, and the audit read itself is audited.
+    let (_, ops) = json(&h, "/api/v1/audit?caller=operator", &h.admin);
+    assert!(
+        ops["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["caller"] == "operator")
+    );
+    // (A read is recorded after it runs: the newest record is the read before this one.)
+    let (_, again) = json(&h, "/api/v1/audit?limit=1", &h.admin);
+    assert_eq!(again["records"][0]["action"], "read_audit");
+    assert_eq!(again["records"][0]["target"], "caller=operator");
+    assert!(again["next_cursor"].is_string());
+    assert_eq!(json(&h, "/api/v1/audit?colour=red", &h.admin).0, 400);
+
+    // Dead letters: listed (read), re-queued (admin).
+    let (status, v) = json(&h, "/api/v1/outbox/dead-letters", &h.read);
+    assert_eq!(
+        (status, v["dead_letters"].as_array().unwrap().len()),
+        (200, 0)
+    );
+    let e = RecordedEvent {
+        event: Event::new(EventKind::CameraTampered, "kg-7", "gate", Timestamp::now()),
+        snapshot: None,
+    };
+    h.store.record(std::slice::from_ref(&e), true).unwrap();
+    let seq = h.store.outbox_after(None, 10).unwrap()[0].seq;
+    h.store
+        .dead_letter(
+            seq,
+            kinderwatch::store::DeadLetterReason::Refused,
+            "NotAuthorized",
+            5,
+        )
+        .unwrap();
+    let (_, v) = json(&h, "/api/v1/outbox/dead-letters", &h.read);
+    let letters = v["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["event_id"], e.event.id.to_string());
+    assert_eq!(letters[0]["reason"], "refused");
+    let requeue = format!("/api/v1/outbox/dead-letters/{}/requeue", e.event.id);
+    assert_eq!(call(&h, "POST", &requeue, Some(&h.read)).0, 403);
+    assert_eq!(call(&h, "POST", &requeue, Some(&h.admin)).0, 200);
+    assert_eq!(call(&h, "POST", &requeue, Some(&h.admin)).0, 404);
+    assert_eq!(h.store.outbox_len(), 1);
+    assert_eq!(h.store.dead_letter_len(), 0);
+    let (_, v) = json(&h, "/api/v1/audit?limit=5", &h.admin);
+    assert!(
+        v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "requeue" && r["result"] == "not_found"),
+        "{v}"
+    );
+}

@@ -752,6 +752,19 @@ fn events_command_reads_the_daemons_api_and_a_stopped_database() {
     let got: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got.len(), 7);
 
+    // The audit trail needs an admin token.
+    let out = Command::new(BIN)
+        .args(["audit", "--api", &api])
+        .env("KINDERWATCH_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A wrong token, a bad value, and the database while the daemon holds it.
     let out = events_cmd(&["--api", &api], "kw_wrong");
     assert!(!out.status.success());
@@ -803,6 +816,73 @@ fn events_command_reads_the_daemons_api_and_a_stopped_database() {
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids, expected);
+
+    // The history reads above are in the audit trail, with the token's name.
+    let db = state.path().to_str().unwrap();
+    let out = Command::new(BIN)
+        .args(["audit", "--db", db, "--caller", "ops"])
+        .output()
+        .unwrap();
+    let table = text(&out);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.starts_with("TIME (UTC)"), "{table}");
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert!(
+        rows.len() >= 4
+            && rows
+                .iter()
+                .all(|r| r.contains(" ops ") && r.contains("query_events")),
+        "{table}"
+    );
+    assert!(table.contains("kind=loitering"), "{table}");
+
+    // Dead letters: listed and re-queued from the stopped daemon's database.
+    {
+        let store = Store::open(&state.path().join("events.db"), &StoreConfig::default()).unwrap();
+        let e = RecordedEvent {
+            event: Event::new(EventKind::CameraTampered, "kg", "gate", Timestamp::now()),
+            snapshot: None,
+        };
+        store.record(std::slice::from_ref(&e), true).unwrap();
+        let seq = store.outbox_after(None, 100).unwrap().last().unwrap().seq;
+        store
+            .dead_letter(
+                seq,
+                kinderwatch::store::DeadLetterReason::TooLarge,
+                "a 300000-byte packet; the broker accepts 20000",
+                1,
+            )
+            .unwrap()
+            .unwrap();
+    }
+    let out = Command::new(BIN)
+        .args(["dead-letters", "--db", db])
+        .output()
+        .unwrap();
+    let listing = text(&out);
+    assert!(
+        listing.contains("too_large") && listing.contains("the broker accepts 20000"),
+        "{listing}"
+    );
+    let out = Command::new(BIN)
+        .args(["dead-letters", "--db", db, "--requeue-all"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out).trim(),
+        "1 re-queued",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["dead-letters", "--db", db])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out).trim(), "no dead letters");
     let out = events_cmd(&["--db", "/nonexistent/state"], "");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no event database at /nonexistent/state")

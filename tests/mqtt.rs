@@ -574,6 +574,20 @@ fn config_problems_name_their_keys() {
         assert!(e.contains(key), "{key} missing in:\n{e}");
     }
     assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    // The delivery limits.
+    let text = "[site]\nid = \"kg\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/x\"\n[mqtt]\nhost = \"broker\"\nmax_incoming_packet = 100\nmax_delivery_attempts = 0\nmax_concurrent_commands = 0\nreply_topic_prefix = \"kinderwatch\"\n";
+    let e = Config::from_toml(text, Path::new("t.toml"), Path::new("."))
+        .unwrap_err()
+        .to_string();
+    for key in [
+        "mqtt.max_incoming_packet",
+        "mqtt.max_delivery_attempts",
+        "mqtt.max_concurrent_commands",
+        "mqtt.reply_topic_prefix",
+    ] {
+        assert!(e.contains(key), "{key} missing in:\n{e}");
+    }
+    assert!(e.contains("holds the site's own topics"), "{e}");
 }
 
 /// The daemon binary with this state dir and broker; killed (SIGKILL) on drop.

@@ -589,3 +589,377 @@ fn rand_ms() -> u64 {
         .subsec_nanos() as u64
         % 997
 }
+
+#[test]
+fn retention_running_while_events_are_recorded_during_an_outage_never_deletes_a_waiting_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &config()).unwrap();
+    // A limit far below what is written: retention deletes everything it is allowed to, all the
+    // time, while the broker is "down" (nothing leaves the outbox).
+    let policy = RetentionPolicy {
+        max_age: Some(Duration::from_secs(3600)),
+        max_bytes: Some(2_000),
+        audit_max_age: None,
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let retention = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut runs = 0u64;
+            let mut deleted = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = store.apply_retention(&policy, Timestamp::now()).unwrap();
+                deleted += r.deleted_by_age + r.deleted_by_size;
+                runs += 1;
+            }
+            (runs, deleted)
+        })
+    };
+    let old = Timestamp::now() - SignedDuration::from_hours(2);
+    let mut waiting = Vec::new();
+    for round in 0..200 {
+        // Alerts (outbox) and, between them, old events recorded without the outbox (as when
+        // MQTT is off for a while): retention may take the latter, never the former.
+        let alerts: Vec<RecordedEvent> = (0..5)
+            .map(|_| {
+                event(
+                    EventKind::LineCrossed,
+                    "gate",
+                    Some("fence"),
+                    Timestamp::now(),
+                )
+            })
+            .collect();
+        let filler: Vec<RecordedEvent> = (0..5)
+            .map(|i| {
+                event(
+                    EventKind::CameraOffline,
+                    "yard",
+                    None,
+                    old + SignedDuration::from_millis(round * 10 + i),
+                )
+            })
+            .collect();
+        store.record(&alerts, true).unwrap();
+        store.record(&filler, false).unwrap();
+        waiting.extend(alerts.iter().map(|r| r.event.id));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (runs, deleted) = retention.join().unwrap();
+    assert!(
+        runs > 10 && deleted > 0,
+        "retention ran {runs} times, deleted {deleted}"
+    );
+    let entries = store.outbox_after(None, 10_000).unwrap();
+    let in_outbox: HashSet<Uuid> = entries.iter().map(|e| e.event.id).collect();
+    assert_eq!(
+        in_outbox.len(),
+        waiting.len(),
+        "every alert still waits with its event"
+    );
+    for id in &waiting {
+        assert!(
+            store.get(id).unwrap().is_some(),
+            "event {id} deleted while waiting"
+        );
+        assert!(store.snapshot(id).unwrap().is_some());
+    }
+    // The counters agree with what is there.
+    let stats = store.stats().unwrap();
+    let mut count = 0;
+    let mut q = EventQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    loop {
+        let page = store.query(&q).unwrap();
+        count += page.events.len() as u64;
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(stats.events, count);
+    eprintln!(
+        "store: 1000 alerts and 1000 other events recorded while retention ran {runs} times (deleting {deleted}); 0 waiting alerts lost"
+    );
+}
+
+#[test]
+fn a_retried_write_is_idempotent_by_event_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &config()).unwrap();
+    let batch: Vec<RecordedEvent> = (0..10)
+        .map(|i| {
+            event(
+                EventKind::LineCrossed,
+                "gate",
+                Some("fence"),
+                Timestamp::now() + SignedDuration::from_millis(i),
+            )
+        })
+        .collect();
+    store.record(&batch, true).unwrap();
+    let before = store.stats().unwrap();
+    // The recorder retries a batch whose flush failed after its transaction committed.
+    store.record(&batch, true).unwrap();
+    store.record(&batch[3..7], true).unwrap();
+    let after = store.stats().unwrap();
+    assert_eq!(after.events, before.events);
+    assert_eq!(after.stored_bytes, before.stored_bytes);
+    assert_eq!(store.outbox_len(), 10, "no second outbox entry");
+}
+
+/// Overwrites the stored value of event `id` with bytes that do not decode.
+fn corrupt_event(dir: &Path, id: &Uuid) {
+    let db = sled::open(dir).unwrap();
+    db.open_tree("events")
+        .unwrap()
+        .insert(id.as_bytes(), &b"\x02\0\0\0\0{not json"[..])
+        .unwrap();
+    db.flush().unwrap();
+}
+
+#[test]
+fn an_undecodable_record_is_skipped_counted_and_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<RecordedEvent> = (0..6)
+        .map(|i| {
+            event(
+                EventKind::LineCrossed,
+                "gate",
+                Some("fence"),
+                Timestamp::now() + SignedDuration::from_millis(i),
+            )
+        })
+        .collect();
+    {
+        let store = Store::open(dir.path(), &config()).unwrap();
+        store.record(&events, true).unwrap();
+    }
+    let bad = events[2].event.id;
+    corrupt_event(dir.path(), &bad);
+    let store = Store::open(dir.path(), &config()).unwrap();
+    // The outbox read goes past it; it becomes a dead letter.
+    let entries = store.outbox_after(None, 100).unwrap();
+    let ids: Vec<Uuid> = entries.iter().map(|e| e.event.id).collect();
+    let want: Vec<Uuid> = events
+        .iter()
+        .map(|r| r.event.id)
+        .filter(|id| *id != bad)
+        .collect();
+    assert_eq!(ids, want);
+    let letters = store.dead_letters(10).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event_id, bad);
+    assert_eq!(
+        letters[0].reason,
+        kinderwatch::store::DeadLetterReason::Unreadable
+    );
+    assert!(letters[0].detail.contains("does not decode"), "{letters:?}");
+    // A history page that holds it: the others, and the count of what was skipped.
+    for camera in [None, Some("gate".to_owned())] {
+        let page = store
+            .query(&EventQuery {
+                camera: camera.clone(),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(page.events.len(), 5, "camera {camera:?}");
+        assert_eq!(page.skipped_undecodable, 1);
+    }
+    // Retention is not stopped by it either.
+    let report = store
+        .apply_retention(
+            &RetentionPolicy {
+                max_age: None,
+                max_bytes: Some(1),
+                audit_max_age: None,
+            },
+            Timestamp::now(),
+        )
+        .unwrap();
+    assert_eq!(report.kept_for_outbox, 6, "5 in the outbox, 1 dead letter");
+}
+
+#[test]
+fn dead_letters_are_requeued_at_the_end_of_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &config()).unwrap();
+    let events: Vec<RecordedEvent> = (0..5)
+        .map(|i| {
+            event(
+                EventKind::LineCrossed,
+                "gate",
+                Some("fence"),
+                Timestamp::now() + SignedDuration::from_millis(i),
+            )
+        })
+        .collect();
+    store.record(&events, true).unwrap();
+    let seqs: Vec<u64> = store
+        .outbox_after(None, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    let d = store
+        .dead_letter(
+            seqs[1],
+            kinderwatch::store::DeadLetterReason::Refused,
+            "NotAuthorized",
+            5,
+        )
+        .unwrap()
+        .expect("moved");
+    assert_eq!(d.event_id, events[1].event.id);
+    assert!(
+        store
+            .dead_letter(
+                seqs[1],
+                kinderwatch::store::DeadLetterReason::Refused,
+                "",
+                1
+            )
+            .unwrap()
+            .is_none(),
+        "only once"
+    );
+    assert_eq!(store.outbox_len(), 4);
+    assert!(store.awaits_delivery(&events[1].event.id).unwrap());
+    // Removing a later entry's outbox entry after acknowledgement does not touch the letter.
+    store.outbox_remove(seqs[0]).unwrap();
+    assert!(!store.awaits_delivery(&events[0].event.id).unwrap());
+    // Survives a reopen.
+    drop(store);
+    let store = Store::open(dir.path(), &config()).unwrap();
+    assert_eq!(store.dead_letter_len(), 1);
+    assert!(store.requeue(&events[1].event.id).unwrap());
+    assert!(!store.requeue(&events[1].event.id).unwrap(), "only once");
+    let after: Vec<(u64, Uuid)> = store
+        .outbox_after(None, 10)
+        .unwrap()
+        .iter()
+        .map(|e| (e.seq, e.event.id))
+        .collect();
+    assert_eq!(after.len(), 4);
+    assert_eq!(after.last().unwrap().1, events[1].event.id, "at the end");
+    assert!(after.last().unwrap().0 > seqs[4]);
+    assert_eq!(store.dead_letter_len(), 0);
+}
+
+#[test]
+fn a_version_2_database_gets_its_outbox_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Timestamp::now() - SignedDuration::from_hours(24 * 60);
+    let events: Vec<RecordedEvent> = (0..8)
+        .map(|i| {
+            event(
+                EventKind::LineCrossed,
+                "gate",
+                Some("fence"),
+                old + SignedDuration::from_secs(i),
+            )
+        })
+        .collect();
+    {
+        let store = Store::open(dir.path(), &config()).unwrap();
+        store.record(&events[..4], true).unwrap();
+        store.record(&events[4..], false).unwrap();
+    }
+    // What version 2 had on disk: the outbox without its index.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.drop_tree("outbox_index").unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("schema_version", &2u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), &config()).unwrap();
+    let report = store
+        .apply_retention(
+            &RetentionPolicy {
+                max_age: Some(Duration::from_secs(86_400)),
+                max_bytes: None,
+                audit_max_age: None,
+            },
+            Timestamp::now(),
+        )
+        .unwrap();
+    assert_eq!(report.deleted_by_age, 4);
+    assert_eq!(
+        report.kept_for_outbox, 4,
+        "the migrated index protects them"
+    );
+    for r in &events[..4] {
+        assert!(store.awaits_delivery(&r.event.id).unwrap());
+    }
+}
+
+#[test]
+fn the_audit_trail_pages_filters_and_has_its_own_retention() {
+    use kinderwatch::store::audit::{AuditAction, AuditRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &config()).unwrap();
+    for n in 0..30 {
+        let mut r = AuditRecord::new(
+            "http",
+            if n % 3 == 0 { "ops" } else { "center" },
+            AuditAction::ReadSnapshot,
+            format!("event-{n}"),
+        );
+        if n == 29 {
+            r.result = "not_found".into();
+        }
+        store.audit(&r).unwrap();
+    }
+    let mut q = kinderwatch::store::AuditQuery {
+        limit: 7,
+        ..Default::default()
+    };
+    let mut all = Vec::new();
+    loop {
+        let (page, next) = store.audit_query(&q).unwrap();
+        assert!(page.len() <= 7);
+        all.extend(page);
+        match next {
+            Some(c) => q.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(all.len(), 30);
+    assert_eq!(all[0].target, "event-29", "newest first");
+    assert_eq!(all[0].result, "not_found");
+    let ids: HashSet<Uuid> = all.iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 30);
+    let (ops, _) = store
+        .audit_query(&kinderwatch::store::AuditQuery {
+            caller: Some("ops".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ops.len(), 10);
+    // Its own retention: 400 days on, a 365-day policy deletes them; events are untouched.
+    let later = Timestamp::now() + SignedDuration::from_hours(24 * 400);
+    let policy = RetentionPolicy::from_config(&config());
+    assert_eq!(
+        policy.audit_max_age,
+        Some(Duration::from_secs(365 * 86_400))
+    );
+    let report = store
+        .apply_retention(
+            &RetentionPolicy {
+                max_age: None,
+                max_bytes: None,
+                audit_max_age: policy.audit_max_age,
+            },
+            later,
+        )
+        .unwrap();
+    assert_eq!(report.audit_deleted, 30);
+    assert_eq!(store.audit_len(), 0);
+}

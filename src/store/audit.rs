@@ -59,15 +59,10 @@ impl AuditRecord {
         action: AuditAction,
         target: impl Into<String>,
     ) -> Self {
-        let now = Timestamp::now();
-        let ts = uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            now.as_second().max(0) as u64,
-            now.subsec_nanosecond().max(0) as u32,
-        );
         Self {
-            id: Uuid::new_v7(ts),
-            time: now,
+            // Ordered by creation within the process, even within one millisecond.
+            id: Uuid::now_v7(),
+            time: Timestamp::now(),
             channel: channel.to_owned(),
             caller: caller.to_owned(),
             action,
