@@ -599,6 +599,17 @@ fn history_and_snapshot_reads_and_arming_are_audited_and_dead_letters_requeued()
             5,
         )
         .unwrap();
+    let health = |h: &Harness| {
+        let (status, body, _) = call(h, "GET", "/healthz", None);
+        assert_eq!(status, 200);
+        serde_json::from_slice::<Value>(&body).unwrap()
+    };
+    let v = health(&h);
+    assert_eq!(
+        (v["status"].as_str(), v["outbox"]["dead_letters"].as_u64()),
+        (Some("degraded"), Some(1)),
+        "{v}"
+    );
     let (_, v) = json(&h, "/api/v1/outbox/dead-letters", &h.read);
     let letters = v["dead_letters"].as_array().unwrap();
     assert_eq!(letters.len(), 1);
@@ -610,6 +621,7 @@ fn history_and_snapshot_reads_and_arming_are_audited_and_dead_letters_requeued()
     assert_eq!(call(&h, "POST", &requeue, Some(&h.admin)).0, 404);
     assert_eq!(h.store.outbox_len(), 1);
     assert_eq!(h.store.dead_letter_len(), 0);
+    assert_eq!(health(&h)["status"], "ok");
     let (_, v) = json(&h, "/api/v1/audit?limit=5", &h.admin);
     assert!(
         v["records"]

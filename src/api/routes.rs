@@ -571,8 +571,11 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     // A failing store loses events: 503. An overloaded detector still infers every camera, less
     // often than asked: degraded, but 200.
     let ok = store.is_ok();
+    // Alerts that never reached the center wait for an admin: degraded until re-queued.
+    let dead_letters = state.store.dead_letter_len();
     let body = json!({
-        "status": if ok && !load.is_overloaded() { "ok" } else { "degraded" },
+        "status": if ok && !load.is_overloaded() && dead_letters == 0 { "ok" } else { "degraded" },
+        "outbox": { "dead_letters": dead_letters },
         "site": &*state.site,
         "version": env!("CARGO_PKG_VERSION"),
         "store": store,

@@ -153,7 +153,6 @@ pub struct StoreStats {
     pub newest: Option<Timestamp>,
     pub outbox: u64,
     pub dead_letters: u64,
-    pub audit_records: u64,
 }
 
 /// A handle to the open database; cheap to clone.
@@ -342,7 +341,6 @@ impl Store {
             newest: i.events.last()?.map(|(k, _)| keys::id_time(&k)),
             outbox: i.outbox.len() as u64,
             dead_letters: i.dead_letters.len() as u64,
-            audit_records: i.audit.len() as u64,
         })
     }
 

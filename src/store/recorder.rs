@@ -317,6 +317,7 @@ pub fn publish_stats(store: &Store) -> Result<super::StoreStats, StoreError> {
     metrics::gauge!("kinderwatch_store_stored_bytes").set(stats.stored_bytes as f64);
     metrics::gauge!("kinderwatch_store_disk_bytes").set(stats.disk_bytes as f64);
     metrics::gauge!("kinderwatch_store_outbox_depth").set(stats.outbox as f64);
+    metrics::gauge!("kinderwatch_mqtt_dead_letters").set(stats.dead_letters as f64);
     if let Some(oldest) = stats.oldest {
         metrics::gauge!("kinderwatch_store_oldest_event_timestamp_seconds")
             .set(oldest.as_millisecond() as f64 / 1000.0);
@@ -366,6 +367,7 @@ pub async fn run_retention(store: Store, config: StoreConfig, cancel: Cancellati
                     by_age = report.deleted_by_age,
                     by_size = report.deleted_by_size,
                     kept_for_outbox = report.kept_for_outbox,
+                    audit = report.audit_deleted,
                     "retention deleted old events"
                 );
             }
