@@ -2,8 +2,12 @@
 //! frame capture to the subscriber's receipt with 1 and 8 cameras (the whole daemon in-process:
 //! RTSP sample clip → detection → rules → store → outbox → mosquitto → subscriber).
 //!
-//! `cargo bench --bench mqtt` (options: KW_BENCH_LATENCY_S=60). Numbers go into
-//! docs/BENCHMARKS.md.
+//! Also the drain of a backlog whose events carry camera-sized snapshots with
+//! `publish_snapshots`, with no broker limit and with mosquitto `max_packet_size 20000` (every
+//! snapshot re-encoded to fit).
+//!
+//! `cargo bench --bench mqtt` (options: KW_BENCH_LATENCY_S=60, KW_BENCH_ONLY=drain). Numbers go
+//! into docs/BENCHMARKS.md.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -28,8 +32,27 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn drain(n: usize) {
-    let broker = Broker::start("max_queued_messages 100000\n");
+/// A camera-like JPEG (768x576, gradients and noise, quality 90).
+fn camera_jpeg() -> Vec<u8> {
+    let mut seed = 7u32;
+    let img = image::RgbImage::from_fn(768, 576, |x, y| {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let n = (seed >> 16) % 9;
+        image::Rgb([
+            (x * 255 / 768 + n) as u8,
+            (y * 255 / 576 + n) as u8,
+            ((x + y) * 128 / 1344 + n) as u8,
+        ])
+    });
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 90)
+        .encode(img.as_raw(), 768, 576, jpeg_encoder::ColorType::Rgb)
+        .unwrap();
+    out
+}
+
+async fn drain(n: usize, snapshot: Option<&[u8]>, broker_extra: &str) {
+    let broker = Broker::start(&format!("max_queued_messages 100000\n{broker_extra}\n"));
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(
         dir.path(),
@@ -50,17 +73,21 @@ async fn drain(n: usize) {
             e.rule = Some("fence".into());
             RecordedEvent {
                 event: e,
-                snapshot: None,
+                snapshot: snapshot.map(<[u8]>::to_vec),
             }
         })
         .collect();
     for chunk in events.chunks(500) {
         store.record(chunk, true).unwrap();
     }
-    let (_sub, mut rx) = broker::subscribe(broker.port, "kinderwatch/bench/events/#", |_| {}).await;
+    let (_sub, mut rx) = broker::subscribe(broker.port, "kinderwatch/bench/events/#", |o| {
+        o.set_max_packet_size(Some(1 << 20));
+    })
+    .await;
     let text = format!(
-        "[site]\nid = \"bench\"\n[[cameras]]\nid = \"cam-0\"\nurl = \"rtsp://127.0.0.1:9/x\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
-        broker.port
+        "[site]\nid = \"bench\"\n[[cameras]]\nid = \"cam-0\"\nurl = \"rtsp://127.0.0.1:9/x\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\npublish_snapshots = {}\n",
+        broker.port,
+        snapshot.is_some()
     );
     let config = Config::from_toml(&text, Path::new("b.toml"), Path::new(".")).unwrap();
     let cancel = CancellationToken::new();
@@ -81,8 +108,14 @@ async fn drain(n: usize) {
     let started = Instant::now();
     let task = tokio::spawn(publisher::run(store.clone(), settings, cancel.clone()));
     let mut received = 0;
-    while received < n {
-        broker::next_matching(&mut rx, Duration::from_secs(60), "the backlog", |_| true).await;
+    let mut snapshot_bytes = 0;
+    let want = if snapshot.is_some() { 2 * n } else { n };
+    while received < want {
+        let m =
+            broker::next_matching(&mut rx, Duration::from_secs(120), "the backlog", |_| true).await;
+        if m.topic.ends_with("/snapshot") {
+            snapshot_bytes += m.payload.len();
+        }
         received += 1;
     }
     let delivered = started.elapsed();
@@ -90,8 +123,21 @@ async fn drain(n: usize) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let emptied = started.elapsed();
+    let what = match snapshot {
+        None => String::new(),
+        Some(s) => format!(
+            " with {}-byte snapshots{} (mean {} bytes published)",
+            s.len(),
+            if broker_extra.is_empty() {
+                String::new()
+            } else {
+                format!(", broker `{broker_extra}`")
+            },
+            snapshot_bytes / n
+        ),
+    };
     println!(
-        "drain {n} events: all received by the subscriber in {:.2} s ({:.0} events/s); outbox empty (every PUBACK) after {:.2} s ({:.0} events/s)",
+        "drain {n} events{what}: all received by the subscriber in {:.2} s ({:.0} events/s); outbox empty (every PUBACK) after {:.2} s ({:.0} events/s)",
         delivered.as_secs_f64(),
         n as f64 / delivered.as_secs_f64(),
         emptied.as_secs_f64(),
@@ -165,8 +211,15 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let only_drain = std::env::var("KW_BENCH_ONLY").is_ok_and(|v| v == "drain");
     rt.block_on(async {
-        drain(10_000).await;
+        drain(10_000, None, "").await;
+        let jpeg = camera_jpeg();
+        drain(1_000, Some(&jpeg), "").await;
+        drain(1_000, Some(&jpeg), "max_packet_size 20000").await;
+        if only_drain {
+            return;
+        }
         latency(1, window).await;
         latency(8, window).await;
     });

@@ -122,8 +122,7 @@ async fn a_retained_oversized_command_neither_wedges_delivery_nor_runs() {
     common::init_logs();
     let broker = Broker::start("");
     let (client, _) = broker::subscribe(broker.port, "nothing/#", |_| {}).await;
-    // Before the site connects: a retained 20 KB "query" (above this site's 16 KiB limit) and a
-    // retained disarm that carries a valid-looking body.
+    // Before the site connects: a retained 20 KB "query" (above this site's 16 KiB limit).
     let big = format!(r#"{{"limit": 10, "pad": "{}"}}"#, "x".repeat(20_000));
     ask(
         &client,
@@ -141,11 +140,9 @@ async fn a_retained_oversized_command_neither_wedges_delivery_nor_runs() {
         .await;
     let (replies_client, mut replies) =
         broker::subscribe(broker.port, "center/replies/#", |_| {}).await;
-    let site = start_site(mqtt_config(
-        broker.port,
-        "max_incoming_packet = 16384\nreply_topic_prefix = \"center/replies\"",
-    ));
-    let disarm = format!(r#"{{"rule": "fence", "token": "{}"}}"#, site.admin_token);
+    // A retained disarm with the site's valid admin token, there before the site subscribes.
+    let tokens = new_tokens();
+    let disarm = format!(r#"{{"rule": "fence", "token": "{}"}}"#, tokens[0].0);
     ask(
         &client,
         "admin/disarm",
@@ -155,6 +152,14 @@ async fn a_retained_oversized_command_neither_wedges_delivery_nor_runs() {
         true,
     )
     .await;
+    let site = start_site_with(
+        mqtt_config(
+            broker.port,
+            "max_incoming_packet = 16384\nreply_topic_prefix = \"center/replies\"",
+        ),
+        None,
+        tokens,
+    );
     let sent = send_all(&site, (0..20).map(crossing).collect()).await;
     let mut other = Vec::new();
     let got = alerts_until(&mut rx, 20, Duration::from_secs(20), &mut other).await;

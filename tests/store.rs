@@ -963,3 +963,36 @@ fn the_audit_trail_pages_filters_and_has_its_own_retention() {
     assert_eq!(report.audit_deleted, 30);
     assert_eq!(store.audit_len(), 0);
 }
+
+#[test]
+fn an_index_entry_left_by_a_crash_does_not_keep_a_delivered_event_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Timestamp::now() - SignedDuration::from_hours(24 * 60);
+    let e = event(EventKind::LineCrossed, "gate", Some("fence"), old);
+    {
+        let store = Store::open(dir.path(), &config()).unwrap();
+        store.record(std::slice::from_ref(&e), true).unwrap();
+    }
+    // The crash: the outbox entry was removed (PUBACK), its index entry not yet.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let outbox = db.open_tree("outbox").unwrap();
+        let (seq, _) = outbox.first().unwrap().unwrap();
+        outbox.remove(seq).unwrap();
+        assert_eq!(db.open_tree("outbox_index").unwrap().len(), 1);
+        db.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), &config()).unwrap();
+    assert!(!store.awaits_delivery(&e.event.id).unwrap());
+    let report = store
+        .apply_retention(
+            &RetentionPolicy {
+                max_age: Some(Duration::from_secs(86_400)),
+                max_bytes: None,
+                audit_max_age: None,
+            },
+            Timestamp::now(),
+        )
+        .unwrap();
+    assert_eq!((report.deleted_by_age, report.kept_for_outbox), (1, 0));
+}

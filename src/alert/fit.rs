@@ -38,34 +38,35 @@ pub fn payload_room(topic: &str, props: Option<&PublishProperties>, max: usize) 
     max.saturating_sub(overhead + 3)
 }
 
-/// Steps of re-encoding, from mild to drastic: (scale of the width and height, JPEG quality).
-const SHRINK_STEPS: [(f32, u8); 6] = [
-    (1.0, 70),
-    (0.75, 70),
-    (0.5, 70),
-    (0.5, 50),
-    (0.35, 50),
-    (0.25, 45),
-];
+/// Re-encodings tried before giving up.
+const SHRINK_TRIES: usize = 6;
+/// Quality of a re-encoded snapshot.
+const SHRINK_QUALITY: u8 = 70;
+/// The smallest scale tried (of the width and height).
+const MIN_SCALE: f32 = 0.15;
 
-/// The snapshot re-encoded (smaller, then at lower quality) until it has at most `max` bytes;
-/// `None` if even the smallest step does not fit or the JPEG does not decode.
+/// The snapshot re-encoded smaller until it has at most `max` bytes; `None` if even the smallest
+/// try does not fit or the JPEG does not decode. JPEG size goes roughly with the pixel count (and
+/// quality 70 about halves a camera's quality-85..95 picture), so the first try is scaled by
+/// √(2 · max / size) with a margin, each further one by 0.8.
 pub fn shrink_jpeg(jpeg: &[u8], max: usize) -> Option<Vec<u8>> {
     let img = image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)
         .ok()?
         .to_rgb8();
-    for (scale, quality) in SHRINK_STEPS {
+    let mut scale = ((2.0 * max as f32 / jpeg.len().max(1) as f32).sqrt() * 0.9).min(1.0);
+    for _ in 0..SHRINK_TRIES {
+        let scale_now = scale.max(MIN_SCALE);
         let (w, h) = (
-            ((img.width() as f32 * scale) as u32).max(16),
-            ((img.height() as f32 * scale) as u32).max(16),
+            ((img.width() as f32 * scale_now) as u32).max(16),
+            ((img.height() as f32 * scale_now) as u32).max(16),
         );
-        let scaled = if scale < 1.0 {
+        let scaled = if scale_now < 1.0 {
             image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle)
         } else {
             img.clone()
         };
         let mut out = Vec::new();
-        let encoded = jpeg_encoder::Encoder::new(&mut out, quality).encode(
+        let encoded = jpeg_encoder::Encoder::new(&mut out, SHRINK_QUALITY).encode(
             scaled.as_raw(),
             scaled.width().min(u16::MAX as u32) as u16,
             scaled.height().min(u16::MAX as u32) as u16,
@@ -74,6 +75,10 @@ pub fn shrink_jpeg(jpeg: &[u8], max: usize) -> Option<Vec<u8>> {
         if encoded.is_ok() && out.len() <= max {
             return Some(out);
         }
+        if scale_now <= MIN_SCALE {
+            return None;
+        }
+        scale = scale_now * 0.8;
     }
     None
 }

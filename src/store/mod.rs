@@ -214,6 +214,10 @@ impl Store {
             }),
         };
         migrate::bring_up_to_date(&store.inner.db, dir)?;
+        let stale = store.sweep_outbox_index()?;
+        if stale > 0 {
+            tracing::info!(stale, "outbox index entries of delivered alerts removed");
+        }
         Ok(store)
     }
 

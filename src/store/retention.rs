@@ -105,7 +105,8 @@ fn delete_oldest(
             }
             after = Some(k.clone());
             // A first look outside the transaction; the transaction looks again.
-            if t.outbox_index.contains_key(&k)? || t.dead_letters.contains_key(&k)? {
+            if keys::uuid_from_key(&k).is_some_and(|id| store.awaits_delivery(&id).unwrap_or(true))
+            {
                 *kept += 1;
                 continue;
             }
@@ -131,29 +132,37 @@ fn delete_oldest(
             &t.meta,
             &t.outbox_index,
             &t.dead_letters,
+            &t.outbox,
         )
-            .transaction(|(events, by_camera, snapshots, meta, index, dead)| {
-                let (mut removed, mut late, mut freed) = (0u64, 0u64, 0u64);
-                for (k, camera, bytes) in &chunk {
-                    // Queued for delivery since the first look (re-queued by an admin).
-                    if index.get(k)?.is_some() || dead.get(k)?.is_some() {
-                        late += 1;
-                        continue;
+            .transaction(
+                |(events, by_camera, snapshots, meta, index, dead, outbox)| {
+                    let (mut removed, mut late, mut freed) = (0u64, 0u64, 0u64);
+                    for (k, camera, bytes) in &chunk {
+                        // Queued for delivery since the first look (recorded, re-queued). An index
+                        // entry whose outbox entry is gone is stale (see `outbox_remove_all`).
+                        let queued = match index.get(k)? {
+                            Some(seq) => outbox.get(&seq)?.is_some(),
+                            None => false,
+                        };
+                        if queued || dead.get(k)?.is_some() {
+                            late += 1;
+                            continue;
+                        }
+                        if events.remove(k)?.is_none() {
+                            continue;
+                        }
+                        snapshots.remove(k)?;
+                        if let (Some(camera), Some(id)) = (camera, keys::uuid_from_key(k)) {
+                            by_camera.remove(keys::camera_key(camera, &id))?;
+                        }
+                        removed += 1;
+                        freed += bytes;
                     }
-                    if events.remove(k)?.is_none() {
-                        continue;
-                    }
-                    snapshots.remove(k)?;
-                    if let (Some(camera), Some(id)) = (camera, keys::uuid_from_key(k)) {
-                        by_camera.remove(keys::camera_key(camera, &id))?;
-                    }
-                    removed += 1;
-                    freed += bytes;
-                }
-                add_counter(meta, keys::META_STORED_BYTES, -(freed as i64))?;
-                add_counter(meta, keys::META_EVENT_COUNT, -(removed as i64))?;
-                Ok::<_, ConflictableTransactionError<StoreError>>((removed, late))
-            })?;
+                    add_counter(meta, keys::META_STORED_BYTES, -(freed as i64))?;
+                    add_counter(meta, keys::META_EVENT_COUNT, -(removed as i64))?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>((removed, late))
+                },
+            )?;
         deleted += removed;
         *kept += late;
         if done {

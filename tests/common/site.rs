@@ -57,6 +57,23 @@ pub fn start_site_live(
     config: MqttConfig,
     live: Option<mpsc::Receiver<recorder::LiveEvent>>,
 ) -> Site {
+    start_site_with(config, live, new_tokens())
+}
+
+/// An admin and a read token (token, SHA-256 hex) for [`start_site_with`].
+pub fn new_tokens() -> [(String, String); 2] {
+    [
+        kinderwatch::api::auth::new_token(),
+        kinderwatch::api::auth::new_token(),
+    ]
+}
+
+/// With the site's admin and read tokens given (to use them before the site starts).
+pub fn start_site_with(
+    config: MqttConfig,
+    live: Option<mpsc::Receiver<recorder::LiveEvent>>,
+    [(admin_token, admin_hash), (read_token, read_hash)]: [(String, String); 2],
+) -> Site {
     let dir = tempfile::tempdir().unwrap();
     let store_config = StoreConfig {
         min_free_mb: 1,
@@ -78,8 +95,6 @@ pub fn start_site_live(
         name: "Gate".into(),
         status: cam_rx,
     }]);
-    let (admin_token, admin_hash) = kinderwatch::api::auth::new_token();
-    let (read_token, read_hash) = kinderwatch::api::auth::new_token();
     let tokens = kinderwatch::api::Tokens::new(&[
         kinderwatch::api::TokenConfig {
             name: "center-admin".into(),
