@@ -836,7 +836,7 @@ impl Config {
 
     fn validate_store_and_api(&self, v: &mut Validator) {
         if let Some(m) = &self.mqtt {
-            for (key, message) in m.problems() {
+            for (key, message) in m.problems(&self.site.id) {
                 v.err(&format!("mqtt.{key}"), message);
             }
         }

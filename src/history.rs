@@ -167,7 +167,12 @@ pub fn requeue(source: &Source, id: Option<&str>) -> anyhow::Result<u64> {
     match source {
         Source::Api { base, token } => {
             let path = match id {
-                Some(id) => format!("/api/v1/outbox/dead-letters/{id}/requeue"),
+                Some(id) => {
+                    let id = uuid::Uuid::try_parse(id).map_err(|_| {
+                        anyhow::anyhow!("--requeue {id:?}: not an event id (a UUID)")
+                    })?;
+                    format!("/api/v1/outbox/dead-letters/{id}/requeue")
+                }
                 None => "/api/v1/outbox/dead-letters/requeue".into(),
             };
             let v = api_call("POST", base, token, &path)?;

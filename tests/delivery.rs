@@ -566,15 +566,16 @@ async fn a_command_flood_while_recording_is_bounded_and_loses_no_alert() {
     flood.await.unwrap();
     let got = alerts_until(&mut rx, 200, Duration::from_secs(60), &mut other).await;
     assert_in_order_once_each(&got, &sent);
-    // Exactly one reply per request: ok or busy.
+    // At most one reply per request: ok, or busy (at most 20 a second); beyond that a flood's
+    // requests are dropped, so that replies cannot crowd out the alerts.
     let mut answers: HashMap<String, String> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while answers.len() < FLOOD {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let m = tokio::time::timeout(left, replies.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {FLOOD} replies", answers.len()))
-            .unwrap();
+    while answers.len() < FLOOD && Instant::now() < deadline {
+        // The replies have ended once none came for 3 s.
+        let Ok(m) = tokio::time::timeout(Duration::from_secs(3), replies.recv()).await else {
+            break;
+        };
+        let m = m.unwrap();
         let id = m
             .properties
             .as_ref()
@@ -594,7 +595,12 @@ async fn a_command_flood_while_recording_is_bounded_and_loses_no_alert() {
     }
     let busy = answers.values().filter(|o| *o == "busy").count();
     let ok = answers.values().filter(|o| *o == "ok").count();
-    assert_eq!(busy + ok, FLOOD, "{answers:?}");
+    let dropped = FLOOD - answers.len();
+    assert_eq!(busy + ok, answers.len(), "only ok or busy: {answers:?}");
+    assert!(
+        dropped == 0 || busy >= 20,
+        "requests are dropped only beyond 20 busy replies a second: {busy} busy, {dropped} dropped"
+    );
     assert!(
         busy > 0,
         "one command at a time: a burst of {FLOOD} meets `busy`"
@@ -622,7 +628,7 @@ async fn a_command_flood_while_recording_is_bounded_and_loses_no_alert() {
         .len();
     assert_eq!(audited, ok, "every query that ran is in the audit trail");
     eprintln!(
-        "delivery: {FLOOD} queries in a burst while recording 200 alerts: {ok} answered, {busy} busy, 0 alerts lost, {} history events",
+        "delivery: {FLOOD} queries in a burst while recording 200 alerts: {ok} answered, {busy} busy, {dropped} dropped (flood), 0 alerts lost, {} history events",
         first.len()
     );
     site.stop().await;
@@ -644,7 +650,12 @@ async fn replies_go_only_to_allowed_response_topics() {
         broker.port,
         "reply_topic_prefix = \"center/replies\"",
     ));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The site subscribes to its commands right after it says it is online.
+    broker::next_matching(&mut everything, Duration::from_secs(10), "online", |m| {
+        m.topic == format!("kinderwatch/{SITE}/status") && m.payload == b"online"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     // Onto the site's own event topic: refused, answered on <prefix>/responses.
     let own = format!("kinderwatch/{SITE}/events/gate/line_crossed");
     ask(&client, "query/cameras", "{}".into(), &own, "x1", false).await;

@@ -311,6 +311,7 @@ async fn commands_over_request_response() {
         changes,
         [
             t("disarm", "mqtt:center/replies/kg-7", "unauthorized"),
+            t("disarm", "mqtt:center/replies/kg-7", "unauthorized"),
             t("disarm", "operator", "forbidden"),
             t("disarm", "center-admin", "ok"),
             t("arm", "center-admin", "ok"),

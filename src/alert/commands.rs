@@ -3,7 +3,8 @@
 //! A request is a JSON object published on `<prefix>/commands/<command>`; the response goes to the
 //! request's MQTT 5 response topic with its correlation data (or to `<prefix>/responses`). Every
 //! request gets exactly one response: `{"ok": true, ...}` or `{"ok": false, "error": code,
-//! "reason": words, "parameter": name?}` — malformed JSON and unknown commands included.
+//! "reason": words, "parameter": name?}` — malformed JSON and unknown commands included; only a
+//! flood's excess is dropped by the publisher (see `publisher::BUSY_REPLIES_PER_S`).
 //!
 //! | command | request | response |
 //! |---|---|---|
@@ -25,7 +26,7 @@ use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
-use crate::api::auth::{Role, Tokens};
+use crate::api::auth::{Caller, Role, Tokens};
 use crate::api::{ApiError, CameraView};
 use crate::perimeter::RuleCommand;
 use crate::store::Store;
@@ -46,7 +47,11 @@ pub struct CommandContext {
 /// The response to one request; never panics on any input. `requester` names the asker in the
 /// audit trail when the request carries no token (its response topic).
 pub async fn handle(ctx: &CommandContext, command: &str, payload: &[u8], requester: &str) -> Value {
-    match run(ctx, command, payload, requester).await {
+    let result = match command {
+        "admin/arm" | "admin/disarm" => admin(ctx, command, payload, requester).await,
+        _ => run(ctx, command, payload, requester).await,
+    };
+    match result {
         Ok(mut v) => {
             v["ok"] = true.into();
             v["command"] = command.into();
@@ -69,35 +74,45 @@ fn bad_request(reason: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason)
 }
 
+/// The request as a JSON object (an empty payload is `{}`).
+fn parse_body(payload: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(bad_request("the request must be a JSON object")),
+        Err(e) => Err(bad_request(format!("the request is not JSON: {e}"))),
+    }
+}
+
+/// Takes `"token"` out of the request and checks it: `None` without one.
+fn take_caller(
+    ctx: &CommandContext,
+    body: &mut Map<String, Value>,
+) -> Result<Option<Caller>, ApiError> {
+    match body.remove("token") {
+        None => Ok(None),
+        Some(Value::String(t)) => ctx
+            .tokens
+            .check(t.trim())
+            .map(Some)
+            .ok_or_else(|| ApiError::unauthorized("unknown token")),
+        Some(_) => Err(ApiError::bad_parameter(
+            "token",
+            "give the API token as a string",
+        )),
+    }
+}
+
 async fn run(
     ctx: &CommandContext,
     command: &str,
     payload: &[u8],
     requester: &str,
 ) -> Result<Value, ApiError> {
-    let mut body: Map<String, Value> = if payload.iter().all(u8::is_ascii_whitespace) {
-        Map::new()
-    } else {
-        match serde_json::from_slice::<Value>(payload) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => return Err(bad_request("the request must be a JSON object")),
-            Err(e) => return Err(bad_request(format!("the request is not JSON: {e}"))),
-        }
-    };
-    let caller = match body.remove("token") {
-        None => None,
-        Some(Value::String(t)) => Some(
-            ctx.tokens
-                .check(t.trim())
-                .ok_or_else(|| ApiError::unauthorized("unknown token"))?,
-        ),
-        Some(_) => {
-            return Err(ApiError::bad_parameter(
-                "token",
-                "give the API token as a string",
-            ));
-        }
-    };
+    let mut body = parse_body(payload)?;
+    let caller = take_caller(ctx, &mut body)?;
     let label = caller
         .as_ref()
         .map_or_else(|| format!("mqtt:{requester}"), |c| c.name.to_string());
@@ -137,41 +152,6 @@ async fn run(
             let rules = crate::api::rules_list(rules(ctx)?).await?;
             Ok(json!({ "rules": rules }))
         }
-        "admin/arm" | "admin/disarm" => {
-            let armed = command == "admin/arm";
-            let rule = body
-                .get("rule")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| ApiError::bad_parameter("rule", "give the rule id as a string"));
-            let action = if armed {
-                AuditAction::Arm
-            } else {
-                AuditAction::Disarm
-            };
-            let outcome = match (&caller, rule) {
-                (_, Err(e)) => Err(e),
-                (None, Ok(_)) => Err(ApiError::unauthorized(format!(
-                    "{command} needs an admin token: {{\"rule\": \"...\", \"token\": \"kw_...\"}}"
-                ))),
-                (Some(c), Ok(_)) if c.role < Role::Admin => Err(ApiError::forbidden(format!(
-                    "token {:?} has role {:?}; {command} needs admin",
-                    &*c.name, c.role
-                ))),
-                (Some(_), Ok(rule)) => crate::api::rule_set_armed(rules(ctx)?, &rule, armed)
-                    .await
-                    .map(|()| rule),
-            };
-            let target = body
-                .get("rule")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
-            audit_change(ctx, &label, action, target, &outcome).await;
-            let rule = outcome?;
-            tracing::info!(rule = %rule, armed, caller = %label, "rule armed state changed by an MQTT command");
-            Ok(json!({ "rule": rule, "armed": armed }))
-        }
         other => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_command",
@@ -180,6 +160,58 @@ async fn run(
             ),
         )),
     }
+}
+
+/// `admin/arm` and `admin/disarm`: every attempt is audited, whatever stops it (malformed, no
+/// token, a read token, an unknown rule, no rules stage).
+async fn admin(
+    ctx: &CommandContext,
+    command: &str,
+    payload: &[u8],
+    requester: &str,
+) -> Result<Value, ApiError> {
+    let armed = command == "admin/arm";
+    let action = if armed {
+        AuditAction::Arm
+    } else {
+        AuditAction::Disarm
+    };
+    let mut label = format!("mqtt:{requester}");
+    let mut target = String::new();
+    let outcome = async {
+        let mut body = parse_body(payload)?;
+        target = body
+            .get("rule")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let caller = take_caller(ctx, &mut body)?;
+        if let Some(c) = &caller {
+            label = c.name.to_string();
+        }
+        let rule = body
+            .get("rule")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::bad_parameter("rule", "give the rule id as a string"))?;
+        match caller {
+            None => Err(ApiError::unauthorized(format!(
+                "{command} needs an admin token: {{\"rule\": \"...\", \"token\": \"kw_...\"}}"
+            ))),
+            Some(c) if c.role < Role::Admin => Err(ApiError::forbidden(format!(
+                "token {:?} has role {:?}; {command} needs admin",
+                &*c.name, c.role
+            ))),
+            Some(_) => crate::api::rule_set_armed(rules(ctx)?, &rule, armed)
+                .await
+                .map(|()| rule),
+        }
+    }
+    .await;
+    audit_change(ctx, &label, action, target, &outcome).await;
+    let rule = outcome?;
+    tracing::info!(rule = %rule, armed, caller = %label, "rule armed state changed by an MQTT command");
+    Ok(json!({ "rule": rule, "armed": armed }))
 }
 
 /// Records an arm or disarm attempt (refused ones included); a record that cannot be written is

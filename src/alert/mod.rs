@@ -137,8 +137,8 @@ impl MqttConfig {
         )
     }
 
-    /// Every problem, as (key under `mqtt.`, message).
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
+    /// Every problem, as (key under `mqtt.`, message), for site `site`.
+    pub fn problems(&self, site: &str) -> Vec<(&'static str, String)> {
         let mut p = Vec::new();
         let host = self.host.trim();
         if host.is_empty() || host.contains("://") || host.contains(['/', ' ', '\t']) {
@@ -233,16 +233,14 @@ impl MqttConfig {
             p.push(("max_concurrent_commands", "use 1 to 64".into()));
         }
         if let Some(r) = &self.reply_topic_prefix {
-            let own = self
-                .topic_prefix
-                .clone()
-                .unwrap_or_else(|| "kinderwatch/".into());
+            let own = self.topic_prefix(site);
+            let under = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
             if r.is_empty() || r.contains(['+', '#']) || r.ends_with('/') || r.starts_with('/') {
                 p.push((
                     "reply_topic_prefix",
                     format!("{r:?}: no wildcards (+ #) and no leading or trailing '/'"),
                 ));
-            } else if own.starts_with(&format!("{r}/")) || own == *r {
+            } else if under(&own, r) || under(r, &own) {
                 p.push((
                     "reply_topic_prefix",
                     format!("{r:?} holds the site's own topics ({own}); use the center's reply prefix, e.g. \"center/replies\""),

@@ -48,6 +48,14 @@ use crate::store::{DeadLetterReason, OutboxEntry, Store};
 pub const UNREACHABLE_WARNING: Duration = Duration::from_secs(60);
 /// How often the outbox is looked at when nothing woke the publisher.
 const OUTBOX_POLL: Duration = Duration::from_millis(500);
+/// An entry whose move to the dead letters failed is tried again after this.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+/// After the client's queue was full, the outbox is not read again for this long (the queue
+/// drains meanwhile; reading at once would spin).
+const FULL_QUEUE_PAUSE: Duration = Duration::from_millis(100);
+/// `busy` replies sent per second at most; beyond that a flood's requests are dropped (counted)
+/// so that its replies cannot crowd the alerts out of the client's queue.
+pub const BUSY_REPLIES_PER_S: u32 = 20;
 
 pub struct PublisherSettings {
     pub config: MqttConfig,
@@ -272,6 +280,14 @@ struct Session<'a> {
     max_packet: Option<usize>,
     /// Refused alerts to send again: (when, sequence).
     retry: Vec<(Instant, u64)>,
+    /// The retries the outbox read in progress holds (back to `retry` if it fails).
+    reading: Vec<u64>,
+    /// Entries whose dead-letter move failed, back from the blocking task.
+    retry_back: (mpsc::UnboundedSender<u64>, mpsc::UnboundedReceiver<u64>),
+    /// No outbox read before this (the client's queue was full).
+    read_paused_until: Option<Instant>,
+    /// `busy` replies in the current second: (second started, count).
+    busy_replies: (Instant, u32),
     delivery: &'a mut Delivery,
 }
 
@@ -301,48 +317,69 @@ impl<'a> Session<'a> {
             gauges_at: Instant::now(),
             max_packet: None,
             retry: Vec::new(),
+            reading: Vec::new(),
+            retry_back: mpsc::unbounded_channel(),
+            read_paused_until: None,
+            busy_replies: (Instant::now(), 0),
             delivery,
         }
     }
 
     async fn run(
         &mut self,
-        mut eventloop: EventLoop,
+        eventloop: EventLoop,
         live: &mut Option<mpsc::Receiver<LiveEvent>>,
         cancel: &CancellationToken,
     ) -> Outcome {
+        // The event loop is polled in a task of its own and never cancelled: rumqttc takes a
+        // publish off its queue and counts it in flight before writing it, so a `poll()` dropped
+        // by this select while the write waits (a snapshot on a slow uplink) would lose the
+        // packet and keep its slot in the window for good.
+        let (events_tx, mut events) = mpsc::channel(256);
+        let poller = AbortOnDrop(tokio::spawn(poll_events(eventloop, events_tx)));
         let mut poll_outbox = tokio::time::interval(OUTBOX_POLL);
         let mut camera_tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
+        let outcome = loop {
             self.maybe_read_outbox();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
-                    self.goodbye(&mut eventloop).await;
-                    return Outcome::Stopped;
+                    self.goodbye(&mut events).await;
+                    break Outcome::Stopped;
                 }
-                ev = eventloop.poll() => match ev {
-                    Ok(ev) => self.on_event(ev),
-                    Err(e) => return Outcome::Lost { error: describe(&e), was_connected: self.connected },
+                ev = events.recv() => match ev {
+                    Some(Ok(ev)) => self.on_event(ev),
+                    Some(Err(e)) => break Outcome::Lost { error: describe(&e), was_connected: self.connected },
+                    None => break Outcome::Lost { error: "the MQTT event loop stopped".into(), was_connected: self.connected },
                 },
                 read = async { self.outbox_read.as_mut().expect("guarded").await }, if self.outbox_read.is_some() => {
                     self.outbox_read = None;
                     match read {
                         Ok(Ok((entries, asked))) => {
+                            self.reading.clear();
                             // A full read may have left more behind: read on once the window allows.
                             let new = entries.iter().filter(|e| !e.retry).count();
                             self.outbox_unread |= asked > 0 && new >= asked;
                             self.publish_entries(entries);
                         }
-                        // Retried on the next poll tick.
-                        Ok(Err(e)) => warn!(error = %e, "outbox read failed; retrying"),
-                        Err(e) => warn!(error = %e, "outbox read task failed; retrying"),
+                        // Read again on the next poll tick, the retries among them.
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "outbox read failed; retrying");
+                            self.retry_unread();
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "outbox read task failed; retrying");
+                            self.retry_unread();
+                        }
                     }
                 }
+                Some(seq) = self.retry_back.1.recv() => self.retry.push((Instant::now() + RETRY_AFTER_FAILURE, seq)),
                 Some((topic, correlation, body)) = self.responses.1.recv() => {
                     let props = reply_props(correlation);
-                    if let Queued::TooLarge { size, max } = self.publish(topic, body, false, Some(props), Tag::Other) {
-                        warn!(size, max, "a command reply does not fit the broker's maximum packet size; dropped");
+                    match self.publish(topic, body, false, Some(props), Tag::Other) {
+                        Queued::Yes => {}
+                        Queued::Full => reply_dropped("the client's queue is full"),
+                        Queued::TooLarge { .. } => reply_dropped("larger than the broker's maximum packet size"),
                     }
                 }
                 Some(e) = recv_live(live), if self.connected => self.publish_live(e),
@@ -351,7 +388,17 @@ impl<'a> Session<'a> {
                 _ = camera_tick.tick(), if self.connected => self.publish_camera_changes(),
             }
             self.flush_acks();
-        }
+        };
+        drop(poller);
+        outcome
+    }
+
+    /// The retries of a read that failed go back to the retry list (they are behind
+    /// `last_seq`: nothing else would read them again on this connection).
+    fn retry_unread(&mut self) {
+        let now = Instant::now();
+        let back: Vec<(Instant, u64)> = self.reading.drain(..).map(|seq| (now, seq)).collect();
+        self.retry.extend(back);
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -458,6 +505,7 @@ impl<'a> Session<'a> {
         error!(%event_id, seq, reason = reason.as_str(), detail = %detail,
                "alert moved to the dead letters; the alerts behind it go on (re-queue it with `kinderwatch dead-letters --requeue`)");
         let store = self.store.clone();
+        let back = self.retry_back.0.clone();
         tokio::task::spawn_blocking(move || {
             match store.dead_letter(seq, reason, &detail, attempts) {
                 Ok(Some(_)) => {
@@ -468,7 +516,8 @@ impl<'a> Session<'a> {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    warn!(%event_id, error = %e, "dead letter not written; the alert stays in the outbox")
+                    warn!(%event_id, error = %e, "dead letter not written; the alert stays in the outbox and is tried again");
+                    let _ = back.send(seq);
                 }
             }
         });
@@ -480,6 +529,10 @@ impl<'a> Session<'a> {
             return;
         }
         let now = Instant::now();
+        if self.read_paused_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.read_paused_until = None;
         let room = window - self.outbox_in_flight;
         let mut due = Vec::new();
         self.retry.retain(|&(at, seq)| {
@@ -501,6 +554,7 @@ impl<'a> Session<'a> {
         if fresh > 0 {
             self.outbox_unread = false;
         }
+        self.reading = due.clone();
         let (store, after) = (self.store.clone(), self.last_seq);
         let snapshots = self.settings.config.publish_snapshots;
         let max_packet = self.max_packet;
@@ -574,6 +628,7 @@ impl<'a> Session<'a> {
                             .map(|p| (now, p.entry.seq)),
                     );
                     self.outbox_unread = true;
+                    self.read_paused_until = Some(now + FULL_QUEUE_PAUSE);
                     break;
                 }
                 Queued::TooLarge { size, max } => {
@@ -772,6 +827,23 @@ impl<'a> Session<'a> {
         let Ok(permit) = self.delivery.commands.clone().try_acquire_owned() else {
             metrics::counter!("kinderwatch_mqtt_commands_ignored_total", "reason" => "busy")
                 .increment(1);
+            let now = Instant::now();
+            if now.duration_since(self.busy_replies.0) >= Duration::from_secs(1) {
+                self.busy_replies = (now, 0);
+            }
+            self.busy_replies.1 += 1;
+            if self.busy_replies.1 > BUSY_REPLIES_PER_S {
+                // A flood: no reply, so that replies cannot crowd out the alerts.
+                metrics::counter!("kinderwatch_mqtt_commands_ignored_total", "reason" => "flood")
+                    .increment(1);
+                if self.busy_replies.1 == BUSY_REPLIES_PER_S + 1 {
+                    warn!(
+                        per_s = BUSY_REPLIES_PER_S,
+                        "a command flood: requests beyond the busy replies are dropped this second"
+                    );
+                }
+                return;
+            }
             let busy = ApiError::busy(format!(
                 "{} commands are running; try again in a moment",
                 self.settings.config.max_concurrent_commands
@@ -836,7 +908,7 @@ impl<'a> Session<'a> {
     }
 
     /// Retained `offline`, then DISCONNECT (the broker drops the last will on a clean one).
-    async fn goodbye(&mut self, eventloop: &mut EventLoop) {
+    async fn goodbye(&mut self, events: &mut mpsc::Receiver<Result<Event, ConnectionError>>) {
         if !self.connected {
             return;
         }
@@ -850,8 +922,8 @@ impl<'a> Session<'a> {
         let _ = self.client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                match events.recv().await {
+                    Some(Ok(Event::Outgoing(Outgoing::Disconnect))) | Some(Err(_)) | None => break,
                     _ => {}
                 }
             }
@@ -859,6 +931,31 @@ impl<'a> Session<'a> {
         .await;
         info!("MQTT disconnected");
     }
+}
+
+/// Polls the event loop until it fails or the session is gone, forwarding every event.
+async fn poll_events(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, ConnectionError>>) {
+    loop {
+        let ev = eventloop.poll().await;
+        let failed = ev.is_err();
+        if tx.send(ev).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Aborts the task when dropped (the session's end closes its connection).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn reply_dropped(why: &str) {
+    metrics::counter!("kinderwatch_mqtt_replies_dropped_total").increment(1);
+    warn!(why, "a command reply was dropped");
 }
 
 async fn recv_live(rx: &mut Option<mpsc::Receiver<LiveEvent>>) -> Option<LiveEvent> {

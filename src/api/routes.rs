@@ -115,26 +115,34 @@ async fn audited<T: Send + 'static>(
         .map_err(ApiError::internal)
 }
 
-/// Records a change (arm, disarm, re-queue) after it was tried; a record that cannot be written
-/// is logged.
-async fn audit_change<T>(
+/// Runs a change (arm, disarm, re-queue) and records it, refused attempts included, in a task
+/// of its own: a request that times out (or a client that goes away) cannot leave a change
+/// without its record. A record that cannot be written is logged.
+async fn audited_change<T: Send + 'static>(
     state: &ApiState,
     caller: &Caller,
     action: AuditAction,
-    target: &str,
-    outcome: &Result<T, ApiError>,
-) {
-    let mut record = AuditRecord::new("http", &caller.name, action, target);
-    if let Err(e) = outcome {
-        record.result = e.code.into();
-    }
+    target: String,
+    change: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
     let store = state.store.clone();
-    if !matches!(
-        tokio::task::spawn_blocking(move || store.audit(&record)).await,
-        Ok(Ok(()))
-    ) {
-        tracing::error!(caller = %caller.name, ?action, "audit record of a change not written");
-    }
+    let name = caller.name.clone();
+    tokio::spawn(async move {
+        let outcome = change.await;
+        let mut record = AuditRecord::new("http", &name, action, target);
+        if let Err(e) = &outcome {
+            record.result = e.code.into();
+        }
+        if !matches!(
+            tokio::task::spawn_blocking(move || store.audit(&record)).await,
+            Ok(Ok(()))
+        ) {
+            tracing::error!(caller = %name, ?action, "audit record of a change not written");
+        }
+        outcome
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 /// Parses `?camera=&kind=&rule=&from=&to=&since=&limit=&cursor=`; every problem names its
@@ -428,17 +436,17 @@ async fn set_armed(
     Path(rule): Path<String>,
     armed: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let outcome = match rules_sender(&state) {
-        Ok(tx) => rule_set_armed(&tx, &rule, armed).await,
-        Err(e) => Err(e),
-    };
     let action = if armed {
         AuditAction::Arm
     } else {
         AuditAction::Disarm
     };
-    audit_change(&state, &caller, action, &rule, &outcome).await;
-    outcome?;
+    let tx = rules_sender(&state);
+    let r = rule.clone();
+    audited_change(&state, &caller, action, rule.clone(), async move {
+        rule_set_armed(&tx?, &r, armed).await
+    })
+    .await?;
     tracing::info!(rule = %rule, armed, caller = %caller.name, "rule armed state changed through the API");
     Ok(Json(json!({ "rule": rule, "armed": armed })))
 }
@@ -512,22 +520,22 @@ async fn requeue(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let store = state.store.clone();
-    let outcome = match blocking(move || store.requeue(&id)).await {
-        Ok(true) => Ok(1),
-        Ok(false) => Err(ApiError::not_found(format!(
-            "no dead letter for event {id}"
-        ))),
-        Err(e) => Err(e),
-    };
-    audit_change(
+    let n = audited_change(
         &state,
         &caller,
         AuditAction::Requeue,
-        &id.to_string(),
-        &outcome,
+        id.to_string(),
+        async move {
+            match blocking(move || store.requeue(&id)).await? {
+                true => Ok(1),
+                false => Err(ApiError::not_found(format!(
+                    "no dead letter for event {id}"
+                ))),
+            }
+        },
     )
-    .await;
-    Ok(Json(json!({ "requeued": outcome? })))
+    .await?;
+    Ok(Json(json!({ "requeued": n })))
 }
 
 /// `POST /api/v1/outbox/dead-letters/requeue` (admin): every dead letter.
@@ -536,9 +544,15 @@ async fn requeue_all(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
-    let outcome = blocking(move || store.requeue_all()).await;
-    audit_change(&state, &caller, AuditAction::Requeue, "all", &outcome).await;
-    Ok(Json(json!({ "requeued": outcome? })))
+    let n = audited_change(
+        &state,
+        &caller,
+        AuditAction::Requeue,
+        "all".into(),
+        async move { blocking(move || store.requeue_all()).await },
+    )
+    .await?;
+    Ok(Json(json!({ "requeued": n })))
 }
 
 async fn store_stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {

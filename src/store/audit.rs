@@ -84,8 +84,8 @@ pub struct AuditQuery {
 }
 
 impl Store {
-    /// Writes an audit record (flushed with sled's next periodic flush). Refused below the
-    /// free-space reserve, like events.
+    /// Writes an audit record and flushes it to disk before returning, so that no answer leaves
+    /// without its record. Refused below the free-space reserve, like events.
     pub fn audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
         let value = serde_json::to_vec(record).expect("audit records serialise");
         self.check_free_space(value.len() as u64)?;
@@ -96,6 +96,7 @@ impl Store {
                 metrics::counter!("kinderwatch_store_audit_errors_total").increment(1);
                 StoreError::Sled(e)
             })?;
+        self.inner.db.flush()?;
         metrics::counter!("kinderwatch_audit_records_total").increment(1);
         Ok(())
     }

@@ -176,6 +176,10 @@ struct Inner {
     outbox_changed: tokio::sync::Notify,
     /// `outbox_after` calls, for diagnostics and tests (an idle publisher must not spin on it).
     outbox_reads: std::sync::atomic::AtomicU64,
+    /// Held from taking outbox sequences to committing them (see [`Store::record`]).
+    outbox_order: std::sync::Mutex<()>,
+    /// Entries in `dead_letters` (read by `/healthz`, which must not walk a tree).
+    dead_letter_count: std::sync::atomic::AtomicUsize,
 }
 
 impl Store {
@@ -211,9 +215,15 @@ impl Store {
                 min_free_bytes: config.min_free_mb * 1024 * 1024,
                 outbox_changed: tokio::sync::Notify::new(),
                 outbox_reads: std::sync::atomic::AtomicU64::new(0),
+                outbox_order: std::sync::Mutex::new(()),
+                dead_letter_count: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         migrate::bring_up_to_date(&store.inner.db, dir)?;
+        store.inner.dead_letter_count.store(
+            store.inner.dead_letters.len(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let stale = store.sweep_outbox_index()?;
         if stale > 0 {
             tracing::info!(stale, "outbox index entries of delivered alerts removed");
@@ -245,6 +255,14 @@ impl Store {
             .map(|(value, r)| (value.len() + r.snapshot.as_ref().map_or(0, Vec::len)) as u64)
             .sum();
         self.check_free_space(incoming)?;
+        // Sequences are taken and committed under one lock, so that they commit in order: the
+        // publisher reads "after the last sequence it sent" and would never see an earlier one
+        // that committed later (a re-queue racing a record).
+        let _order = self
+            .inner
+            .outbox_order
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let seqs = if outbox {
             encoded
                 .iter()

@@ -122,12 +122,16 @@ impl Store {
                 tracing::error!(seq, error = %e, "an outbox entry does not decode; moved to the dead letters, the entries behind it go on");
                 metrics::counter!("kinderwatch_store_undecodable_total", "where" => "outbox")
                     .increment(1);
-                if self
-                    .dead_letter(seq, DeadLetterReason::Unreadable, &e.to_string(), 0)?
-                    .is_some()
-                {
-                    metrics::counter!("kinderwatch_mqtt_dead_letters_total", "reason" => "unreadable")
-                        .increment(1);
+                match self.dead_letter(seq, DeadLetterReason::Unreadable, &e.to_string(), 0) {
+                    Ok(Some(_)) => {
+                        metrics::counter!("kinderwatch_mqtt_dead_letters_total", "reason" => "unreadable")
+                            .increment(1);
+                    }
+                    Ok(None) => {}
+                    // Skipped all the same: it must not fail the reads of the entries behind it.
+                    Err(e) => {
+                        tracing::warn!(seq, error = %e, "the unreadable entry could not be moved; skipped")
+                    }
                 }
                 Ok(None)
             }
@@ -232,15 +236,17 @@ impl Store {
             },
         )?;
         if moved.is_some() {
+            i.dead_letter_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             i.db.flush()?;
         }
         Ok(moved)
     }
 
-    /// Dead letters in their old outbox order (at most `max`).
+    /// Dead letters in their old outbox order (the first `max`).
     pub fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.inner.dead_letters.iter().take(max) {
+        for kv in self.inner.dead_letters.iter() {
             let (k, v) = kv?;
             match serde_json::from_slice::<DeadLetter>(&v) {
                 Ok(d) => out.push(d),
@@ -250,16 +256,22 @@ impl Store {
             }
         }
         out.sort_by_key(|d| d.seq);
+        out.truncate(max);
         Ok(out)
     }
 
+    /// How many dead letters wait (a counter: no tree walk).
     pub fn dead_letter_len(&self) -> usize {
-        self.inner.dead_letters.len()
+        self.inner
+            .dead_letter_count
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Puts a dead letter back at the end of the outbox; `false` if there is no such dead letter.
     pub fn requeue(&self, id: &Uuid) -> Result<bool, StoreError> {
         let i = &self.inner;
+        // See `Store::record`: taken and committed in order.
+        let _order = i.outbox_order.lock().unwrap_or_else(|p| p.into_inner());
         let seq = i.db.generate_id()?;
         let done = (&i.outbox, &i.outbox_index, &i.dead_letters).transaction(
             |(outbox, index, dead)| {
@@ -272,6 +284,8 @@ impl Store {
             },
         )?;
         if done {
+            i.dead_letter_count
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             i.db.flush()?;
             i.outbox_changed.notify_one();
         }
