@@ -996,3 +996,79 @@ fn an_index_entry_left_by_a_crash_does_not_keep_a_delivered_event_forever() {
         .unwrap();
     assert_eq!((report.deleted_by_age, report.kept_for_outbox), (1, 0));
 }
+
+#[test]
+fn a_reader_following_the_outbox_sees_every_entry_while_records_and_requeues_race() {
+    // What the publisher does: read after the last sequence it saw. Sequences must commit in
+    // order, or an entry committed late behind a higher one is passed over.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &config()).unwrap();
+    let first: Vec<RecordedEvent> = (0..200)
+        .map(|i| {
+            event(
+                EventKind::LineCrossed,
+                "gate",
+                Some("fence"),
+                Timestamp::now() + SignedDuration::from_millis(i),
+            )
+        })
+        .collect();
+    store.record(&first, true).unwrap();
+    let entries = store.outbox_after(None, 1000).unwrap();
+    for e in &entries {
+        store
+            .dead_letter(e.seq, kinderwatch::store::DeadLetterReason::Refused, "", 5)
+            .unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = HashSet::new();
+            let mut last = None;
+            loop {
+                let done = stop.load(std::sync::atomic::Ordering::SeqCst);
+                for e in store.outbox_after(last, 1000).unwrap() {
+                    last = Some(e.seq);
+                    seen.insert(e.event.id);
+                }
+                if done {
+                    return seen;
+                }
+            }
+        })
+    };
+    let requeuer = {
+        let store = store.clone();
+        let ids: Vec<Uuid> = first.iter().map(|r| r.event.id).collect();
+        std::thread::spawn(move || {
+            for id in ids {
+                assert!(store.requeue(&id).unwrap());
+            }
+        })
+    };
+    let mut recorded: Vec<Uuid> = first.iter().map(|r| r.event.id).collect();
+    for _ in 0..100 {
+        let batch: Vec<RecordedEvent> = (0..2)
+            .map(|_| {
+                event(
+                    EventKind::LineCrossed,
+                    "yard",
+                    Some("fence"),
+                    Timestamp::now(),
+                )
+            })
+            .collect();
+        recorded.extend(batch.iter().map(|r| r.event.id));
+        store.record(&batch, true).unwrap();
+    }
+    requeuer.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = reader.join().unwrap();
+    let missed: Vec<&Uuid> = recorded.iter().filter(|id| !seen.contains(id)).collect();
+    assert!(
+        missed.is_empty(),
+        "the reader passed over {} entries",
+        missed.len()
+    );
+}
