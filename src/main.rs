@@ -452,6 +452,10 @@ fn start_daemon(config: Config, duration: Option<Duration>) -> anyhow::Result<Ex
     kinderwatch::init_gstreamer()
         .context("GStreamer failed to initialise; run scripts/setup.sh")?;
     let rt = runtime()?;
-    rt.block_on(kinderwatch::app::run(config, duration))?;
+    let result = rt.block_on(kinderwatch::app::run(config, duration));
+    // Dropping a runtime waits for every blocking task without limit; a GStreamer call stuck in
+    // one must not keep the process from exiting.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result?;
     Ok(ExitCode::SUCCESS)
 }

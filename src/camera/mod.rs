@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod pixels;
 pub mod probe;
 pub mod supervisor;
+pub mod teardown;
 mod url;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

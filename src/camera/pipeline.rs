@@ -401,14 +401,16 @@ impl CameraPipeline {
         }
     }
 
-    /// Sets the pipeline to Null off the async workers (rtspsrc may wait `teardown-timeout`).
-    pub async fn stop(self) {
-        let pipeline = self.pipeline.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let _ = pipeline.set_state(gst::State::Null);
-        })
-        .await;
-        // Drop sets Null again, which is a no-op now.
+    /// Sets the pipeline to Null on a thread of its own, waiting at most `deadline` (see
+    /// [`super::teardown`]); the pipeline is dropped on that thread too.
+    pub async fn stop(
+        self,
+        deadline: std::time::Duration,
+        camera: &str,
+    ) -> super::teardown::Teardown {
+        let element = self.pipeline.clone().upcast::<gst::Element>();
+        // Drop sets Null again on that thread, a no-op by then.
+        super::teardown::set_null_within(element, self, deadline, camera).await
     }
 
     /// The pipeline's current state (for tests and diagnostics).

@@ -136,7 +136,9 @@ pub async fn probe(opts: ProbeOptions) -> Result<ProbeReport, ProbeFailure> {
         }
     };
     drop(bus);
-    pipeline.stop().await;
+    pipeline
+        .stop(super::teardown::TEARDOWN_DEADLINE, "probe")
+        .await;
     result
 }
 

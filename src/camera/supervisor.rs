@@ -218,7 +218,21 @@ impl CameraSupervisor {
         };
         let stats = pipeline.stats().clone();
         drop(bus);
-        pipeline.stop().await;
+        let fault = match pipeline
+            .stop(super::teardown::TEARDOWN_DEADLINE, &self.spec.camera)
+            .await
+        {
+            super::teardown::Teardown::Done(_) => fault,
+            super::teardown::Teardown::Stuck => {
+                let why = format!(
+                    "the pipeline did not stop within {}s (GStreamer teardown stuck); abandoned and rebuilt",
+                    super::teardown::TEARDOWN_DEADLINE.as_secs()
+                );
+                error!(error = %why, stuck_teardowns = super::teardown::stuck_teardowns(), "camera teardown stuck");
+                // Shutting down: nothing to rebuild. Otherwise the camera is faulted and retried.
+                fault.map(|_| Fault::Transient(why))
+            }
+        };
         metrics::counter!("kinderwatch_camera_frames_total", "camera" => self.spec.camera.to_string())
             .increment(stats.frames() - last_status.1);
         self.publish_counters(stats.frames(), 0.0, stats.last_frame());
