@@ -351,6 +351,32 @@ async fn wrong_path_is_not_found() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_the_url_query_never_reaches_the_status_or_the_logs() {
+    common::init_logs();
+    let server = RtspTestServer::start(PATTERN_720P, Auth::None);
+    let url = server.url_with_path("/no-such-stream?channel=1&password=Qu3ry-Secret-77");
+    let cam = camera("query", &url, "");
+    let (mut handle, cancel, task) = start_camera(&cam);
+    let s = wait_state(
+        &mut handle.status,
+        CameraState::NotFound,
+        Duration::from_secs(15),
+    )
+    .await;
+    let error = s.last_error.clone().unwrap_or_default();
+    assert!(error.contains("404"), "{s:?}");
+    // The status is what the API and the retained MQTT camera status show.
+    assert!(!format!("{s:?}").contains("Qu3ry-Secret-77"), "{s:?}");
+    stop_camera(handle, cancel, task).await;
+    let logs = common::captured_logs();
+    assert!(logs.contains("camera supervisor started"), "logs captured");
+    assert!(
+        !logs.contains("Qu3ry-Secret-77"),
+        "the query secret was logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_listening_is_a_transient_backoff() {
     common::init();
     // Bind and drop a listener to get a port nobody listens on.

@@ -182,7 +182,8 @@ pub struct CameraPipeline {
     /// The first element after the decoder; its sink caps describe the decoded stream.
     decoded_tap: gst::Element,
     stats: Arc<IngestStats>,
-    secret: Option<String>,
+    /// The password and credential-like query values of the URL, scrubbed from GStreamer's text.
+    secrets: Vec<String>,
 }
 
 /// Pipelines built and not yet dropped (each is set to Null when dropped).
@@ -354,17 +355,20 @@ impl CameraPipeline {
             }
         });
 
-        let secret = spec
+        let mut secrets: Vec<String> = spec
             .credentials
             .as_ref()
             .map(|c| c.password().to_owned())
-            .filter(|p| p.len() >= 3);
+            .filter(|p| p.len() >= 3)
+            .into_iter()
+            .collect();
+        secrets.extend(spec.url.query_secrets());
         LIVE_PIPELINES.fetch_add(1, Ordering::SeqCst);
         let this = Self {
             pipeline,
             decoded_tap,
             stats,
-            secret,
+            secrets,
         };
         this.pipeline.set_state(gst::State::Playing)?;
         Ok(this)
@@ -393,12 +397,16 @@ impl CameraPipeline {
         })
     }
 
-    /// Removes the password from text that came from GStreamer (defence in depth: it is not in the URL).
+    /// Removes the password and the URL's credential-like query values from text that came from
+    /// GStreamer, and any other `password=…`-like pair it echoes.
     pub fn scrub(&self, text: String) -> String {
-        match &self.secret {
-            Some(s) if text.contains(s.as_str()) => text.replace(s.as_str(), "***"),
-            _ => text,
+        let mut text = text;
+        for s in &self.secrets {
+            if text.contains(s.as_str()) {
+                text = text.replace(s.as_str(), "***");
+            }
         }
+        super::url::redact_text(&text)
     }
 
     /// Sets the pipeline to Null on a thread of its own, waiting at most `deadline` (see

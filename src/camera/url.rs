@@ -79,6 +79,22 @@ impl RtspUrl {
         self.0.host_str().unwrap_or("")
     }
 
+    /// The values of credential-like query parameters (as written and percent-decoded), for
+    /// scrubbing text that echoes the URL.
+    pub fn query_secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (k, v) in self.0.query_pairs() {
+            if SECRET_QUERY_KEYS.contains(&k.to_ascii_lowercase().as_str()) && v.len() >= 3 {
+                let raw: String = url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
+                out.push(v.into_owned());
+                if !out.contains(&raw) {
+                    out.push(raw);
+                }
+            }
+        }
+        out
+    }
+
     pub fn port(&self) -> u16 {
         self.0
             .port()
@@ -146,6 +162,49 @@ pub fn redact_url(s: &str) -> String {
     url.to_string()
 }
 
+/// Credential-like `key=value` pairs anywhere in free text (a GStreamer error that echoes a URL
+/// in its own words) with their values replaced by `***`.
+pub fn redact_text(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let hit = SECRET_QUERY_KEYS.iter().find_map(|k| {
+            let at = i;
+            let key_end = at + k.len();
+            let starts_word = at == 0 || !lower.as_bytes()[at - 1].is_ascii_alphanumeric();
+            (starts_word
+                && lower[at..].starts_with(k)
+                && lower.as_bytes().get(key_end) == Some(&b'='))
+            .then_some(key_end + 1)
+        });
+        match hit {
+            Some(value_start) => {
+                out.push_str(&text[i..value_start]);
+                out.push_str("***");
+                let rest = &text[value_start..];
+                let end = rest
+                    .find(|c: char| {
+                        c == '&'
+                            || c == '"'
+                            || c == '\''
+                            || c.is_whitespace()
+                            || c == ')'
+                            || c == ','
+                    })
+                    .unwrap_or(rest.len());
+                i = value_start + end;
+            }
+            None => {
+                let c = text[i..].chars().next().expect("in bounds");
+                out.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+    out
+}
+
 fn redact_unparsed(s: &str) -> String {
     // "scheme://user:pass@rest" → "scheme://***@rest"; otherwise keep it.
     if let Some(scheme_end) = s.find("://") {
@@ -169,6 +228,24 @@ mod tests {
         assert!(!r.contains("admin"), "{r}");
         assert!(r.contains("channel=1"), "{r}");
         assert!(r.contains("10.0.0.5:554/live"), "{r}");
+    }
+
+    #[test]
+    fn redacts_secrets_echoed_in_free_text() {
+        let t = "Could not open resource for reading. (rtsp://10.0.0.5/live?channel=1&Password=hunter2 token=abc123, user=bob)";
+        let r = redact_text(t);
+        assert!(
+            !r.contains("hunter2") && !r.contains("abc123") && !r.contains("bob"),
+            "{r}"
+        );
+        assert!(r.contains("channel=1") && r.contains("Password=***"), "{r}");
+        assert_eq!(
+            redact_text("no secrets: passwords=fine"),
+            "no secrets: passwords=fine"
+        );
+        assert_eq!(redact_text("ünïcode key=1"), "ünïcode key=***");
+        let url = RtspUrl::parse("rtsp://cam/s?pwd=p%26w+d&x=1").unwrap();
+        assert_eq!(url.query_secrets(), ["p&w d", "p%26w+d"]);
     }
 
     #[test]
