@@ -632,3 +632,82 @@ fn history_and_snapshot_reads_and_arming_are_audited_and_dead_letters_requeued()
         "{v}"
     );
 }
+
+#[test]
+fn hundreds_of_half_open_connections_neither_hold_the_api_nor_the_store() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let h = start();
+    let addr = h.base.trim_start_matches("http://").to_owned();
+    // 300 connections that never send a request, and 50 that stop halfway through the headers.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let partial: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: kinderwatch\r\nX-Slow: ");
+            s
+        })
+        .collect();
+    // The store keeps recording meanwhile: a crossing becomes an event.
+    walk_across(&h);
+    let events = h.rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let page = h
+                .store
+                .query(&kinderwatch::store::EventQuery {
+                    kind: Some(EventKind::LineCrossed),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .unwrap();
+            if !page.events.is_empty() || Instant::now() > deadline {
+                return page.events.len();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert_eq!(events, 1, "the store recorded during the flood");
+    // Every one of them is closed by the server: beyond the cap at once, the rest once their
+    // headers do not arrive in time. (Generous bound: only a hang exceeds it.)
+    let deadline = Instant::now() + kinderwatch::api::HEADER_READ_TIMEOUT + Duration::from_secs(20);
+    let closed_by_server = |s: &TcpStream| {
+        let mut s = s;
+        let left = deadline.saturating_duration_since(Instant::now());
+        s.set_read_timeout(Some(left.max(Duration::from_millis(10))))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                // A 408 or similar before the close is fine too.
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    };
+    let open_left = idle
+        .iter()
+        .chain(partial.iter())
+        .filter(|s| !closed_by_server(s))
+        .count();
+    assert_eq!(open_left, 0, "connections the server never closed");
+    // And the API answers again; the refusals are counted.
+    let (status, body, _) = call(&h, "GET", "/healthz", None);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (_, metrics, _) = call(&h, "GET", "/metrics", Some(&h.read));
+    let metrics = String::from_utf8_lossy(&metrics);
+    let refused: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("kinderwatch_api_connections_refused_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        refused >= 250.0,
+        "connections beyond the cap were refused: {refused}"
+    );
+}

@@ -186,15 +186,72 @@ pub fn router(state: ApiState) -> axum::Router {
     routes::router(state)
 }
 
-/// Serves until `cancel`.
+/// Connections served at once; beyond that new ones are closed at once (counted), so that a
+/// flood of clients cannot take the file descriptors RTSP, MQTT and sled need.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client must send a request's headers within this long, on a new connection and between
+/// requests on a kept-alive one (a half-open or idle connection is closed after it).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves until `cancel`: HTTP/1.1, at most [`MAX_CONNECTIONS`] connections, each closed when its
+/// client does not send headers within [`HEADER_READ_TIMEOUT`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    info!(%addr, "HTTP API listening");
-    axum::serve(listener, routes::router(state))
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
+    info!(%addr, max_connections = MAX_CONNECTIONS, "HTTP API listening");
+    let app = routes::router(state);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let connections = tokio_util::task::TaskTracker::new();
+    let mut refused_logged: Option<std::time::Instant> = None;
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "API accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("kinderwatch_api_connections_refused_total").increment(1);
+            if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                refused_logged = Some(std::time::Instant::now());
+                tracing::warn!(
+                    max = MAX_CONNECTIONS,
+                    "API connection limit reached; new connections are closed (logged once a minute)"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(64 * 1024);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(3), connections.wait()).await;
+    Ok(())
 }
