@@ -249,6 +249,7 @@ pub async fn run(
         }
         known
     });
+    let clock = RuleClock::new();
     loop {
         let r = tokio::select! {
             biased;
@@ -271,11 +272,14 @@ pub async fn run(
         let Some(cam) = cameras.get_mut(&r.frame.camera) else {
             continue;
         };
-        let t = Timestamp::try_from(r.frame.captured_at).unwrap_or_else(|_| Timestamp::now());
+        // Tracking, dwell and cooldowns on the monotonic clock; schedules and event times on the
+        // wall clock (an NTP step moves the latter, never the former).
+        let wall = Timestamp::try_from(r.frame.captured_at).unwrap_or_else(|_| Timestamp::now());
+        let t = clock.at(r.frame.captured);
         let ended = cam.tracker.update(t, &r.detections, &r.frame);
         let ended_ids: Vec<u64> = ended.iter().map(|tr| tr.id).collect();
         cam.engine.forget(&ended_ids);
-        let hits = cam.engine.evaluate(t, cam.tracker.tracks());
+        let hits = cam.engine.evaluate(t, wall, cam.tracker.tracks());
         if let Some(flag) = &cam.live_tracks {
             flag.store(cam.tracker.has_live_tracks(), Ordering::Relaxed);
         }
@@ -338,6 +342,35 @@ fn handle_command(
     }
 }
 
+/// Rule time: a timestamp that advances with the monotonic clock (the frames' capture
+/// `Instant`s) from where the wall clock stood when the stage started. Tracking, dwell, `min_frames`
+/// and cooldowns run on it, so a wall-clock step (NTP, an operator setting the time) fires no
+/// false loitering and loses no track; event times and schedules stay on the wall clock.
+struct RuleClock {
+    anchor: std::time::Instant,
+    at: Timestamp,
+}
+
+impl RuleClock {
+    fn new() -> Self {
+        Self {
+            anchor: std::time::Instant::now(),
+            at: Timestamp::now(),
+        }
+    }
+
+    fn at(&self, captured: std::time::Instant) -> Timestamp {
+        let d = match captured.checked_duration_since(self.anchor) {
+            Some(after) => {
+                jiff::SignedDuration::try_from(after).unwrap_or(jiff::SignedDuration::MAX)
+            }
+            None => -jiff::SignedDuration::try_from(self.anchor - captured)
+                .unwrap_or(jiff::SignedDuration::MAX),
+        };
+        self.at.checked_add(d).unwrap_or(self.at)
+    }
+}
+
 async fn build_event(
     config: &Config,
     cam: &CameraRules,
@@ -353,10 +386,8 @@ async fn build_event(
         track_id: hit.track_id,
         crossing: hit.crossing,
     });
+    event.started_at = hit.started_at;
     let track = cam.tracker.tracks().iter().find(|t| t.id == hit.track_id);
-    if let Some(t) = track {
-        event.started_at = t.first_seen;
-    }
     let shape = cam
         .engine
         .rules()

@@ -88,7 +88,11 @@ pub struct RuleHit {
     pub kind: HitKind,
     pub crossing: Option<Crossing>,
     pub track_id: u64,
+    /// Wall-clock time of the frame that fired the rule.
     pub time: Timestamp,
+    /// When the track was first seen, in wall-clock time (its age on the monotonic clock
+    /// before `time`).
+    pub started_at: Timestamp,
     pub label: Arc<str>,
     pub score: f32,
     pub bbox: BBox,
@@ -149,8 +153,14 @@ impl Engine {
         self.is_armed(rule) && rule.schedule.is_active(t)
     }
 
-    /// Evaluates every rule against the tracks seen at `t`.
-    pub fn evaluate<S>(&mut self, t: Timestamp, tracks: &[Track<S>]) -> Vec<RuleHit> {
+    /// Evaluates every rule against the tracks seen at rule time `t` (monotonic: dwell and
+    /// cooldowns), with `wall` the frame's wall-clock time (schedules and the hit's time).
+    pub fn evaluate<S>(
+        &mut self,
+        t: Timestamp,
+        wall: Timestamp,
+        tracks: &[Track<S>],
+    ) -> Vec<RuleHit> {
         let mut hits = Vec::new();
         for track in tracks.iter().filter(|tr| tr.confirmed && tr.seen_now()) {
             let feet = track.feet();
@@ -198,7 +208,7 @@ impl Engine {
                     .get(&rule.id)
                     .copied()
                     .unwrap_or(rule.armed);
-                if !armed || !rule.schedule.is_active(t) {
+                if !armed || !rule.schedule.is_active(wall) {
                     continue;
                 }
                 if pair
@@ -213,7 +223,10 @@ impl Engine {
                     kind,
                     crossing,
                     track_id: track.id,
-                    time: t,
+                    time: wall,
+                    started_at: wall
+                        .checked_sub(t.duration_since(track.first_seen))
+                        .unwrap_or(wall),
                     label: track.label.clone(),
                     score: track.score,
                     bbox: track.bbox,
@@ -280,7 +293,7 @@ mod tests {
                 bbox: BBox::new(0.45, y - 0.2, 0.55, *y),
             };
             tracker.update(t, &[d], &());
-            hits.extend(engine.evaluate(t, tracker.tracks()));
+            hits.extend(engine.evaluate(t, t, tracker.tracks()));
         }
         hits
     }

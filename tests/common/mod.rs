@@ -387,6 +387,7 @@ pub mod site;
 /// track's best (the snapshot's frame); the box is x 0.40..0.60, 0.3 high.
 pub fn walk_down(t0: std::time::SystemTime) -> Vec<kinderwatch::detect::FrameDetections> {
     use kinderwatch::detect::{BBox, Detection, FrameDetections};
+    let base = Instant::now();
     (0..20u64)
         .map(|i| {
             let y = 0.2 + 0.03 * i as f32;
@@ -395,7 +396,7 @@ pub fn walk_down(t0: std::time::SystemTime) -> Vec<kinderwatch::detect::FrameDet
                     camera: "gate".into(),
                     seq: i + 1,
                     captured_at: t0 + Duration::from_millis(200 * i),
-                    captured: Instant::now(),
+                    captured: base + Duration::from_millis(200 * i),
                     width: 320,
                     height: 240,
                     pixels: kinderwatch::camera::Pixels::Rgb(vec![100; 320 * 240 * 3]),
