@@ -36,29 +36,43 @@ pub fn fetch(
     query: &[(String, String)],
     max: usize,
 ) -> anyhow::Result<Vec<Value>> {
+    follow_pages(query, max, MAX_LIMIT, "events", |qs| match source {
+        Source::Api { base, token } => api_page(base, token, qs),
+        Source::Db(dir) => db_page(dir, qs),
+    })
+}
+
+/// Asks `page` for pages (a query string with `limit` and `cursor` added to `query`) until `max`
+/// items under `key` are in or no `next_cursor` comes back.
+fn follow_pages(
+    query: &[(String, String)],
+    max: usize,
+    page_limit: usize,
+    key: &str,
+    mut page: impl FnMut(&str) -> anyhow::Result<Value>,
+) -> anyhow::Result<Vec<Value>> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let want = (max - out.len()).min(MAX_LIMIT);
         let mut params: Vec<(String, String)> = query.to_vec();
-        params.push(("limit".into(), want.to_string()));
+        params.push((
+            "limit".into(),
+            (max - out.len()).min(page_limit).to_string(),
+        ));
         if let Some(c) = &cursor {
             params.push(("cursor".into(), c.clone()));
         }
         let qs = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params.iter())
             .finish();
-        let page = match source {
-            Source::Api { base, token } => api_page(base, token, &qs)?,
-            Source::Db(dir) => db_page(dir, &qs)?,
-        };
-        let events = page
-            .get("events")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        out.extend(events);
-        cursor = page
+        let v = page(&qs)?;
+        out.extend(
+            v.get(key)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        cursor = v
             .get("next_cursor")
             .and_then(Value::as_str)
             .map(str::to_owned);
@@ -103,49 +117,26 @@ pub fn fetch_audit(
     query: &[(String, String)],
     max: usize,
 ) -> anyhow::Result<Vec<Value>> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut params: Vec<(String, String)> = query.to_vec();
-        params.push((
-            "limit".into(),
-            (max - out.len())
-                .min(crate::store::audit::MAX_LIMIT)
-                .to_string(),
-        ));
-        if let Some(c) = &cursor {
-            params.push(("cursor".into(), c.clone()));
-        }
-        let qs = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(params.iter())
-            .finish();
-        let page = match source {
+    follow_pages(
+        query,
+        max,
+        crate::store::audit::MAX_LIMIT,
+        "records",
+        |qs| match source {
             Source::Api { base, token } => {
-                api_call("GET", base, token, &format!("/api/v1/audit?{qs}"))?
+                api_call("GET", base, token, &format!("/api/v1/audit?{qs}"))
             }
             Source::Db(dir) => {
-                let q =
-                    crate::api::parse_audit_query(Some(&qs), Timestamp::now()).map_err(|e| {
-                        anyhow::anyhow!("{}: {}", e.parameter.unwrap_or_default(), e.reason)
-                    })?;
+                let q = crate::api::parse_audit_query(Some(qs), Timestamp::now()).map_err(|e| {
+                    anyhow::anyhow!("{}: {}", e.parameter.unwrap_or_default(), e.reason)
+                })?;
                 let (records, next) = open_db(dir)?.audit_query(&q)?;
-                serde_json::json!({ "records": records, "next_cursor": next.map(|c| c.encode()) })
+                Ok(
+                    serde_json::json!({ "records": records, "next_cursor": next.map(|c| c.encode()) }),
+                )
             }
-        };
-        out.extend(
-            page.get("records")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
-        );
-        cursor = page
-            .get("next_cursor")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        if cursor.is_none() || out.len() >= max {
-            return Ok(out);
-        }
-    }
+        },
+    )
 }
 
 /// The dead letters, oldest first.
