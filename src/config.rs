@@ -331,6 +331,27 @@ pub enum Transport {
     Tcp,
     /// RTP over UDP: lower overhead on a clean LAN, loses frames on a lossy one.
     Udp,
+    /// TCP first; after a connection that brought no picture, UDP, and so on, keeping the one
+    /// that streams (for cameras that do not offer interleaved RTP).
+    Auto,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// The other concrete transport (`Auto` counts as TCP).
+    pub fn other(self) -> Self {
+        match self {
+            Self::Udp => Self::Tcp,
+            Self::Tcp | Self::Auto => Self::Udp,
+        }
+    }
 }
 
 /// Video codec of the camera stream.

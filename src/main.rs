@@ -201,6 +201,8 @@ enum CliRole {
 enum CliTransport {
     Tcp,
     Udp,
+    /// TCP, then UDP if TCP brings no picture.
+    Auto,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -389,6 +391,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 transport: match transport {
                     CliTransport::Tcp => Transport::Tcp,
                     CliTransport::Udp => Transport::Udp,
+                    CliTransport::Auto => Transport::Auto,
                 },
                 codec: match codec {
                     CliCodec::H264 => Codec::H264,

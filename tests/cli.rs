@@ -241,6 +241,43 @@ fn probe_reports_codec_size_rate_and_first_frame() {
 }
 
 #[test]
+fn probe_of_a_udp_only_camera_over_tcp_says_to_set_udp() {
+    let server = RtspTestServer::start_udp_only(Source::Pattern {
+        width: 640,
+        height: 480,
+        fps: 25,
+    });
+    let out = kinderwatch(&["probe", &server.url(), "--measure", "1s"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("transport:           udp"), "{stdout}");
+    assert!(
+        stdout.contains("streams over UDP but not over TCP")
+            && stdout.contains("transport = \"udp\""),
+        "{stdout}"
+    );
+    // A camera that works over TCP gets no such note.
+    let tcp = RtspTestServer::start(
+        Source::Pattern {
+            width: 640,
+            height: 480,
+            fps: 25,
+        },
+        Auth::None,
+    );
+    let out = kinderwatch(&["probe", &tcp.url(), "--measure", "1s"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("transport:           tcp") && !stdout.contains("note:"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn probe_diagnoses_wrong_password_without_printing_it() {
     let server = RtspTestServer::start(
         Source::Pattern {

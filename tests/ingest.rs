@@ -377,6 +377,37 @@ async fn a_secret_in_the_url_query_never_reaches_the_status_or_the_logs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_only_camera_streams_with_transport_auto_and_not_over_tcp() {
+    common::init();
+    let server = RtspTestServer::start_udp_only(PATTERN_720P);
+    // Over TCP it never streams (461 Unsupported Transport).
+    let tcp = camera("tcp", &server.url(), "transport = \"tcp\"");
+    let (mut handle, cancel, task) = start_camera(&tcp);
+    let s = wait_state(
+        &mut handle.status,
+        CameraState::Backoff,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(s.last_error.is_some(), "{s:?}");
+    stop_camera(handle, cancel, task).await;
+    // `auto` tries TCP, then UDP, and streams.
+    let auto = camera("auto", &server.url(), "transport = \"auto\"");
+    let (mut handle, cancel, task) = start_camera(&auto);
+    wait_state(
+        &mut handle.status,
+        CameraState::Streaming,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        handle.status.borrow().reconnects >= 1,
+        "TCP was tried first"
+    );
+    stop_camera(handle, cancel, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_listening_is_a_transient_backoff() {
     common::init();
     // Bind and drop a listener to get a port nobody listens on.

@@ -220,7 +220,8 @@ impl CameraPipeline {
         src.set_property_from_str(
             "protocols",
             match spec.transport {
-                Transport::Tcp => "tcp",
+                // The supervisor and the probe turn `auto` into one of the two per attempt.
+                Transport::Tcp | Transport::Auto => "tcp",
                 Transport::Udp => "udp",
             },
         );

@@ -33,6 +33,10 @@ pub struct ProbeReport {
     /// Frames per second counted over `measure`.
     pub measured_fps: f64,
     pub time_to_first_frame: Duration,
+    /// The transport the stream came over.
+    pub transport: Transport,
+    /// Set when only the other transport than the one asked for works.
+    pub advice: Option<String>,
 }
 
 impl std::fmt::Display for ProbeReport {
@@ -51,11 +55,16 @@ impl std::fmt::Display for ProbeReport {
                 self.measured_fps
             )?,
         }
+        writeln!(f, "transport:           {}", self.transport.as_str())?;
         write!(
             f,
             "time to first frame: {} ms",
             self.time_to_first_frame.as_millis()
-        )
+        )?;
+        if let Some(a) = &self.advice {
+            write!(f, "\nnote:                {a}")?;
+        }
+        Ok(())
     }
 }
 
@@ -67,12 +76,44 @@ pub struct ProbeFailure {
     pub diagnosis: String,
 }
 
+/// Probes over the given transport; if that fails for another reason than the credentials or the
+/// path, over the other one too, and says which works (`ProbeReport::advice`).
 pub async fn probe(opts: ProbeOptions) -> Result<ProbeReport, ProbeFailure> {
+    let given = match opts.transport {
+        Transport::Auto => Transport::Tcp,
+        t => t,
+    };
+    let first = match probe_over(&opts, given).await {
+        Ok(r) => return Ok(r),
+        // Credentials and paths do not depend on the transport.
+        Err(e) if matches!(e.fault, Fault::NotAuthorized(_) | Fault::NotFound(_)) => return Err(e),
+        Err(e) => e,
+    };
+    let other = given.other();
+    match probe_over(&opts, other).await {
+        Ok(mut r) => {
+            r.advice = Some(format!(
+                "the camera streams over {} but not over {} ({}): set transport = \"{}\" for this camera (or \"auto\")",
+                other.as_str().to_uppercase(),
+                given.as_str().to_uppercase(),
+                first.fault,
+                other.as_str()
+            ));
+            Ok(r)
+        }
+        Err(_) => Err(first),
+    }
+}
+
+async fn probe_over(
+    opts: &ProbeOptions,
+    transport: Transport,
+) -> Result<ProbeReport, ProbeFailure> {
     let spec = PipelineSpec {
         camera: "probe".into(),
         url: opts.url.clone(),
         credentials: opts.credentials.clone(),
-        transport: opts.transport,
+        transport,
         latency: Duration::from_millis(200),
         codec: opts.codec,
         tcp_timeout: opts.timeout.min(Duration::from_secs(20)),
@@ -128,6 +169,8 @@ pub async fn probe(opts: ProbeOptions) -> Result<ProbeReport, ProbeFailure> {
                             declared_fps,
                             measured_fps,
                             time_to_first_frame: first.saturating_duration_since(started),
+                            transport,
+                            advice: None,
                         });
                     }
                     _ => {}

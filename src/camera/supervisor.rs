@@ -19,7 +19,7 @@ use tracing::{Instrument, debug, error, info, warn};
 use super::backoff::Backoff;
 use super::pipeline::{CameraPipeline, Fault, FrameOutput, PipelineSpec};
 use super::{CameraHandle, CameraState, CameraStatus, DecodeDemand, FrameSlot};
-use crate::config::{CameraConfig, IngestConfig};
+use crate::config::{CameraConfig, IngestConfig, Transport};
 
 /// How often the supervisor looks at frame counters and refreshes the published status.
 const TICK: Duration = Duration::from_millis(200);
@@ -35,6 +35,8 @@ pub struct CameraSupervisor {
     frames_before: u64,
     /// The last fault logged at warn/error level, to log each distinct fault once.
     last_logged_fault: Option<(CameraState, String)>,
+    /// `transport = "auto"`: `spec.transport` alternates until one streams.
+    auto_transport: bool,
 }
 
 /// The result of one connection attempt.
@@ -73,7 +75,11 @@ impl CameraSupervisor {
             camera: id,
             url: camera.rtsp_url()?,
             credentials: camera.credentials()?,
-            transport: camera.transport,
+            // `auto` starts with TCP (see `run`).
+            transport: match camera.transport {
+                Transport::Auto => Transport::Tcp,
+                t => t,
+            },
             latency: camera.latency,
             codec: camera.codec,
             tcp_timeout: ingest.tcp_timeout,
@@ -92,6 +98,7 @@ impl CameraSupervisor {
             cancel,
             frames_before: 0,
             last_logged_fault: None,
+            auto_transport: camera.transport == Transport::Auto,
         };
         Ok((Some(sup), handle))
     }
@@ -113,6 +120,17 @@ impl CameraSupervisor {
                 self.set_state(CameraState::Connecting, None, None);
                 let attempt = self.attempt().await;
                 let Some(fault) = attempt.fault else { break };
+                // `transport = "auto"`: a connection that brought no picture tries the other
+                // transport next; one that streamed keeps its transport.
+                if self.auto_transport
+                    && attempt.streamed_for.is_zero()
+                    && !matches!(fault, Fault::NotAuthorized(_))
+                {
+                    let next = self.spec.transport.other();
+                    info!(failed = self.spec.transport.as_str(), next = next.as_str(), error = %fault,
+                          "transport auto: no picture over this transport; trying the other");
+                    self.spec.transport = next;
+                }
                 if attempt.streamed_for >= self.ingest.healthy_reset {
                     backoff.reset();
                 }

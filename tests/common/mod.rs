@@ -117,6 +117,28 @@ impl RtspTestServer {
 
     /// `shared`: all clients get one media (one source pipeline), as a benchmark wants.
     pub fn start_with(source: Source, auth: Auth, port: u16, shared: bool) -> Self {
+        Self::start_full(source, auth, port, shared, None)
+    }
+
+    /// A server that offers RTP over UDP only (as some cameras do): a client asking for TCP
+    /// interleaving gets 461 Unsupported Transport.
+    pub fn start_udp_only(source: Source) -> Self {
+        Self::start_full(
+            source,
+            Auth::None,
+            0,
+            false,
+            Some(gstreamer_rtsp::RTSPLowerTrans::UDP),
+        )
+    }
+
+    fn start_full(
+        source: Source,
+        auth: Auth,
+        port: u16,
+        shared: bool,
+        protocols: Option<gstreamer_rtsp::RTSPLowerTrans>,
+    ) -> Self {
         gst::init().unwrap();
         let server = rtsp::RTSPServer::new();
         server.set_address("127.0.0.1");
@@ -124,6 +146,9 @@ impl RtspTestServer {
         let factory = rtsp::RTSPMediaFactory::new();
         factory.set_launch(&launch_line(&source));
         factory.set_shared(shared);
+        if let Some(p) = protocols {
+            factory.set_protocols(p);
+        }
         let valves: Arc<Mutex<Vec<glib::WeakRef<gst::Element>>>> = Arc::default();
         let v = valves.clone();
         let sources: Arc<Mutex<Vec<glib::WeakRef<gst::Element>>>> = Arc::default();
