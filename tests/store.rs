@@ -62,6 +62,20 @@ fn fill(store: &Store, outbox: bool) -> Vec<RecordedEvent> {
     all
 }
 
+/// `n` crossings on "gate", a millisecond apart from now (in recording order).
+fn crossings_now(n: i64) -> Vec<RecordedEvent> {
+    (0..n)
+        .map(|i| {
+            event(
+                EventKind::LineCrossed,
+                "gate",
+                Some("fence"),
+                Timestamp::now() + SignedDuration::from_millis(i),
+            )
+        })
+        .collect()
+}
+
 /// Every page of `q`, following cursors, as ids.
 fn walk(store: &Store, mut q: EventQuery) -> Vec<Uuid> {
     let mut ids = Vec::new();
@@ -689,16 +703,7 @@ fn retention_running_while_events_are_recorded_during_an_outage_never_deletes_a_
 fn a_retried_write_is_idempotent_by_event_id() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), &config()).unwrap();
-    let batch: Vec<RecordedEvent> = (0..10)
-        .map(|i| {
-            event(
-                EventKind::LineCrossed,
-                "gate",
-                Some("fence"),
-                Timestamp::now() + SignedDuration::from_millis(i),
-            )
-        })
-        .collect();
+    let batch: Vec<RecordedEvent> = crossings_now(10);
     store.record(&batch, true).unwrap();
     let before = store.stats().unwrap();
     // The recorder retries a batch whose flush failed after its transaction committed.
@@ -723,16 +728,7 @@ fn corrupt_event(dir: &Path, id: &Uuid) {
 #[test]
 fn an_undecodable_record_is_skipped_counted_and_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
-    let events: Vec<RecordedEvent> = (0..6)
-        .map(|i| {
-            event(
-                EventKind::LineCrossed,
-                "gate",
-                Some("fence"),
-                Timestamp::now() + SignedDuration::from_millis(i),
-            )
-        })
-        .collect();
+    let events: Vec<RecordedEvent> = crossings_now(6);
     {
         let store = Store::open(dir.path(), &config()).unwrap();
         store.record(&events, true).unwrap();
@@ -787,16 +783,7 @@ fn an_undecodable_record_is_skipped_counted_and_dead_lettered() {
 fn dead_letters_are_requeued_at_the_end_of_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), &config()).unwrap();
-    let events: Vec<RecordedEvent> = (0..5)
-        .map(|i| {
-            event(
-                EventKind::LineCrossed,
-                "gate",
-                Some("fence"),
-                Timestamp::now() + SignedDuration::from_millis(i),
-            )
-        })
-        .collect();
+    let events: Vec<RecordedEvent> = crossings_now(5);
     store.record(&events, true).unwrap();
     let seqs: Vec<u64> = store
         .outbox_after(None, 10)
@@ -1003,16 +990,7 @@ fn a_reader_following_the_outbox_sees_every_entry_while_records_and_requeues_rac
     // order, or an entry committed late behind a higher one is passed over.
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), &config()).unwrap();
-    let first: Vec<RecordedEvent> = (0..200)
-        .map(|i| {
-            event(
-                EventKind::LineCrossed,
-                "gate",
-                Some("fence"),
-                Timestamp::now() + SignedDuration::from_millis(i),
-            )
-        })
-        .collect();
+    let first: Vec<RecordedEvent> = crossings_now(200);
     store.record(&first, true).unwrap();
     let entries = store.outbox_after(None, 1000).unwrap();
     for e in &entries {

@@ -208,30 +208,11 @@ async fn admin(
         }
     }
     .await;
-    audit_change(ctx, &label, action, target, &outcome).await;
+    let error = outcome.as_ref().err().map(|e| e.code);
+    crate::api::audit_outcome(&ctx.store, "mqtt", &label, action, target, error).await;
     let rule = outcome?;
     tracing::info!(rule = %rule, armed, caller = %label, "rule armed state changed by an MQTT command");
     Ok(json!({ "rule": rule, "armed": armed }))
-}
-
-/// Records an arm or disarm attempt (refused ones included); a record that cannot be written is
-/// logged (the change itself has happened or been refused already).
-async fn audit_change<T>(
-    ctx: &CommandContext,
-    caller: &str,
-    action: AuditAction,
-    target: String,
-    outcome: &Result<T, ApiError>,
-) {
-    let mut record = AuditRecord::new("mqtt", caller, action, target);
-    if let Err(e) = outcome {
-        record.result = e.code.into();
-    }
-    let store = ctx.store.clone();
-    let written = tokio::task::spawn_blocking(move || store.audit(&record)).await;
-    if !matches!(written, Ok(Ok(()))) {
-        tracing::error!(caller, ?action, "audit record of a rule change not written");
-    }
 }
 
 fn rules(ctx: &CommandContext) -> Result<&mpsc::Sender<RuleCommand>, ApiError> {

@@ -29,8 +29,8 @@ use crate::store::recorder::StoreStatus;
 
 pub use auth::{Role, TokenConfig, Tokens};
 pub use routes::{
-    camera_json, cameras_json, event_json, parse_audit_query, parse_event_query, rule_set_armed,
-    rules_list,
+    audit_outcome, camera_json, cameras_json, event_json, parse_audit_query, parse_event_query,
+    rule_set_armed, rules_list,
 };
 
 /// The largest request body accepted (the API takes no bodies today).

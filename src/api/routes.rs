@@ -129,20 +129,41 @@ async fn audited_change<T: Send + 'static>(
     let name = caller.name.clone();
     tokio::spawn(async move {
         let outcome = change.await;
-        let mut record = AuditRecord::new("http", &name, action, target);
-        if let Err(e) = &outcome {
-            record.result = e.code.into();
-        }
-        if !matches!(
-            tokio::task::spawn_blocking(move || store.audit(&record)).await,
-            Ok(Ok(()))
-        ) {
-            tracing::error!(caller = %name, ?action, "audit record of a change not written");
-        }
+        let error = outcome.as_ref().err().map(|e| e.code);
+        audit_outcome(&store, "http", &name, action, target, error).await;
         outcome
     })
     .await
     .map_err(ApiError::internal)?
+}
+
+/// Records an attempted change with its outcome (`ok`, or `error`: the code answered), HTTP or
+/// MQTT; a record that cannot be written is logged (the change has happened or been refused
+/// already).
+pub async fn audit_outcome(
+    store: &Store,
+    channel: &str,
+    caller: &str,
+    action: AuditAction,
+    target: String,
+    error: Option<&'static str>,
+) {
+    let mut record = AuditRecord::new(channel, caller, action, target);
+    if let Some(code) = error {
+        record.result = code.into();
+    }
+    let store = store.clone();
+    if !matches!(
+        tokio::task::spawn_blocking(move || store.audit(&record)).await,
+        Ok(Ok(()))
+    ) {
+        tracing::error!(
+            caller,
+            channel,
+            ?action,
+            "audit record of a change not written"
+        );
+    }
 }
 
 /// Parses `?camera=&kind=&rule=&from=&to=&since=&limit=&cursor=`; every problem names its
