@@ -18,6 +18,7 @@ test: setup lint
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
 
 build:
 	$(CARGO) build --release

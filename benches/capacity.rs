@@ -538,7 +538,7 @@ fn motion_latency(tries: usize) -> Vec<f64> {
             let mut config = common::config(vec![]);
             config.detector.model = Some(model_manifest());
             config.detector.workers = 1;
-            let (_, detectors) = kinderwatch::app::build_detectors(&config).unwrap();
+            let detectors = kinderwatch::app::build_detectors(&config).unwrap().sessions;
             let (pool, mut rx) = DetectorPool::start(
                 vec![PoolCamera {
                     id: handle.id.clone(),

@@ -104,6 +104,7 @@ async fn drain(n: usize, snapshot: Option<&[u8]>, broker_extra: &str) {
             readers: kinderwatch::store::reader::Readers::new(),
         },
         live: None,
+        stages: None,
     };
     let started = Instant::now();
     let task = tokio::spawn(publisher::run(store.clone(), settings, cancel.clone()));

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use tokio::sync::{mpsc, watch};
 
 use crate::api::{ApiState, CameraView};
+use crate::progress::{Monitor, Stages};
 use crate::store::Store;
 use crate::store::recorder::{RecorderSettings, StoreStatus};
 
@@ -27,7 +28,7 @@ use crate::detect::FrameDetections;
 use crate::detect::detector::{Detector, DetectorParams, OnnxDetector};
 use crate::detect::load::DetectorLoad;
 use crate::detect::manifest::{ModelManifest, VerifiedModel};
-use crate::detect::pool::{DetectorPool, PoolCamera};
+use crate::detect::pool::{DetectorFactory, DetectorPool, PoolCamera, PoolSupervision};
 use crate::detect::runtime;
 use crate::detect::summary::DetectionSummary;
 
@@ -51,6 +52,9 @@ pub struct Daemon {
         mpsc::Sender<crate::perimeter::RuleCommand>,
         Option<mpsc::Receiver<crate::perimeter::RuleCommand>>,
     ),
+    stages: Stages,
+    /// A task that cannot go on sends why here; the daemon then stops with an error.
+    fatal: (mpsc::Sender<String>, Option<mpsc::Receiver<String>>),
 }
 
 /// How shutdown went.
@@ -78,6 +82,7 @@ impl Daemon {
         };
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let stages = Stages::new(config.supervision.stage_deadline);
         let mut cameras = Vec::new();
         let mut pool_cameras = Vec::new();
         for cam in &config.cameras {
@@ -86,7 +91,7 @@ impl Daemon {
                     .map_err(|e| anyhow::anyhow!("camera {}: {e}", cam.id))?;
             match supervisor {
                 Some(s) => {
-                    tracker.spawn(s.run());
+                    tracker.spawn(s.report_progress(&stages).run());
                     pool_cameras.push(PoolCamera {
                         id: handle.id.clone(),
                         slot: handle.slot.clone(),
@@ -99,12 +104,20 @@ impl Daemon {
             cameras.push(handle);
         }
         let (model, pool, detections) = match detection {
-            Some((model, detectors)) => {
-                let (pool, rx) = DetectorPool::start(
+            Some(Detectors {
+                model,
+                sessions,
+                factory,
+            }) => {
+                let (pool, rx) = DetectorPool::start_supervised(
                     pool_cameras,
-                    detectors,
+                    sessions,
                     &config.motion,
                     config.detector.output_queue,
+                    PoolSupervision {
+                        stages: Some(stages.clone()),
+                        factory: Some(factory),
+                    },
                 );
                 info!(workers = pool.workers(), model = %model.manifest.name, "detector pool started");
                 (Some(model), Some(pool), Some(rx))
@@ -122,7 +135,27 @@ impl Daemon {
                 let (tx, rx) = mpsc::channel(16);
                 (tx, Some(rx))
             },
+            stages,
+            fatal: {
+                let (tx, rx) = mpsc::channel(4);
+                (tx, Some(rx))
+            },
         })
+    }
+
+    /// The daemon's stages (each reports progress; see [`crate::progress`]).
+    pub fn stages(&self) -> &Stages {
+        &self.stages
+    }
+
+    /// Where a task that cannot go on says why: the daemon stops with that error.
+    pub fn fatal(&self) -> mpsc::Sender<String> {
+        self.fatal.0.clone()
+    }
+
+    /// The receiving end of [`Self::fatal`] (once).
+    pub fn take_fatal(&mut self) -> Option<mpsc::Receiver<String>> {
+        self.fatal.1.take()
     }
 
     pub fn cameras(&self) -> &[CameraHandle] {
@@ -165,9 +198,16 @@ impl Daemon {
         self.tracker.len() >= expected
     }
 
+    /// [`Self::tasks_alive`] for another thread (the progress monitor).
+    pub fn liveness(&self, expected: usize) -> impl Fn() -> bool + Send + 'static {
+        let tracker = self.tracker.clone();
+        move || tracker.len() >= expected
+    }
+
     /// Stops every camera (pipelines to Null) and waits up to `grace`.
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
         let started = Instant::now();
+        self.stages.stopping();
         self.cancel.cancel();
         self.tracker.close();
         let clean = tokio::time::timeout(grace, self.tracker.wait())
@@ -180,8 +220,16 @@ impl Daemon {
     }
 }
 
+/// The model and its sessions, one per pool worker.
+pub struct Detectors {
+    pub model: VerifiedModel,
+    pub sessions: Vec<Box<dyn Detector>>,
+    /// Builds a fresh session for a worker whose detector panicked.
+    pub factory: DetectorFactory,
+}
+
 /// Loads the model (sha256-checked), the ONNX Runtime library and one session per worker. Blocking.
-pub fn build_detectors(config: &Config) -> anyhow::Result<(VerifiedModel, Vec<Box<dyn Detector>>)> {
+pub fn build_detectors(config: &Config) -> anyhow::Result<Detectors> {
     let d = &config.detector;
     let path = d.model.as_ref().context("no detector.model configured")?;
     let model = ModelManifest::load_verified(path)?;
@@ -198,18 +246,26 @@ pub fn build_detectors(config: &Config) -> anyhow::Result<(VerifiedModel, Vec<Bo
         classes: d.classes.clone(),
         max_detections: 100,
     };
-    let detectors = (0..d.worker_count())
-        .map(|_| {
+    let factory: DetectorFactory = {
+        let model = model.clone();
+        std::sync::Arc::new(move || {
             OnnxDetector::new(&model, provider, 1, &params)
                 .map(|det| Box::new(det) as Box<dyn Detector>)
         })
+    };
+    let detectors = (0..d.worker_count())
+        .map(|_| factory())
         .collect::<Result<Vec<_>, _>>()?;
     info!(
         provider = provider.ort_name(),
         sessions = detectors.len(),
         "detector sessions ready"
     );
-    Ok((model, detectors))
+    Ok(Detectors {
+        model,
+        sessions: detectors,
+        factory,
+    })
 }
 
 /// Logs, per camera, how many frames arrived in each period. The stand-in consumer of the frame
@@ -280,10 +336,14 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
         config: config.store.clone(),
         outbox: config.mqtt.is_some(),
         live: live_tx,
+        progress: Some(daemon.stages().register("recorder")),
     };
-    let s = store.clone();
-    daemon.spawn(|cancel| {
-        crate::store::recorder::run(s, settings, events_rx, store_status_tx, cancel)
+    let (s, fatal) = (store.clone(), daemon.fatal());
+    daemon.spawn(|cancel| async move {
+        let recorded = crate::store::recorder::run(s, settings, events_rx, store_status_tx, cancel);
+        if let Err(e) = recorded.await {
+            let _ = fatal.send(e.to_string()).await;
+        }
     });
     let (s, c) = (store.clone(), config.store.clone());
     daemon.spawn(|cancel| crate::store::recorder::run_retention(s, c, cancel));
@@ -310,6 +370,7 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
                 readers: readers.clone(),
             },
             live: live_rx,
+            stages: Some(daemon.stages().clone()),
         };
         let s = store.clone();
         daemon.spawn(|cancel| crate::alert::publisher::run(s, settings, cancel));
@@ -333,6 +394,7 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
             tokens,
             readers,
             request_timeout: config.api.request_timeout,
+            stages: daemon.stages().clone(),
         };
         if config.api.tokens.is_empty() {
             warn!(
@@ -365,6 +427,7 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
                 summary: Some(summary),
                 commands: daemon.take_rule_commands(),
                 arming: Some(crate::perimeter::ArmingStore::new(&config.state.dir)),
+                progress: Some(daemon.stages().register("rules")),
             };
             let config = std::sync::Arc::new(config.clone());
             daemon.spawn(|cancel| crate::perimeter::run(config, rx, io, cancel));
@@ -398,25 +461,40 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
     let mut watchdog_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
         .then(|| Duration::from_micros(watchdog_usec) / 2);
-    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    if let Some(period) = watchdog {
+        info!(
+            feed_every_ms = period.as_millis() as u64,
+            stage_deadline_s = config.supervision.stage_deadline.as_secs(),
+            "systemd watchdog: fed while every stage makes progress"
+        );
+    }
+    let main_progress = daemon.stages().register("main");
+    let monitor = Monitor::start(
+        daemon.stages().clone(),
+        watchdog,
+        daemon.liveness(expected_tasks),
+    );
+    let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
+    let mut fatal = daemon.take_fatal().expect("fatal receiver taken once");
+    let mut failure: Option<String> = None;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let deadline = tokio::time::sleep(stop_after.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     loop {
+        main_progress.beat();
         tokio::select! {
             _ = &mut deadline, if stop_after.is_some() => { info!("run time over: stopping"); break; }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sighup.recv() => warn!("SIGHUP: live config reload is not supported yet; restart the service to apply changes"),
-            _ = watchdog_tick.tick(), if watchdog.is_some() => {
-                if daemon.tasks_alive(expected_tasks) {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-                } else {
-                    warn!("a daemon task ended unexpectedly; not feeding the systemd watchdog");
-                }
+            Some(why) = fatal.recv() => {
+                tracing::error!(error = %why, "stopping: a stage cannot go on");
+                failure = Some(why);
+                break;
             }
+            _ = beat.tick() => {}
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
@@ -430,6 +508,10 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
         std::process::exit(130);
     });
     let report = daemon.shutdown(SHUTDOWN_GRACE).await;
+    drop(monitor);
+    if let Some(why) = failure {
+        anyhow::bail!("{why}");
+    }
     let stuck = crate::camera::teardown::stuck_teardowns();
     if report.clean && stuck > 0 {
         warn!(

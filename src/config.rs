@@ -38,6 +38,8 @@ pub struct Config {
     #[serde(default)]
     pub state: StateConfig,
     #[serde(default)]
+    pub supervision: SupervisionConfig,
+    #[serde(default)]
     pub store: crate::store::StoreConfig,
     #[serde(default)]
     pub api: crate::api::ApiConfig,
@@ -291,6 +293,25 @@ impl Default for StateConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("/var/lib/kinderwatch"),
+        }
+    }
+}
+
+/// `[supervision]`: how the daemon watches its own stages (see [`crate::progress`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// A stage (camera supervisor, detector worker, rules, recorder, publisher, API, main loop)
+    /// that reports no progress for this long is stuck: named in the log, `/healthz` and
+    /// `kinderwatch_stage_stuck`, and the systemd watchdog is no longer fed. Default: 20s.
+    #[serde(with = "humantime_serde")]
+    pub stage_deadline: Duration,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            stage_deadline: Duration::from_secs(20),
         }
     }
 }
@@ -873,6 +894,27 @@ impl Config {
         }
         if s.write_timeout < Duration::from_millis(100) {
             v.err("store.write_timeout", "use at least 100ms, e.g. \"10s\"");
+        }
+        if s.max_pending_mb == 0 {
+            v.err(
+                "store.max_pending_mb",
+                "use at least 1 (MB of events and snapshots held while the store cannot write)",
+            );
+        }
+        if s.write_stall_exit <= s.write_timeout {
+            v.err(
+                "store.write_stall_exit",
+                format!(
+                    "must be longer than store.write_timeout ({}), e.g. \"2m\"",
+                    humantime::format_duration(s.write_timeout)
+                ),
+            );
+        }
+        if self.supervision.stage_deadline < 2 * crate::progress::BEAT_PERIOD {
+            v.err(
+                "supervision.stage_deadline",
+                "use at least 2s (idle stages report progress every second), e.g. \"20s\"",
+            );
         }
         let a = &self.api;
         if a.request_timeout < Duration::from_millis(100) {

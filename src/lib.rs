@@ -14,6 +14,7 @@ pub mod events;
 pub mod health;
 pub mod history;
 pub mod perimeter;
+pub mod progress;
 pub mod rules;
 pub mod store;
 pub mod telemetry;

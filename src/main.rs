@@ -214,6 +214,9 @@ enum CliCodec {
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 fn main() -> ExitCode {
+    // Test builds only: fault injection from `FAILPOINTS` (see tests/supervision.rs).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(code) => code,
@@ -439,15 +442,51 @@ fn check_config(file: &Path) -> ExitCode {
     }
 }
 
-/// The model file matches its manifest, and the configured classes are among its labels.
+/// The model file matches its manifest, the manifest is one a worker can run, the configured
+/// classes are among its labels, and one trial inference on a gray frame succeeds (wrong tensor
+/// names or shapes would otherwise fail every frame, or make a worker panic, only once running).
 fn check_model(manifest: &Path, config: &Config) -> anyhow::Result<String> {
+    use kinderwatch::detect::detector::{DetectorParams, OnnxDetector, decode_params};
+    use kinderwatch::detect::runtime;
     let model = kinderwatch::detect::ModelManifest::load_verified(manifest)?;
-    let params = kinderwatch::detect::detector::DetectorParams {
-        classes: config.detector.classes.clone(),
+    let d = &config.detector;
+    let params = DetectorParams {
+        classes: d.classes.clone(),
+        min_score: d.min_score,
+        nms_iou: d.nms_iou,
         ..Default::default()
     };
-    kinderwatch::detect::detector::decode_params(&model.manifest, &params)?;
-    Ok(model.manifest.name)
+    decode_params(&model.manifest, &params)?;
+    let library = runtime::init(d.onnxruntime.as_deref())?;
+    let provider = runtime::choose_provider(
+        d.execution_provider,
+        d.execution_provider_required,
+        &library,
+    )?;
+    let mut detector = OnnxDetector::new(&model, provider, 1, &params)?;
+    let input = &model.manifest.input;
+    let (w, h) = (input.width.unwrap_or(640), input.height.unwrap_or(480));
+    let gray = vec![128u8; (w * h * 3) as usize];
+    let started = std::time::Instant::now();
+    let trial = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        detector.detect_rgb(&gray, w, h)
+    }));
+    match trial {
+        Ok(Ok(_)) => Ok(format!(
+            "{}; trial inference {} ms on {}",
+            model.manifest.name,
+            started.elapsed().as_millis(),
+            provider.ort_name()
+        )),
+        Ok(Err(e)) => anyhow::bail!(
+            "trial inference with {} failed: {e}; check the manifest's input and outputs against the model",
+            manifest.display()
+        ),
+        Err(_) => anyhow::bail!(
+            "trial inference with {} panicked; check the manifest's input and outputs against the model",
+            manifest.display()
+        ),
+    }
 }
 
 fn start_daemon(config: Config, duration: Option<Duration>) -> anyhow::Result<ExitCode> {

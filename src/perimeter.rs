@@ -197,6 +197,8 @@ pub struct PerimeterIo {
     pub summary: Option<DetectionSummary>,
     pub commands: Option<mpsc::Receiver<RuleCommand>>,
     pub arming: Option<ArmingStore>,
+    /// Beaten each time the stage's loop turns (stage `rules`).
+    pub progress: Option<crate::progress::Progress>,
 }
 
 /// Runs tracking and rules over the pool's results until cancelled; events go to `io.events`.
@@ -212,7 +214,9 @@ pub async fn run(
         mut summary,
         mut commands,
         arming,
+        progress,
     } = io;
+    let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
     let mut tick = tokio::time::interval(SUMMARY_PERIOD);
     tick.tick().await;
     let mut cameras: HashMap<Arc<str>, CameraRules> = HashMap::new();
@@ -251,9 +255,18 @@ pub async fn run(
     });
     let clock = RuleClock::new();
     loop {
+        if let Some(p) = &progress {
+            p.beat();
+        }
         let r = tokio::select! {
             biased;
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => {
+                if let Some(p) = &progress {
+                    p.retire();
+                }
+                return;
+            }
+            _ = beat.tick() => continue,
             _ = tick.tick() => {
                 if let Some(s) = &mut summary {
                     s.flush();

@@ -87,6 +87,7 @@ fn start() -> Harness {
             summary: None,
             commands: Some(commands_rx),
             arming: Some(ArmingStore::new(dir.path())),
+            progress: None,
         };
         tokio::spawn(perimeter::run(config, detections_rx, io, cancel.clone()));
         let settings = RecorderSettings {
@@ -94,6 +95,7 @@ fn start() -> Harness {
             config: store_config,
             outbox: false,
             live: None,
+            progress: None,
         };
         tokio::spawn(recorder::run(
             store.clone(),
@@ -119,6 +121,7 @@ fn start() -> Harness {
             tokens,
             readers: kinderwatch::store::reader::Readers::new(),
             request_timeout: Duration::from_secs(5),
+            stages: Default::default(),
         };
         tokio::spawn(api::serve(listener, state.clone(), cancel.clone()));
         (base, state)

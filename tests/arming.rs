@@ -31,6 +31,7 @@ fn start(state_dir: &Path) -> Stage {
         summary: None,
         commands: Some(cmd_rx),
         arming: Some(ArmingStore::new(state_dir)),
+        progress: None,
     };
     let task = tokio::spawn(perimeter::run(config, rx, io, CancellationToken::new()));
     Stage {

@@ -950,3 +950,54 @@ fn token_command_prints_a_token_and_a_matching_config_entry() {
         "the token is printed once, on stdout"
     );
 }
+
+/// check-config refuses a manifest that a detector worker could not run with: one the decoder
+/// would index past the end of (named by key), and one whose tensor names do not match the model
+/// (only a trial inference shows that); the shipped manifest passes, with its trial inference.
+#[test]
+fn check_config_refuses_a_manifest_a_worker_could_not_run() {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let shipped = std::fs::read_to_string(models.join("ssdlite-person.toml")).unwrap();
+    let onnx = models.join("ssdlite-person.onnx");
+    let shipped = shipped.replace(
+        "file = \"ssdlite-person.onnx\"",
+        &format!("file = {:?}", onnx.to_str().unwrap()),
+    );
+    let check = |manifest: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.toml"), manifest).unwrap();
+        let file = dir.path().join("kinderwatch.toml");
+        std::fs::write(&file, format!("[detector]\nmodel = \"m.toml\"\n{GOOD}")).unwrap();
+        let out = kinderwatch(&["check-config", file.to_str().unwrap()]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = check(&shipped);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("trial inference"), "{stdout}");
+
+    let no_boxes = shipped.replace("boxes = [\"detection_boxes:0\"]", "boxes = []");
+    assert_ne!(no_boxes, shipped);
+    let (ok, _, stderr) = check(&no_boxes);
+    assert!(!ok);
+    assert!(
+        stderr.contains("m.toml") && stderr.contains("outputs.boxes"),
+        "{stderr}"
+    );
+
+    let half_size = shipped.replace("layout = \"nhwc\"", "width = 300\nlayout = \"nhwc\"");
+    let (ok, _, stderr) = check(&half_size);
+    assert!(!ok);
+    assert!(stderr.contains("input.width"), "{stderr}");
+
+    let wrong_name = shipped.replace("\"detection_scores:0\"", "\"scores_of_another_model:0\"");
+    let (ok, _, stderr) = check(&wrong_name);
+    assert!(!ok);
+    assert!(
+        stderr.contains("trial inference") && stderr.contains("scores_of_another_model"),
+        "{stderr}"
+    );
+}

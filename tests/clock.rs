@@ -99,6 +99,7 @@ async fn run(frames: Vec<FrameDetections>) -> Vec<RecordedEvent> {
             summary: None,
             commands: None,
             arming: None,
+            progress: None,
         },
         CancellationToken::new(),
     ));

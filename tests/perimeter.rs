@@ -68,6 +68,7 @@ async fn one_run(server: &RtspTestServer) -> (Vec<RecordedEvent>, bool) {
         summary: None,
         commands: None,
         arming: None,
+        progress: None,
     };
     let stage = tokio::spawn(perimeter::run(
         config.clone(),

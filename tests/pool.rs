@@ -349,6 +349,119 @@ fn a_panicking_detector_loses_the_frame_not_the_camera() {
     assert_eq!(pool.shutdown(), 1);
 }
 
+/// Panics on frames divisible by 3 and is broken ever after (every later frame fails), as a
+/// session a panic left in a bad state would be.
+struct PoisonedAfterPanic {
+    broken: bool,
+}
+
+impl Detector for PoisonedAfterPanic {
+    fn detect(&mut self, frame: &Frame) -> Result<Vec<Detection>, DetectError> {
+        if self.broken {
+            return Err(DetectError::Inference(
+                "session broken by an earlier panic".into(),
+            ));
+        }
+        if frame.seq.is_multiple_of(3) {
+            self.broken = true;
+            panic!("detector bug on frame {}", frame.seq);
+        }
+        Ok(vec![])
+    }
+}
+
+/// A worker whose detector panicked gets a fresh one from the factory (a first failed build is
+/// retried), so the camera is inferred again instead of failing for good; every worker reports
+/// progress, and a worker blocked inside an inference is named stuck.
+#[test]
+fn a_worker_whose_detector_panicked_is_restarted_with_a_fresh_detector() {
+    use kinderwatch::detect::pool::{DetectorFactory, PoolSupervision};
+    use kinderwatch::progress::Stages;
+    let cam = pool_camera("cam", Duration::from_millis(20));
+    let slot = cam.slot.clone();
+    let builds = Arc::new(AtomicUsize::new(0));
+    let b = builds.clone();
+    let factory: DetectorFactory = Arc::new(move || {
+        // The first rebuild fails (say the model file is being replaced): retried after a pause.
+        if b.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(DetectError::Inference("cannot build now".into()));
+        }
+        Ok(Box::new(PoisonedAfterPanic { broken: false }) as Box<dyn Detector>)
+    });
+    let stages = Stages::new(Duration::from_secs(2));
+    let (pool, _rx) = DetectorPool::start_supervised(
+        vec![cam],
+        vec![Box::new(PoisonedAfterPanic { broken: false })],
+        &no_gate(),
+        100,
+        PoolSupervision {
+            stages: Some(stages.clone()),
+            factory: Some(factory),
+        },
+    );
+    for seq in 1..=10u64 {
+        slot.put(frame("cam", seq));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = pool.stats("cam").unwrap();
+            if s.inferred + s.errors == seq {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "frame {seq} never processed: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let s = pool.stats("cam").unwrap();
+    // Frames 3, 6 and 9 panic; without a restart every frame after 3 would fail.
+    assert_eq!((s.inferred, s.errors), (7, 3), "{s:?}");
+    // One failed and three good builds.
+    assert_eq!(builds.load(Ordering::SeqCst), 4);
+    let report = stages.report();
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert_eq!(report[0].stage, "detector-0");
+    assert!(!report[0].stuck, "{report:?}");
+    assert_eq!(pool.shutdown(), 1);
+}
+
+/// A detector that never returns: its worker's stage goes stuck, and the idle worker beside it
+/// does not.
+#[test]
+fn a_worker_blocked_in_an_inference_is_named_stuck() {
+    use kinderwatch::detect::pool::PoolSupervision;
+    use kinderwatch::progress::Stages;
+    let (cams, slots) = cameras(["a".to_string()], Duration::from_millis(20));
+    // Both workers would block; only one gets the one frame.
+    let (dets, _) = detectors(2, Duration::from_secs(6));
+    let stages = Stages::new(Duration::from_secs(2));
+    let (pool, _rx) = DetectorPool::start_supervised(
+        cams,
+        dets,
+        &no_gate(),
+        10,
+        PoolSupervision {
+            stages: Some(stages.clone()),
+            factory: None,
+        },
+    );
+    // Only one frame: one worker takes it and blocks for 6 s; the other stays idle.
+    slots[0].1.put(frame("a", 1));
+    wait_for(Duration::from_secs(10), "a worker stuck", || {
+        !stages.stuck().is_empty()
+    });
+    let stuck = stages.stuck();
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    assert!(stuck[0].stage.starts_with("detector-"), "{stuck:?}");
+    assert_eq!(stages.report().len(), 2);
+    // The inference ends: the worker makes progress again.
+    wait_for(Duration::from_secs(15), "the worker back", || {
+        stages.stuck().is_empty()
+    });
+    drop(pool);
+}
+
 #[test]
 fn nothing_grows_without_bound_and_shutdown_joins_every_worker() {
     let (cams, slots) = cameras((0..4).map(|i| format!("c{i}")), Duration::from_secs(5));
@@ -583,4 +696,13 @@ async fn sample_clip_through(model: &str) {
     assert_eq!(stats.errors, 0, "{stats:?}");
     let report = daemon.shutdown(Duration::from_secs(5)).await;
     assert!(report.clean, "{report:?}");
+}
+
+/// [`until`] for plain threads.
+fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -29,7 +29,7 @@ struct Running {
     live: mpsc::Receiver<recorder::LiveEvent>,
     status: watch::Receiver<StoreStatus>,
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), recorder::RecorderFailed>>,
 }
 
 fn start(store: &Store, config: StoreConfig) -> Running {
@@ -42,6 +42,7 @@ fn start(store: &Store, config: StoreConfig) -> Running {
         config,
         outbox: true,
         live: Some(live_tx),
+        progress: None,
     };
     let task = tokio::spawn(recorder::run(
         store.clone(),
@@ -81,7 +82,7 @@ async fn events_are_recorded_and_the_last_ones_written_at_shutdown() {
     }
     // Stop right away: what is queued is still written.
     r.cancel.cancel();
-    r.task.await.unwrap();
+    r.task.await.unwrap().unwrap();
     let page = store
         .query(&EventQuery {
             limit: 1000,
@@ -198,5 +199,5 @@ async fn a_full_disk_fails_the_store_without_losing_events_and_writes_resume() {
     assert!(failed.event.camera.is_none());
     assert!(failed.event.detail.as_deref().unwrap().contains("MB free"));
     r.cancel.cancel();
-    r.task.await.unwrap();
+    r.task.await.unwrap().unwrap();
 }

@@ -180,6 +180,7 @@ async fn one_walk_gives_one_crossing_one_entry_one_loitering() {
         summary: None,
         commands: None,
         arming: None,
+        progress: None,
     };
     let stage = tokio::spawn(perimeter::run(
         config.clone(),

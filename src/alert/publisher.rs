@@ -64,6 +64,36 @@ pub struct PublisherSettings {
     pub commands: CommandContext,
     /// Events the store could not write yet (disk full), published at once outside the outbox.
     pub live: Option<mpsc::Receiver<LiveEvent>>,
+    /// Progress reports: stage `publisher` (this task's loop) and `mqtt_eventloop` (the client's
+    /// event loop: an event at least every keep-alive while connected).
+    pub stages: Option<crate::progress::Stages>,
+}
+
+/// The publisher's two stages.
+#[derive(Clone, Default)]
+struct Beats {
+    publisher: Option<crate::progress::Progress>,
+    eventloop: Option<crate::progress::Progress>,
+}
+
+impl Beats {
+    fn publisher(&self) {
+        if let Some(p) = &self.publisher {
+            p.beat();
+        }
+    }
+
+    fn eventloop(&self) {
+        if let Some(p) = &self.eventloop {
+            p.beat();
+        }
+    }
+
+    fn retire(&self) {
+        for p in [&self.publisher, &self.eventloop].into_iter().flatten() {
+            p.retire();
+        }
+    }
 }
 
 /// What a queued publish was.
@@ -158,6 +188,31 @@ fn install_crypto_provider() {
 /// Runs until `cancel`; on the way out publishes `offline` (retained) and disconnects.
 pub async fn run(store: Store, mut settings: PublisherSettings, cancel: CancellationToken) {
     let mut live = settings.live.take();
+    metrics::gauge!("kinderwatch_mqtt_connected").set(0.0);
+    let beats = match &settings.stages {
+        Some(stages) => Beats {
+            publisher: Some(stages.register("publisher")),
+            // Connecting is bounded by rumqttc's 5 s timeout; a connected, idle client pings once
+            // per keep-alive.
+            eventloop: Some(stages.register_with(
+                "mqtt_eventloop",
+                settings.config.keep_alive * 3 / 2 + Duration::from_secs(10),
+            )),
+        },
+        None => Beats::default(),
+    };
+    let outcome = publish_until_stopped(&store, &mut settings, &mut live, &beats, &cancel).await;
+    beats.retire();
+    outcome
+}
+
+async fn publish_until_stopped(
+    store: &Store,
+    settings: &mut PublisherSettings,
+    live: &mut Option<mpsc::Receiver<LiveEvent>>,
+    beats: &Beats,
+    cancel: &CancellationToken,
+) {
     let topics = Topics {
         prefix: settings.config.topic_prefix(&settings.site),
     };
@@ -173,7 +228,6 @@ pub async fn run(store: Store, mut settings: PublisherSettings, cancel: Cancella
             settings.config.max_concurrent_commands.max(1),
         )),
     };
-    metrics::gauge!("kinderwatch_mqtt_connected").set(0.0);
     loop {
         let options = match mqtt_options(&settings.config, &settings.site) {
             Ok(o) => o,
@@ -183,8 +237,8 @@ pub async fn run(store: Store, mut settings: PublisherSettings, cancel: Cancella
             }
         };
         let (client, eventloop) = AsyncClient::new(options, 1024);
-        let mut session = Session::new(&store, &settings, &topics, client, &mut delivery);
-        let outcome = session.run(eventloop, &mut live, &cancel).await;
+        let mut session = Session::new(store, settings, &topics, client, &mut delivery);
+        let outcome = session.run(eventloop, live, beats, cancel).await;
         metrics::gauge!("kinderwatch_mqtt_connected").set(0.0);
         match outcome {
             Outcome::Stopped => return,
@@ -225,9 +279,17 @@ pub async fn run(store: Store, mut settings: PublisherSettings, cancel: Cancella
             }
         }
         let jitter = rand::random_range(0.8..1.2);
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+        let until = tokio::time::Instant::now() + backoff.mul_f64(jitter);
+        let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
+        loop {
+            // No event loop while waiting to reconnect: both stages are idle, not stuck.
+            beats.publisher();
+            beats.eventloop();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(until) => break,
+                _ = beat.tick() => {}
+            }
         }
         backoff = (backoff * 2).min(settings.config.backoff_max);
     }
@@ -329,6 +391,7 @@ impl<'a> Session<'a> {
         &mut self,
         eventloop: EventLoop,
         live: &mut Option<mpsc::Receiver<LiveEvent>>,
+        beats: &Beats,
         cancel: &CancellationToken,
     ) -> Outcome {
         // The event loop is polled in a task of its own and never cancelled: rumqttc takes a
@@ -336,10 +399,15 @@ impl<'a> Session<'a> {
         // by this select while the write waits (a snapshot on a slow uplink) would lose the
         // packet and keep its slot in the window for good.
         let (events_tx, mut events) = mpsc::channel(256);
-        let poller = AbortOnDrop(tokio::spawn(poll_events(eventloop, events_tx)));
+        let poller = AbortOnDrop(tokio::spawn(poll_events(
+            eventloop,
+            events_tx,
+            beats.clone(),
+        )));
         let mut poll_outbox = tokio::time::interval(OUTBOX_POLL);
         let mut camera_tick = tokio::time::interval(Duration::from_millis(500));
         let outcome = loop {
+            beats.publisher();
             self.maybe_read_outbox();
             tokio::select! {
                 biased;
@@ -934,8 +1002,13 @@ impl<'a> Session<'a> {
 }
 
 /// Polls the event loop until it fails or the session is gone, forwarding every event.
-async fn poll_events(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, ConnectionError>>) {
+async fn poll_events(
+    mut eventloop: EventLoop,
+    tx: mpsc::Sender<Result<Event, ConnectionError>>,
+    beats: Beats,
+) {
     loop {
+        beats.eventloop();
         let ev = eventloop.poll().await;
         let failed = ev.is_err();
         if tx.send(ev).await.is_err() || failed {

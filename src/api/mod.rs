@@ -94,6 +94,8 @@ pub struct ApiState {
     /// History queries and snapshot reads run here, not beside the recorder's writes.
     pub readers: crate::store::reader::Readers,
     pub request_timeout: Duration,
+    /// The daemon's stages, for `/healthz` (the accept loop is one of them, `api`).
+    pub stages: crate::progress::Stages,
 }
 
 /// An error answer: `{"error": code, "reason": words, "parameter": name?}`.
@@ -202,13 +204,17 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     info!(%addr, max_connections = MAX_CONNECTIONS, "HTTP API listening");
+    let progress = state.stages.register("api");
+    let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
     let app = routes::router(state);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let connections = tokio_util::task::TaskTracker::new();
     let mut refused_logged: Option<std::time::Instant> = None;
     loop {
+        progress.beat();
         let (stream, _peer) = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = beat.tick() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -251,6 +257,7 @@ pub async fn serve(
             }
         });
     }
+    progress.retire();
     connections.close();
     let _ = tokio::time::timeout(Duration::from_secs(3), connections.wait()).await;
     Ok(())

@@ -608,8 +608,21 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     let ok = store.is_ok();
     // Alerts that never reached the center wait for an admin: degraded until re-queued.
     let dead_letters = state.store.dead_letter_len();
+    // A stuck stage (no progress within its deadline) is a daemon that no longer works: 503, and
+    // systemd's watchdog restarts it.
+    let stages = state.stages.report();
+    let stuck: Vec<&crate::progress::StageReport> = stages.iter().filter(|s| s.stuck).collect();
+    let ok = ok && stuck.is_empty();
+    let status = if !stuck.is_empty() {
+        "failing"
+    } else if ok && !load.is_overloaded() && dead_letters == 0 {
+        "ok"
+    } else {
+        "degraded"
+    };
     let body = json!({
-        "status": if ok && !load.is_overloaded() && dead_letters == 0 { "ok" } else { "degraded" },
+        "status": status,
+        "stages": { "total": stages.len(), "stuck": stuck },
         "outbox": { "dead_letters": dead_letters },
         "site": &*state.site,
         "version": env!("CARGO_PKG_VERSION"),

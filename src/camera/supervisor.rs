@@ -20,6 +20,7 @@ use super::backoff::Backoff;
 use super::pipeline::{CameraPipeline, Fault, FrameOutput, PipelineSpec};
 use super::{CameraHandle, CameraState, CameraStatus, DecodeDemand, FrameSlot};
 use crate::config::{CameraConfig, IngestConfig, Transport};
+use crate::progress::{Progress, Stages};
 
 /// How often the supervisor looks at frame counters and refreshes the published status.
 const TICK: Duration = Duration::from_millis(200);
@@ -37,6 +38,8 @@ pub struct CameraSupervisor {
     last_logged_fault: Option<(CameraState, String)>,
     /// `transport = "auto"`: `spec.transport` alternates until one streams.
     auto_transport: bool,
+    /// Beaten each time the supervisor's loop turns (see [`crate::progress`]).
+    progress: Option<Progress>,
 }
 
 /// The result of one connection attempt.
@@ -99,8 +102,36 @@ impl CameraSupervisor {
             frames_before: 0,
             last_logged_fault: None,
             auto_transport: camera.transport == Transport::Auto,
+            progress: None,
         };
         Ok((Some(sup), handle))
+    }
+
+    /// Reports this supervisor's progress as stage `camera/<id>`.
+    pub fn report_progress(mut self, stages: &Stages) -> Self {
+        self.progress = Some(stages.register(format!("camera/{}", self.spec.camera)));
+        self
+    }
+
+    fn beat(&self) {
+        if let Some(p) = &self.progress {
+            p.beat();
+        }
+    }
+
+    /// Waits `delay` (or until shutdown, then false), reporting progress meanwhile.
+    async fn wait(&self, delay: Duration) -> bool {
+        let until = tokio::time::Instant::now() + delay;
+        let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
+        loop {
+            self.beat();
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return false,
+                _ = tokio::time::sleep_until(until) => return true,
+                _ = beat.tick() => {}
+            }
+        }
     }
 
     /// Runs until the cancellation token fires; the pipeline is Null when this returns.
@@ -140,11 +171,12 @@ impl CameraSupervisor {
                     Fault::Transient(_) => (CameraState::Backoff, backoff.next_delay()),
                 };
                 self.report_fault(state, &fault, delay, backoff.attempt());
-                tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
+                if !self.wait(delay).await {
+                    break;
                 }
+            }
+            if let Some(p) = &self.progress {
+                p.retire();
             }
             self.set_state(CameraState::Stopped, None, None);
             info!("camera supervisor stopped");
@@ -155,6 +187,7 @@ impl CameraSupervisor {
 
     /// One pipeline, from build to teardown.
     async fn attempt(&mut self) -> Attempt {
+        self.beat();
         let pipeline = match CameraPipeline::start(&self.spec, self.output.clone()) {
             Ok(p) => p,
             Err(e) => {
@@ -172,6 +205,7 @@ impl CameraSupervisor {
         let mut last_status = (Instant::now(), 0u64);
 
         let fault = loop {
+            self.beat();
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break None,
@@ -236,6 +270,8 @@ impl CameraSupervisor {
         };
         let stats = pipeline.stats().clone();
         drop(bus);
+        // The teardown is bounded (TEARDOWN_DEADLINE), well inside a stage's deadline.
+        self.beat();
         let fault = match pipeline
             .stop(super::teardown::TEARDOWN_DEADLINE, &self.spec.camera)
             .await

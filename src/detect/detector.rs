@@ -153,20 +153,31 @@ impl OnnxDetector {
                 )?
             }
             Family::Ssd => decode::ssd(
-                get(&o.boxes[0])?,
-                get(&o.scores[0])?,
+                get(first(&o.boxes)?)?,
+                get(first(&o.scores)?)?,
                 get(o.classes.as_deref().unwrap_or_default())?,
                 o.count.as_deref().map(get).transpose()?,
                 &placement,
                 &self.labels,
                 &self.params,
             )?,
-            Family::Yolo => {
-                decode::yolo(get(&o.boxes[0])?, &placement, &self.labels, &self.params)?
-            }
+            Family::Yolo => decode::yolo(
+                get(first(&o.boxes)?)?,
+                &placement,
+                &self.labels,
+                &self.params,
+            )?,
         };
         Ok(dets)
     }
+}
+
+/// The one tensor name of a single-output list ([`ModelManifest::problems`] refuses others).
+fn first(names: &[String]) -> Result<&str, DetectError> {
+    names
+        .first()
+        .map(String::as_str)
+        .ok_or_else(|| DetectError::Inference("the manifest names no output tensor".into()))
 }
 
 impl Detector for OnnxDetector {

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+/// The largest input side a manifest may ask for (a 4096² RGB f32 tensor is 200 MB).
+pub const MAX_INPUT_SIDE: u32 = 4096;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelManifest {
@@ -154,14 +157,123 @@ impl ModelManifest {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ModelError::Parse {
+        let manifest: Self = toml::from_str(&text).map_err(|e| ModelError::Parse {
             path: path.to_owned(),
             message: e
                 .to_string()
                 .split_whitespace()
                 .collect::<Vec<_>>()
                 .join(" "),
-        })
+        })?;
+        match manifest.problems().into_iter().next() {
+            None => Ok(manifest),
+            Some((key, why)) => Err(ModelError::Parse {
+                path: path.to_owned(),
+                message: format!("{key}: {why}"),
+            }),
+        }
+    }
+
+    /// What in this manifest a worker could not run with (a decoder would index past the end, a
+    /// division by zero, a tensor of a billion pixels), as (key, what to do). Empty when usable.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        let i = &self.input;
+        let o = &self.outputs;
+        if self.labels.is_empty() {
+            p.push((
+                "labels",
+                "list the model's class labels in output order".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = self.labels.iter().find(|l| !seen.insert(l.as_str())) {
+            p.push(("labels", format!("label {dup:?} appears twice")));
+        }
+        match (i.width, i.height) {
+            (Some(w), Some(h)) => {
+                for (key, v) in [("input.width", w), ("input.height", h)] {
+                    if !(1..=MAX_INPUT_SIDE).contains(&v) {
+                        p.push((key, format!("{v} is outside 1..={MAX_INPUT_SIDE}")));
+                    }
+                }
+            }
+            (None, None) if self.family == Family::Ssd => {}
+            (None, None) => p.push((
+                "input.width",
+                "this model family needs a fixed input size: set input.width and input.height"
+                    .into(),
+            )),
+            _ => p.push((
+                "input.width",
+                "set both input.width and input.height, or neither (a model that takes any size)"
+                    .into(),
+            )),
+        }
+        if i.name.is_empty() {
+            p.push(("input.name", "name the model's input tensor".into()));
+        }
+        if !(i.scale.is_finite() && i.scale > 0.0) {
+            p.push((
+                "input.scale",
+                format!("{} must be a positive number", i.scale),
+            ));
+        }
+        if i.std.iter().any(|v| !v.is_finite() || *v == 0.0)
+            || i.mean.iter().any(|v| !v.is_finite())
+        {
+            p.push((
+                "input.std",
+                "mean must be finite and std finite and non-zero".into(),
+            ));
+        }
+        let one = |key: &'static str, names: &[String], p: &mut Vec<(&'static str, String)>| {
+            if names.len() != 1 || names[0].is_empty() {
+                p.push((
+                    key,
+                    format!(
+                        "this family has exactly one {key} tensor; {} listed",
+                        names.len()
+                    ),
+                ));
+            }
+        };
+        match self.family {
+            Family::Nanodet => {
+                if o.strides.is_empty() || o.strides.contains(&0) {
+                    p.push((
+                        "outputs.strides",
+                        "list one non-zero stride per output level".into(),
+                    ));
+                }
+                if o.scores.len() != o.strides.len() || o.boxes.len() != o.strides.len() {
+                    p.push((
+                        "outputs.scores",
+                        format!(
+                            "one scores and one boxes tensor per stride: {} strides, {} scores, {} boxes",
+                            o.strides.len(),
+                            o.scores.len(),
+                            o.boxes.len()
+                        ),
+                    ));
+                }
+                if !o.bins.is_some_and(|b| (1..=64).contains(&b)) {
+                    p.push((
+                        "outputs.bins",
+                        "set the distribution bins per side (reg_max + 1), 1..=64".into(),
+                    ));
+                }
+            }
+            Family::Ssd => {
+                one("outputs.boxes", &o.boxes, &mut p);
+                one("outputs.scores", &o.scores, &mut p);
+                if o.classes.as_deref().is_none_or(str::is_empty) {
+                    p.push(("outputs.classes", "name the classes tensor".into()));
+                }
+            }
+            Family::Yolo => one("outputs.boxes", &o.boxes, &mut p),
+        }
+        p
     }
 
     /// Loads the manifest and checks the model file's sha256.
@@ -198,4 +310,63 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(name: &str) -> String {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    fn keys(text: &str) -> Vec<&'static str> {
+        let m: ModelManifest = toml::from_str(text).unwrap();
+        m.problems().into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn shipped_manifests_are_usable() {
+        for name in [
+            "nanodet-coco-416.toml",
+            "nanodet-coco-416-int8.toml",
+            "ssdlite-person.toml",
+        ] {
+            assert_eq!(keys(&shipped(name)), Vec::<&str>::new(), "{name}");
+        }
+    }
+
+    #[test]
+    fn manifests_a_worker_could_not_run_are_refused_by_key() {
+        let nanodet = shipped("nanodet-coco-416.toml");
+        let cases = [
+            (
+                "strides = [8, 16, 32]",
+                "strides = [8, 16]",
+                "outputs.scores",
+            ),
+            (
+                "strides = [8, 16, 32]",
+                "strides = [8, 0, 32]",
+                "outputs.strides",
+            ),
+            ("bins = 11", "", "outputs.bins"),
+            ("width = 416", "width = 100000", "input.width"),
+            ("height = 416\n", "", "input.width"),
+            ("labels = [", "labels = [\"person\", ", "labels"),
+        ];
+        for (from, to, key) in cases {
+            let text = nanodet.replacen(from, to, 1);
+            assert_ne!(text, nanodet, "{from}");
+            assert!(keys(&text).contains(&key), "{to:?}: {:?}", keys(&text));
+        }
+        let ssd = shipped("ssdlite-person.toml");
+        let text = ssd.replace("classes = \"detection_classes:0\"", "");
+        assert!(keys(&text).contains(&"outputs.classes"));
+    }
 }

@@ -12,7 +12,11 @@
 //!   a camera, and lag is bounded by one turn of the cameras with motion.
 //! - Frames of one camera are inferred one at a time, in capture order. Results go to a bounded
 //!   channel; a full channel drops the newest result and counts it (`output_full`). Workers are woken
-//!   by the slots, so an idle pool costs nothing. A detector that panics loses that frame only.
+//!   by the slots, so an idle pool costs nothing.
+//! - **A worker that fails is restarted.** A detector that panics loses that frame only: its camera is
+//!   freed at once, and (given a [`DetectorFactory`]) the worker drops the detector, whose state the
+//!   panic may have broken, and builds a fresh one (`kinderwatch_detect_worker_restarts_total`),
+//!   retrying with backoff while that fails. Each worker reports progress as stage `detector-<n>`.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -147,6 +151,22 @@ pub struct DetectorPool {
     workers: Vec<JoinHandle<()>>,
 }
 
+/// Builds a fresh detector for a worker whose detector panicked.
+pub type DetectorFactory = Arc<dyn Fn() -> Result<Box<dyn Detector>, DetectError> + Send + Sync>;
+
+/// How the pool's workers are watched and restarted.
+#[derive(Clone, Default)]
+pub struct PoolSupervision {
+    /// Each worker reports progress here as `detector-<n>`.
+    pub stages: Option<crate::progress::Stages>,
+    /// Without one a worker keeps its detector after a panic.
+    pub factory: Option<DetectorFactory>,
+}
+
+/// The first wait before building a detector again after a failed build; doubles up to a minute.
+const REBUILD_BACKOFF: Duration = Duration::from_millis(500);
+const REBUILD_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
 impl DetectorPool {
     /// Starts one worker thread per detector and installs the motion gate in every camera's slot.
     /// Results go to the returned receiver (capacity `output_capacity`).
@@ -155,6 +175,23 @@ impl DetectorPool {
         detectors: Vec<Box<dyn Detector>>,
         motion: &MotionConfig,
         output_capacity: usize,
+    ) -> (Self, mpsc::Receiver<FrameDetections>) {
+        Self::start_supervised(
+            cameras,
+            detectors,
+            motion,
+            output_capacity,
+            PoolSupervision::default(),
+        )
+    }
+
+    /// [`Self::start`], with progress reports and worker restarts.
+    pub fn start_supervised(
+        cameras: Vec<PoolCamera>,
+        detectors: Vec<Box<dyn Detector>>,
+        motion: &MotionConfig,
+        output_capacity: usize,
+        supervision: PoolSupervision,
     ) -> (Self, mpsc::Receiver<FrameDetections>) {
         let (tx, rx) = mpsc::channel(output_capacity.max(1));
         let n = cameras.len();
@@ -205,9 +242,17 @@ impl DetectorPool {
             .enumerate()
             .map(|(i, detector)| {
                 let shared = shared.clone();
+                let me = Worker {
+                    name: format!("detector-{i}"),
+                    progress: supervision
+                        .stages
+                        .as_ref()
+                        .map(|s| s.register(format!("detector-{i}"))),
+                    factory: supervision.factory.clone(),
+                };
                 std::thread::Builder::new()
-                    .name(format!("detector-{i}"))
-                    .spawn(move || worker(shared, detector))
+                    .name(me.name.clone())
+                    .spawn(move || worker(shared, detector, me))
                     .expect("spawn a detector thread")
             })
             .collect();
@@ -314,33 +359,130 @@ fn next_job(shared: &Shared, sched: &mut Sched) -> Option<(usize, Arc<Frame>)> {
     }
 }
 
-fn worker(shared: Arc<Shared>, mut detector: Box<dyn Detector>) {
+/// One worker's identity and supervision.
+struct Worker {
+    name: String,
+    progress: Option<crate::progress::Progress>,
+    factory: Option<DetectorFactory>,
+}
+
+impl Worker {
+    fn beat(&self) {
+        if let Some(p) = &self.progress {
+            p.beat();
+        }
+    }
+
+    /// A fresh detector from the factory, retried with backoff; `None` on shutdown.
+    fn rebuild(&self, shared: &Shared, factory: &DetectorFactory) -> Option<Box<dyn Detector>> {
+        let mut wait = REBUILD_BACKOFF;
+        loop {
+            let built = std::panic::catch_unwind(AssertUnwindSafe(|| factory()));
+            match built {
+                Ok(Ok(d)) => {
+                    metrics::counter!("kinderwatch_detect_worker_restarts_total", "worker" => self.name.clone())
+                        .increment(1);
+                    tracing::warn!(worker = %self.name, "detector worker restarted with a fresh session");
+                    return Some(d);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(worker = %self.name, error = %e, retry_in_ms = wait.as_millis() as u64,
+                                    "detector worker cannot build a new session; retrying")
+                }
+                Err(_) => {
+                    tracing::error!(worker = %self.name, retry_in_ms = wait.as_millis() as u64,
+                                    "building a detector session panicked; retrying")
+                }
+            }
+            // Wait, beating, unless the pool stops.
+            let until = Instant::now() + wait;
+            let mut sched = shared.sched.lock().unwrap_or_else(|e| e.into_inner());
+            while Instant::now() < until {
+                if sched.shutdown {
+                    return None;
+                }
+                self.beat();
+                let left = until
+                    .saturating_duration_since(Instant::now())
+                    .min(crate::progress::BEAT_PERIOD);
+                sched = shared
+                    .wake
+                    .wait_timeout(sched, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            wait = (wait * 2).min(REBUILD_BACKOFF_MAX);
+        }
+    }
+}
+
+fn worker(shared: Arc<Shared>, detector: Box<dyn Detector>, me: Worker) {
+    let mut detector = Some(detector);
     loop {
+        me.beat();
+        let mut d = match detector.take() {
+            Some(d) => d,
+            None => match me.factory.as_ref().and_then(|f| me.rebuild(&shared, f)) {
+                Some(d) => d,
+                None => break,
+            },
+        };
         let (index, frame) = {
             let mut sched = shared.sched.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 if sched.shutdown {
+                    if let Some(p) = &me.progress {
+                        p.retire();
+                    }
                     return;
                 }
                 if let Some(job) = next_job(&shared, &mut sched) {
                     break job;
                 }
-                sched = shared.wake.wait(sched).unwrap_or_else(|e| e.into_inner());
+                // Woken by a frame, or after a beat period to report that the worker is idle, not stuck.
+                sched = shared
+                    .wake
+                    .wait_timeout(sched, crate::progress::BEAT_PERIOD)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                me.beat();
             }
         };
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            process(&shared, detector.as_mut(), index, frame)
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("detector_detect");
+            process(&shared, d.as_mut(), index, frame)
         }));
-        if outcome.is_err() {
-            let entry = &shared.cameras[index];
-            entry.counters.errors.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("kinderwatch_detect_errors_total", &entry.labels).increment(1);
-            tracing::error!(camera = %entry.cam.id, "the detector panicked on a frame; the frame is lost, the camera goes on");
+        let entry = &shared.cameras[index];
+        match outcome {
+            Ok(()) => detector = Some(d),
+            Err(_) => {
+                entry.counters.errors.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("kinderwatch_detect_errors_total", &entry.labels).increment(1);
+                metrics::counter!("kinderwatch_detect_worker_panics_total", "worker" => me.name.clone())
+                    .increment(1);
+                match me.factory {
+                    // The panic may have left the session broken: it is dropped, a new one built.
+                    Some(_) => {
+                        tracing::error!(camera = %entry.cam.id, worker = %me.name,
+                                        "the detector panicked on a frame; the frame is lost, the worker restarts");
+                        drop(std::panic::catch_unwind(AssertUnwindSafe(move || drop(d))));
+                    }
+                    None => {
+                        tracing::error!(camera = %entry.cam.id, worker = %me.name,
+                                        "the detector panicked on a frame; the frame is lost, the camera goes on");
+                        detector = Some(d);
+                    }
+                }
+            }
         }
         // The camera may have a newer frame waiting for this one to finish.
         let mut sched = shared.sched.lock().unwrap_or_else(|e| e.into_inner());
         sched.busy[index] = false;
         shared.wake.notify_one();
+    }
+    if let Some(p) = &me.progress {
+        p.retire();
     }
 }
 

@@ -65,9 +65,17 @@ pub struct StoreConfig {
     /// Events held in memory while the store cannot write; beyond this the oldest are lost (and
     /// counted). Default: 10000.
     pub max_pending: usize,
-    /// A write taking longer than this marks the store failed. Default: 10s.
+    /// The same bound in MB, snapshots included (whichever is reached first). Default: 64.
+    pub max_pending_mb: u64,
+    /// A write taking longer than this marks the store failed: its events and every later one go
+    /// out live over MQTT while it waits. Default: 10s.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// A write that has not returned after this long has wedged the database in this process (sled
+    /// serialises its writers): the daemon stops with an error so that systemd starts it afresh.
+    /// Default: 2m.
+    #[serde(with = "humantime_serde")]
+    pub write_stall_exit: Duration,
     /// sled's page cache, MB. Default: 64.
     pub cache_mb: u64,
     /// Audit records (who read the history and snapshots, who armed and disarmed) older than
@@ -83,7 +91,9 @@ impl Default for StoreConfig {
             retention_interval: Duration::from_secs(600),
             min_free_mb: 256,
             max_pending: 10_000,
+            max_pending_mb: 64,
             write_timeout: Duration::from_secs(10),
+            write_stall_exit: Duration::from_secs(120),
             cache_mb: 64,
             audit_retention_days: 365,
         }

@@ -6,10 +6,16 @@
 //! recorder says so once (a `storage_failed` event, the status channel, `kinderwatch_store_up`
 //! = 0), keeps the events in memory, retries every few seconds, and when a write succeeds again
 //! records a `storage_recovered` event. Detection and rules never wait for it: the producers'
-//! channel is drained continuously; beyond `max_pending` the oldest waiting events are lost and
-//! counted (`kinderwatch_store_events_lost_total`).
+//! channel is drained continuously; beyond `max_pending` events or `max_pending_mb` (snapshots
+//! included) the oldest waiting events are lost and counted (`kinderwatch_store_events_lost_total`).
+//!
+//! A stalled write's batch goes out live with the waiting events. If the write returns, late, the
+//! recorder goes on. If it has not returned after `write_stall_exit`, [`run`] returns an error and
+//! the daemon stops for systemd to restart it: sled serialises its writers, so a write stuck inside
+//! it holds every later one, and only a fresh process (a fresh database handle) writes again.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -57,6 +63,8 @@ pub struct RecorderSettings {
     /// live, outside the outbox), so alerting goes on; once written they leave through the
     /// outbox as well (a duplicate with the same event id).
     pub live: Option<mpsc::Sender<LiveEvent>>,
+    /// Beaten each time the recorder's loop turns (stage `recorder`).
+    pub progress: Option<crate::progress::Progress>,
 }
 
 /// An event sent to the publisher while the store cannot write.
@@ -66,45 +74,76 @@ pub struct LiveEvent {
     pub snapshot_len: usize,
 }
 
-type WriteTask = JoinHandle<(Vec<RecordedEvent>, Result<(), StoreError>)>;
+/// Why the recorder stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RecorderFailed(pub String);
+
+/// What one pending event costs in memory, for `store.max_pending_mb`: its snapshot and a
+/// generous allowance for the event itself.
+fn weight(e: &RecordedEvent) -> usize {
+    1024 + e.snapshot.as_ref().map_or(0, Vec::len) + e.event.detail.as_ref().map_or(0, String::len)
+}
+
+/// The batch being written, kept here as well so that a stalled write's events can go out live.
+struct InFlight {
+    task: JoinHandle<Result<(), StoreError>>,
+    batch: Arc<Vec<RecordedEvent>>,
+    started: Instant,
+    stalled: bool,
+}
 
 struct Recorder {
     store: Store,
     settings: RecorderSettings,
     pending: VecDeque<RecordedEvent>,
+    pending_bytes: usize,
     status: watch::Sender<StoreStatus>,
-    in_flight: Option<(WriteTask, Instant, bool)>,
+    in_flight: Option<InFlight>,
     retry_at: Option<tokio::time::Instant>,
 }
 
-/// Runs until `cancel`, then writes what is left (for up to a few seconds).
+/// Runs until `cancel`, then writes what is left (for up to a few seconds). Returns an error when
+/// a write has not returned after `store.write_stall_exit`: the database is wedged in this process
+/// and only a fresh one can write again (the caller stops the daemon for systemd to restart it).
 pub async fn run(
     store: Store,
     settings: RecorderSettings,
     mut events: mpsc::Receiver<RecordedEvent>,
     status: watch::Sender<StoreStatus>,
     cancel: CancellationToken,
-) {
+) -> Result<(), RecorderFailed> {
+    let progress = settings.progress.clone();
     let mut r = Recorder {
         store,
         settings,
         pending: VecDeque::new(),
+        pending_bytes: 0,
         status,
         in_flight: None,
         retry_at: None,
     };
+    let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
+    let mut outcome = Ok(());
     loop {
+        if let Some(p) = &progress {
+            p.beat();
+        }
         r.start_write_if_due();
-        let stall_check = r
-            .in_flight
-            .as_ref()
-            .map(|(_, started, _)| *started + r.settings.config.write_timeout);
+        let (stall_check, stall_exit) = match &r.in_flight {
+            Some(f) => (
+                Some(f.started + r.settings.config.write_timeout),
+                Some(f.started + r.settings.config.write_stall_exit),
+            ),
+            None => (None, None),
+        };
+        let stalled = r.in_flight.as_ref().is_some_and(|f| f.stalled);
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            done = async { (&mut r.in_flight.as_mut().expect("guarded").0).await }, if r.in_flight.is_some() => {
-                r.in_flight = None;
-                r.write_finished(done);
+            done = async { (&mut r.in_flight.as_mut().expect("guarded").task).await }, if r.in_flight.is_some() => {
+                let f = r.in_flight.take().expect("guarded");
+                r.write_finished(f, done);
             }
             e = events.recv() => match e {
                 Some(e) => {
@@ -118,34 +157,62 @@ pub async fn run(
                 }
                 None => break,
             },
-            _ = tokio::time::sleep_until(stall_check.unwrap_or_else(Instant::now).into()), if stall_check.is_some() && !r.in_flight.as_ref().is_some_and(|f| f.2) => {
-                if let Some(f) = r.in_flight.as_mut() { f.2 = true; }
+            _ = tokio::time::sleep_until(stall_check.unwrap_or_else(Instant::now).into()), if stall_check.is_some() && !stalled => {
+                // The batch's events left `pending` when the write began: unless they went out
+                // live already (the store was failing when they came), they go now, first.
+                let was_ok = r.status.borrow().is_ok();
+                if let Some(f) = r.in_flight.as_mut() {
+                    f.stalled = true;
+                    let batch = f.batch.clone();
+                    for e in batch.iter().filter(|_| was_ok) {
+                        r.send_live(e);
+                    }
+                }
                 let timeout = r.settings.config.write_timeout;
                 r.failed(format!("a write has not finished after {}", humantime::format_duration(timeout)));
+            }
+            _ = tokio::time::sleep_until(stall_exit.unwrap_or_else(Instant::now).into()), if stall_exit.is_some() => {
+                let after = humantime::format_duration(r.settings.config.write_stall_exit);
+                let reason = format!(
+                    "an event store write has not returned after {after}; the database is wedged in this \
+                     process, so the daemon stops for systemd to start it afresh"
+                );
+                error!(pending = r.pending.len(), "{reason}");
+                outcome = Err(RecorderFailed(reason));
+                break;
             }
             _ = tokio::time::sleep_until(r.retry_at.unwrap_or_else(tokio::time::Instant::now)), if r.retry_at.is_some() => {
                 r.retry_at = None;
             }
+            _ = beat.tick() => {}
         }
     }
+    if let Some(p) = &progress {
+        p.retire();
+    }
     r.finish(events).await;
+    outcome
 }
 
 impl Recorder {
     fn push(&mut self, e: RecordedEvent) {
-        if self.pending.len() >= self.settings.config.max_pending
-            && let Some(lost) = self.pending.pop_front()
+        let max_bytes = (self.settings.config.max_pending_mb as usize).saturating_mul(1 << 20);
+        while !self.pending.is_empty()
+            && (self.pending.len() >= self.settings.config.max_pending
+                || self.pending_bytes + weight(&e) > max_bytes)
         {
-            metrics::counter!("kinderwatch_store_events_lost_total").increment(1);
+            let Some(lost) = self.pop_front() else { break };
+            metrics::counter!("kinderwatch_store_events_lost_total", "reason" => "pending_full")
+                .increment(1);
             error!(event_id = %lost.event.id, kind = lost.event.kind.as_str(),
                    max_pending = self.settings.config.max_pending,
+                   max_pending_mb = self.settings.config.max_pending_mb,
                    "event lost: the store has not written for too long and the memory queue is full");
         }
         if !self.status.borrow().is_ok() {
             self.send_live(&e);
         }
-        self.pending.push_back(e);
-        metrics::gauge!("kinderwatch_store_pending_events").set(self.pending.len() as f64);
+        self.push_back(e);
         let n = self.pending.len();
         self.status.send_if_modified(|s| {
             if let StoreStatus::Failing { pending, .. } = s {
@@ -155,49 +222,93 @@ impl Recorder {
         });
     }
 
+    fn push_back(&mut self, e: RecordedEvent) {
+        self.pending_bytes += weight(&e);
+        self.pending.push_back(e);
+        self.pending_changed();
+    }
+
+    fn push_front(&mut self, e: RecordedEvent) {
+        self.pending_bytes += weight(&e);
+        self.pending.push_front(e);
+        self.pending_changed();
+    }
+
+    fn pop_front(&mut self) -> Option<RecordedEvent> {
+        let e = self.pending.pop_front()?;
+        self.pending_bytes = self.pending_bytes.saturating_sub(weight(&e));
+        self.pending_changed();
+        Some(e)
+    }
+
+    fn pending_changed(&self) {
+        metrics::gauge!("kinderwatch_store_pending_events").set(self.pending.len() as f64);
+        metrics::gauge!("kinderwatch_store_pending_bytes").set(self.pending_bytes as f64);
+    }
+
     fn start_write_if_due(&mut self) {
         if self.in_flight.is_some() || self.retry_at.is_some() || self.pending.is_empty() {
             return;
         }
         let n = self.pending.len().min(BATCH_EVENTS);
-        let batch: Vec<RecordedEvent> = self.pending.drain(..n).collect();
-        let (store, outbox) = (self.store.clone(), self.settings.outbox);
+        let batch: Vec<RecordedEvent> = (0..n).filter_map(|_| self.pop_front()).collect();
+        let batch = Arc::new(batch);
+        let (store, outbox, b) = (self.store.clone(), self.settings.outbox, batch.clone());
         let task = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let result = store.record(&batch, outbox);
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("store_record");
+            let result = store.record(&b, outbox);
             metrics::histogram!("kinderwatch_store_write_seconds")
                 .record(started.elapsed().as_secs_f64());
-            (batch, result)
+            result
         });
-        self.in_flight = Some((task, Instant::now(), false));
+        self.in_flight = Some(InFlight {
+            task,
+            batch,
+            started: Instant::now(),
+            stalled: false,
+        });
     }
 
     fn write_finished(
         &mut self,
-        done: Result<(Vec<RecordedEvent>, Result<(), StoreError>), tokio::task::JoinError>,
+        f: InFlight,
+        done: Result<Result<(), StoreError>, tokio::task::JoinError>,
     ) {
+        let batch = Arc::try_unwrap(f.batch).unwrap_or_else(|shared| (*shared).clone());
         match done {
-            Ok((batch, Ok(()))) => {
+            Ok(Ok(())) => {
                 metrics::counter!("kinderwatch_store_events_recorded_total")
                     .increment(batch.len() as u64);
                 for r in &batch {
                     tracing::debug!(event_id = %r.event.id, kind = r.event.kind.as_str(), "event recorded");
                 }
-                metrics::gauge!("kinderwatch_store_pending_events").set(self.pending.len() as f64);
+                if f.stalled {
+                    info!(
+                        events = batch.len(),
+                        took_s = f.started.elapsed().as_secs(),
+                        "the stalled write finished; its events are stored"
+                    );
+                }
                 self.recovered();
             }
-            Ok((batch, Err(e))) => {
+            Ok(Err(e)) => {
                 metrics::counter!("kinderwatch_store_write_errors_total").increment(1);
                 for r in batch.into_iter().rev() {
-                    self.pending.push_front(r);
+                    self.push_front(r);
                 }
                 self.failed(e.to_string());
                 self.retry_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
             }
             Err(join) => {
-                // The write panicked inside sled: the batch is gone with it.
+                // The write panicked inside sled: it may have stored the batch or not. Recording is
+                // idempotent by event id, so the batch is written again.
                 metrics::counter!("kinderwatch_store_write_errors_total").increment(1);
-                error!(error = %join, "event store write panicked; its batch was not recorded");
+                error!(error = %join, events = batch.len(), "event store write panicked; its batch is written again");
+                for r in batch.into_iter().rev() {
+                    self.push_front(r);
+                }
                 self.failed(format!("a write panicked: {join}"));
                 self.retry_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
             }
@@ -216,7 +327,7 @@ impl Recorder {
                 Timestamp::now(),
             );
             e.detail = Some(reason.clone());
-            self.pending.push_back(RecordedEvent {
+            self.push_back(RecordedEvent {
                 event: e,
                 snapshot: None,
             });
@@ -274,7 +385,7 @@ impl Recorder {
         );
         e.detail = Some(format!("failing since {since}"));
         e.started_at = since;
-        self.pending.push_back(RecordedEvent {
+        self.push_back(RecordedEvent {
             event: e,
             snapshot: None,
         });
@@ -288,11 +399,15 @@ impl Recorder {
             self.push(e);
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_WRITE_DEADLINE;
+        let mut stuck = 0;
         loop {
-            if let Some((task, _, _)) = self.in_flight.take() {
-                match tokio::time::timeout_at(deadline, task).await {
-                    Ok(done) => self.write_finished(done),
-                    Err(_) => break,
+            if let Some(mut f) = self.in_flight.take() {
+                match tokio::time::timeout_at(deadline, &mut f.task).await {
+                    Ok(done) => self.write_finished(f, done),
+                    Err(_) => {
+                        stuck = f.batch.len();
+                        break;
+                    }
                 }
             }
             if self.pending.is_empty() || !self.status.borrow().is_ok() {
@@ -301,9 +416,21 @@ impl Recorder {
             self.retry_at = None;
             self.start_write_if_due();
         }
-        if !self.pending.is_empty() {
+        let lost = self.pending.len() + stuck;
+        if lost > 0 {
+            metrics::counter!("kinderwatch_store_events_lost_total", "reason" => "shutdown")
+                .increment(lost as u64);
+            let ids: Vec<String> = self
+                .pending
+                .iter()
+                .take(20)
+                .map(|e| e.event.id.to_string())
+                .collect();
             error!(
-                lost = self.pending.len(),
+                lost,
+                in_stuck_write = stuck,
+                sent_live = self.settings.live.is_some() && !self.status.borrow().is_ok(),
+                first_ids = %ids.join(","),
                 "stopping with events the store could not write"
             );
         }

@@ -117,21 +117,26 @@ pub fn start_site_with(
             summary: None,
             commands: Some(commands_rx),
             arming: Some(ArmingStore::new(dir.path())),
+            progress: None,
         },
         cancel.clone(),
     )));
-    tasks.push(tokio::spawn(recorder::run(
+    let recorder = recorder::run(
         store.clone(),
         RecorderSettings {
             site: SITE.into(),
             config: store_config,
             outbox: true,
             live: None,
+            progress: None,
         },
         events_rx,
         status_tx,
         cancel.clone(),
-    )));
+    );
+    tasks.push(tokio::spawn(async move {
+        recorder.await.expect("the recorder stops only when asked");
+    }));
     let settings = PublisherSettings {
         config,
         site: SITE.into(),
@@ -144,6 +149,7 @@ pub fn start_site_with(
             readers: kinderwatch::store::reader::Readers::new(),
         },
         live,
+        stages: None,
     };
     tasks.push(tokio::spawn(publisher::run(
         store.clone(),
