@@ -217,6 +217,12 @@ impl CameraPipeline {
             spec.tcp_timeout.as_micros().min(u64::MAX as u128) as u64,
         );
         src.set_property("drop-on-latency", true);
+        // rtspsrc's own UDP timeout (5 s) makes it reconnect by itself, from a udpsrc streaming
+        // thread, over the next protocol; the supervisor already notices a silent camera
+        // (`stall_timeout`, `first_frame_timeout`) and chooses the transport (`auto`). Two owners
+        // of one reconnect race: rtspsrc's, started while we set the pipeline to Null, is the
+        // likeliest path to the teardown deadlock seen with a UDP camera that stopped sending.
+        src.set_property("timeout", 0u64);
         src.set_property_from_str(
             "protocols",
             match spec.transport {
@@ -412,6 +418,10 @@ impl CameraPipeline {
 
     /// Sets the pipeline to Null on a thread of its own, waiting at most `deadline` (see
     /// [`super::teardown`]); the pipeline is dropped on that thread too.
+    ///
+    /// (Setting rtspsrc to Null on its own first, while the rest plays, was tried: rtspsrc then
+    /// spins on its closed connection, ~150,000 GLib criticals a second; the whole pipeline goes
+    /// to Null in one step.)
     pub async fn stop(
         self,
         deadline: std::time::Duration,

@@ -226,8 +226,13 @@ impl CameraSupervisor {
                     match (stats.first_frame(), streaming_since) {
                         (None, _) => {
                             if started.elapsed() >= self.ingest.first_frame_timeout {
+                                // rtspsrc's own UDP timeout (and its firewall hint) is off: say it here.
+                                let hint = match self.spec.transport {
+                                    Transport::Udp if !self.auto_transport => "; RTP over UDP: a firewall or NAT may drop the packets, try transport = \"tcp\" or \"auto\"",
+                                    _ => "",
+                                };
                                 break Some(Fault::Transient(format!(
-                                    "no frame within {} of connecting",
+                                    "no frame within {} of connecting{hint}",
                                     humantime::format_duration(self.ingest.first_frame_timeout)
                                 )));
                             }
