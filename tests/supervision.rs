@@ -2,7 +2,7 @@
 //! good stops the systemd watchdog feed and is named in the log and `/healthz`; a store write that
 //! stalls sends its events out live and the recorder resumes once it returns, with pending events
 //! bounded by bytes; a write that never returns stops the daemon with an error for systemd to
-//! restart it.
+//! restart it; a snapshot slow to encode holds up no other camera's event.
 //!
 //! The daemon runs as the real binary with `NOTIFY_SOCKET`/`WATCHDOG_USEC` pointing at a socket of
 //! the test's; the recorder tests run in process and take turns (fail points are process-wide:
@@ -475,5 +475,82 @@ async fn pending_events_are_bounded_by_bytes_while_a_write_stalls() {
     );
     r.cancel.cancel();
     r.task.await.unwrap().unwrap();
+    scenario.teardown();
+}
+
+/// Snapshot encoding is off the rules loop: while one camera's picture takes 3 s to encode, the
+/// other camera's frames are analysed and its event goes out first; the slow one still comes,
+/// with its picture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_snapshot_does_not_hold_up_another_cameras_event() {
+    use kinderwatch::config::Config;
+    use kinderwatch::perimeter::{self, PerimeterIo};
+    let scenario = fail::FailScenario::setup();
+    fail::cfg("snapshot_render", "1*sleep(3000)").unwrap();
+    let text = r#"
+[site]
+id = "kg-7"
+[[cameras]]
+id = "gate"
+url = "rtsp://127.0.0.1/x"
+[[cameras]]
+id = "yard"
+url = "rtsp://127.0.0.1/y"
+[[rules]]
+id = "fence-gate"
+camera = "gate"
+kind = "tripwire"
+line = [[0.0, 0.5], [1.0, 0.5]]
+cooldown = "0s"
+[[rules]]
+id = "fence-yard"
+camera = "yard"
+kind = "tripwire"
+line = [[0.0, 0.5], [1.0, 0.5]]
+cooldown = "0s"
+"#;
+    let config = Arc::new(Config::from_toml(text, Path::new("two.toml"), Path::new(".")).unwrap());
+    let (tx, rx) = mpsc::channel(100);
+    let (events_tx, mut events) = mpsc::channel(100);
+    let io = PerimeterIo {
+        live_tracks: Default::default(),
+        events: events_tx,
+        summary: None,
+        commands: None,
+        arming: None,
+        progress: None,
+    };
+    let cancel = CancellationToken::new();
+    let stage = tokio::spawn(perimeter::run(config, rx, io, cancel.clone()));
+    let t0 = std::time::SystemTime::now();
+    // The gate's walker crosses first (its picture is the slow one), then the yard's.
+    for r in common::walk_down(t0) {
+        tx.send(r).await.unwrap();
+    }
+    for mut r in common::walk_down(t0 + Duration::from_secs(5)) {
+        let mut frame = (*r.frame).clone();
+        frame.camera = "yard".into();
+        r.frame = Arc::new(frame);
+        tx.send(r).await.unwrap();
+    }
+    let first = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event")
+        .unwrap();
+    assert_eq!(
+        first.event.camera.as_deref(),
+        Some("yard"),
+        "the yard's event waited for the gate's snapshot"
+    );
+    assert!(first.snapshot.is_some());
+    let second = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("the slow event")
+        .unwrap();
+    assert_eq!(second.event.camera.as_deref(), Some("gate"));
+    let jpeg = second.snapshot.expect("the slow event keeps its picture");
+    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    cancel.cancel();
+    stage.await.unwrap();
     scenario.teardown();
 }

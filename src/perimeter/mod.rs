@@ -1,7 +1,9 @@
 //! The perimeter stage: detections in, events out. Per camera a [`Tracker`] gives people stable
 //! ids and an [`Engine`] applies that camera's rules; each rule hit becomes an [`Event`] with a
 //! snapshot (the track's best frame, drawn on). Runs as one task; snapshots are encoded off the
-//! async workers.
+//! rules loop ([`encode`]): no camera waits for another's JPEG.
+
+pub mod encode;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -19,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, RuleConfig, RuleKind};
 use crate::detect::FrameDetections;
 use crate::detect::summary::DetectionSummary;
-use crate::events::{Event, EventObject, SnapshotFrame, render_snapshot};
+use crate::events::{Event, EventObject, SnapshotFrame};
 use crate::rules::engine::{Detector, Engine, ObjectFilter, Rule, RuleHit, RuleShape};
 use crate::rules::geometry::polygon;
 use crate::rules::schedule::Schedule;
@@ -254,18 +256,14 @@ pub async fn run(
         known
     });
     let clock = RuleClock::new();
+    let encoder = encode::SnapshotEncoder::new(events);
     loop {
         if let Some(p) = &progress {
             p.beat();
         }
         let r = tokio::select! {
             biased;
-            _ = cancel.cancelled() => {
-                if let Some(p) = &progress {
-                    p.retire();
-                }
-                return;
-            }
+            _ = cancel.cancelled() => break,
             _ = beat.tick() => continue,
             _ = tick.tick() => {
                 if let Some(s) = &mut summary {
@@ -277,7 +275,7 @@ pub async fn run(
                 handle_command(cmd, &mut cameras, &mut armed_state, arming.as_ref());
                 continue;
             }
-            r = detections.recv() => match r { Some(r) => r, None => return },
+            r = detections.recv() => match r { Some(r) => r, None => break },
         };
         if let Some(s) = &mut summary {
             s.record(&r);
@@ -299,18 +297,18 @@ pub async fn run(
         debug!(camera = %r.frame.camera, seq = r.frame.seq, objects = r.detections.len(),
                tracks = cam.tracker.tracks().len(), hits = hits.len(), "frame analysed");
         for hit in hits {
-            let recorded = build_event(&config, cam, &r.frame.camera, &hit).await;
-            let e = &recorded.event;
-            info!(event_id = %e.id, kind = e.kind.as_str(), camera = e.camera.as_deref().unwrap_or(""), rule = e.rule.as_deref().unwrap_or(""),
-                  track = hit.track_id, score = format!("{:.2}", hit.score),
-                  snapshot_bytes = recorded.snapshot.as_ref().map_or(0, Vec::len), "event");
-            if events.try_send(recorded).is_err() {
-                metrics::counter!("kinderwatch_events_dropped_total", "camera" => r.frame.camera.to_string()).increment(1);
-                warn!(camera = %r.frame.camera, "event queue full: event not recorded");
-            }
+            let (event, job) = build_event(&config, cam, &r.frame.camera, &hit);
+            encoder.submit(event, job);
         }
     }
+    if let Some(p) = &progress {
+        p.retire();
+    }
+    encoder.finish(ENCODE_DRAIN).await;
 }
+
+/// How long the stage waits at its end for the snapshots being encoded.
+const ENCODE_DRAIN: Duration = Duration::from_secs(2);
 
 fn handle_command(
     cmd: RuleCommand,
@@ -384,12 +382,13 @@ impl RuleClock {
     }
 }
 
-async fn build_event(
+/// The event of one rule hit, and what its snapshot is drawn from (the track's best frame).
+fn build_event(
     config: &Config,
     cam: &CameraRules,
     camera: &str,
     hit: &RuleHit,
-) -> RecordedEvent {
+) -> (Event, Option<encode::SnapshotJob>) {
     let mut event = Event::new(hit.kind.into(), &config.site.id, camera, hit.time);
     event.rule = Some(hit.rule.to_string());
     event.object = Some(EventObject {
@@ -407,26 +406,24 @@ async fn build_event(
         .iter()
         .find(|r| r.id == hit.rule)
         .map(|r| r.shape.clone());
-    let snapshot = match track {
-        Some(t) => {
-            let (_, bbox, frame) = t.best.clone();
-            let tz = TimeZone::get(&config.site.time_zone).unwrap_or(TimeZone::UTC);
-            let caption = format!(
-                "{} {} {} {}",
-                hit.time.to_zoned(tz).strftime("%Y-%m-%d %H:%M:%S"),
-                camera,
-                hit.rule,
-                event.kind.as_str()
-            );
-            tokio::task::spawn_blocking(move || {
-                render_snapshot(&frame, &bbox, shape.as_ref(), &caption)
-            })
-            .await
-            .ok()
+    let job = track.map(|t| {
+        let (_, bbox, frame) = t.best.clone();
+        let tz = TimeZone::get(&config.site.time_zone).unwrap_or(TimeZone::UTC);
+        let caption = format!(
+            "{} {} {} {}",
+            hit.time.to_zoned(tz).strftime("%Y-%m-%d %H:%M:%S"),
+            camera,
+            hit.rule,
+            event.kind.as_str()
+        );
+        encode::SnapshotJob {
+            frame,
+            bbox,
+            shape,
+            caption,
         }
-        None => None,
-    };
-    RecordedEvent { event, snapshot }
+    });
+    (event, job)
 }
 
 /// The default period of the detection summary log.
