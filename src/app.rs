@@ -49,8 +49,8 @@ pub struct Daemon {
     pool: Option<DetectorPool>,
     detections: Option<mpsc::Receiver<FrameDetections>>,
     rule_commands: (
-        mpsc::Sender<crate::perimeter::RuleCommand>,
-        Option<mpsc::Receiver<crate::perimeter::RuleCommand>>,
+        mpsc::Sender<crate::control::RuleCommand>,
+        Option<mpsc::Receiver<crate::control::RuleCommand>>,
     ),
     stages: Stages,
     /// A task that cannot go on sends why here; the daemon then stops with an error.
@@ -171,12 +171,12 @@ impl Daemon {
     }
 
     /// Where run-time rule commands (arm, disarm, list) go.
-    pub fn rule_commands(&self) -> mpsc::Sender<crate::perimeter::RuleCommand> {
+    pub fn rule_commands(&self) -> mpsc::Sender<crate::control::RuleCommand> {
         self.rule_commands.0.clone()
     }
 
     /// The receiving end of the rule commands (once), for the perimeter stage.
-    pub fn take_rule_commands(&mut self) -> Option<mpsc::Receiver<crate::perimeter::RuleCommand>> {
+    pub fn take_rule_commands(&mut self) -> Option<mpsc::Receiver<crate::control::RuleCommand>> {
         self.rule_commands.1.take()
     }
 

@@ -10,13 +10,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::camera::{Credentials, RtspUrl};
+use crate::camera::RtspUrl;
+pub use crate::camera::config::{CameraConfig, Codec, IngestConfig, Transport, credentials_from};
 pub use crate::detect::motion::MotionConfig;
 pub use crate::detect::runtime::ExecutionProvider;
 pub use crate::health::HealthConfig;
+pub use crate::progress::SupervisionConfig;
 use crate::rules::geometry::polygon_problem;
 use crate::rules::schedule::Schedule;
 pub use crate::rules::tripwire::Direction;
@@ -160,6 +161,9 @@ fn default_classes() -> Vec<String> {
 fn default_rule_min_score() -> f32 {
     0.5
 }
+fn default_true() -> bool {
+    true
+}
 fn default_cooldown() -> Duration {
     Duration::from_secs(60)
 }
@@ -180,51 +184,6 @@ pub struct SiteConfig {
 
 fn default_time_zone() -> String {
     "UTC".into()
-}
-
-/// `[ingest]`: reconnect and watchdog policy shared by all cameras.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestConfig {
-    /// First reconnect delay after a transient fault. Default: 1s.
-    #[serde(with = "humantime_serde")]
-    pub backoff_initial: Duration,
-    /// Largest reconnect delay after repeated transient faults. Default: 30s.
-    #[serde(with = "humantime_serde")]
-    pub backoff_max: Duration,
-    /// A camera that streamed this long without a fault starts its backoff over. Default: 60s.
-    #[serde(with = "humantime_serde")]
-    pub healthy_reset: Duration,
-    /// Retry delay after a configuration fault (401 Unauthorized, 404 Not Found). Default: 5m.
-    #[serde(with = "humantime_serde")]
-    pub config_fault_backoff: Duration,
-    /// A connection that delivers no first frame within this time is torn down. Default: 10s.
-    #[serde(with = "humantime_serde")]
-    pub first_frame_timeout: Duration,
-    /// A streaming camera with no frame for this long is torn down and rebuilt. Default: 10s.
-    #[serde(with = "humantime_serde")]
-    pub stall_timeout: Duration,
-    /// rtspsrc TCP timeout for connecting and reading RTSP replies. Default: 5s.
-    #[serde(with = "humantime_serde")]
-    pub tcp_timeout: Duration,
-    /// Threads per H.264 decoder; 0 = one per core. With several cameras, one thread each is the
-    /// cheapest (the cameras are the parallelism). Default: 1.
-    pub decoder_threads: u32,
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        Self {
-            backoff_initial: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(30),
-            healthy_reset: Duration::from_secs(60),
-            config_fault_backoff: Duration::from_secs(300),
-            first_frame_timeout: Duration::from_secs(10),
-            stall_timeout: Duration::from_secs(10),
-            tcp_timeout: Duration::from_secs(5),
-            decoder_threads: 1,
-        }
-    }
 }
 
 /// `[detector]`: the model and the worker pool that runs it.
@@ -297,25 +256,6 @@ impl Default for StateConfig {
     }
 }
 
-/// `[supervision]`: how the daemon watches its own stages (see [`crate::progress`]).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SupervisionConfig {
-    /// A stage (camera supervisor, detector worker, rules, recorder, publisher, API, main loop)
-    /// that reports no progress for this long is stuck: named in the log, `/healthz` and
-    /// `kinderwatch_stage_stuck`, and the systemd watchdog is no longer fed. Default: 20s.
-    #[serde(with = "humantime_serde")]
-    pub stage_deadline: Duration,
-}
-
-impl Default for SupervisionConfig {
-    fn default() -> Self {
-        Self {
-            stage_deadline: Duration::from_secs(20),
-        }
-    }
-}
-
 /// `[logging]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -341,196 +281,6 @@ impl Default for LoggingConfig {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// RTP transport between camera and box.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// RTP interleaved in the RTSP TCP connection: works through NAT and firewalls. The default.
-    #[default]
-    Tcp,
-    /// RTP over UDP: lower overhead on a clean LAN, loses frames on a lossy one.
-    Udp,
-    /// TCP first; after a connection that brought no picture, UDP, and so on, keeping the one
-    /// that streams (for cameras that do not offer interleaved RTP).
-    Auto,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Auto => "auto",
-        }
-    }
-
-    /// The other concrete transport (`Auto` counts as TCP).
-    pub fn other(self) -> Self {
-        match self {
-            Self::Udp => Self::Tcp,
-            Self::Tcp | Self::Auto => Self::Udp,
-        }
-    }
-}
-
-/// Video codec of the camera stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Codec {
-    /// H.264 with a fixed, verified chain (rtph264depay ! h264parse ! avdec_h264). The default.
-    #[default]
-    H264,
-    /// Anything GStreamer can decode (H.265, MJPEG, ...) through decodebin.
-    Auto,
-}
-
-/// One `[[cameras]]` entry.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CameraConfig {
-    /// Camera id: `[a-z0-9_-]`, 1-64 characters, unique on the site. Required.
-    pub id: String,
-    /// Human-readable name. Default: the id.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// `rtsp://host[:port]/path` without credentials. Required.
-    pub url: String,
-    /// RTSP username. Default: none (no authentication).
-    #[serde(default)]
-    pub username: Option<String>,
-    /// File holding the password (trailing newline ignored). One of `password_file` / `password_env`
-    /// when `username` is set.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// Environment variable holding the password.
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// "tcp" or "udp". Default: "tcp".
-    #[serde(default)]
-    pub transport: Transport,
-    /// rtspsrc jitter-buffer latency. Default: 200ms.
-    #[serde(default = "default_latency", with = "humantime_serde")]
-    pub latency: Duration,
-    /// "h264" or "auto". Default: "h264".
-    #[serde(default)]
-    pub codec: Codec,
-    /// Width of frames handed to detection. Default: 640.
-    #[serde(default = "default_detect_width")]
-    pub detect_width: u32,
-    /// Height of frames handed to detection. Default: 360.
-    #[serde(default = "default_detect_height")]
-    pub detect_height: u32,
-    /// Frames per second handed to detection (the stream is rate-limited to this). Default: 5.
-    #[serde(default = "default_detect_fps")]
-    pub detect_fps: u32,
-    /// Areas the motion gate ignores (a road, trees, a screen): polygons of [x, y] points in
-    /// normalised frame coordinates (0..1). Default: none.
-    #[serde(default)]
-    pub motion_masks: Vec<Vec<[f32; 2]>>,
-    /// Areas where detections are ignored by every rule (a road outside the fence, a poster):
-    /// polygons; a detection counts as inside when its feet (bottom centre) are. Default: none.
-    #[serde(default)]
-    pub object_masks: Vec<Vec<[f32; 2]>>,
-    /// Default: true.
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-}
-
-fn default_latency() -> Duration {
-    Duration::from_millis(200)
-}
-fn default_detect_width() -> u32 {
-    640
-}
-fn default_detect_height() -> u32 {
-    360
-}
-fn default_detect_fps() -> u32 {
-    5
-}
-fn default_true() -> bool {
-    true
-}
-
-// Hand-written so that a future secret field cannot slip into a log by `{:?}`; the URL is redacted.
-impl fmt::Debug for CameraConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CameraConfig")
-            .field("id", &self.id)
-            .field("url", &crate::camera::redact_url(&self.url))
-            .field("username", &self.username)
-            .field("password_file", &self.password_file)
-            .field("password_env", &self.password_env)
-            .field("transport", &self.transport)
-            .field("codec", &self.codec)
-            .field(
-                "detect",
-                &(self.detect_width, self.detect_height, self.detect_fps),
-            )
-            .field("enabled", &self.enabled)
-            .finish_non_exhaustive()
-    }
-}
-
-impl CameraConfig {
-    pub fn display_name(&self) -> &str {
-        self.name.as_deref().unwrap_or(&self.id)
-    }
-
-    /// The parsed URL; only valid after [`Config::validate`] succeeded.
-    pub fn rtsp_url(&self) -> Result<RtspUrl, String> {
-        RtspUrl::parse(&self.url)
-    }
-
-    /// Reads the password from its file or environment variable.
-    pub fn credentials(&self) -> Result<Option<Credentials>, String> {
-        credentials_from(
-            self.username.as_deref(),
-            self.password_file.as_deref(),
-            self.password_env.as_deref(),
-        )
-    }
-}
-
-/// Credentials from a username and a password file or environment variable (config and `probe`).
-pub fn credentials_from(
-    username: Option<&str>,
-    password_file: Option<&Path>,
-    password_env: Option<&str>,
-) -> Result<Option<Credentials>, String> {
-    let Some(username) = username else {
-        return Ok(None);
-    };
-    let password = match (password_file, password_env) {
-        (Some(file), None) => read_password_file(file)?,
-        (None, Some(var)) => std::env::var(var).map_err(|_| {
-            format!(
-                "environment variable {var} is not set (or not UTF-8); set it or use password_file"
-            )
-        })?,
-        (None, None) => {
-            return Err(
-                "username is set but no password; add password_file or password_env".into(),
-            );
-        }
-        (Some(_), Some(_)) => return Err("set only one of password_file and password_env".into()),
-    };
-    Ok(Some(Credentials {
-        username: username.to_owned(),
-        password: SecretString::from(password),
-    }))
-}
-
-fn read_password_file(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read password file {}: {e}", path.display()))?;
-    let pw = text.trim_end_matches(['\r', '\n']).to_owned();
-    if pw.is_empty() {
-        return Err(format!("password file {} is empty", path.display()));
-    }
-    Ok(pw)
 }
 
 /// One problem found in a config file, with the key path it belongs to.

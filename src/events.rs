@@ -269,3 +269,10 @@ mod tests {
         assert!(l[0] > 200 && l[1] > 160 && l[2] < 80, "line pixel {l:?}");
     }
 }
+
+/// An event and its JPEG snapshot.
+#[derive(Debug, Clone)]
+pub struct RecordedEvent {
+    pub event: Event,
+    pub snapshot: Option<Vec<u8>>,
+}

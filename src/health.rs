@@ -13,8 +13,8 @@ use tracing::{info, warn};
 use crate::camera::{CameraHandle, CameraState};
 use crate::detect::motion::PictureStats;
 use crate::detect::pool::PoolStats;
+use crate::events::RecordedEvent;
 use crate::events::{Event, EventKind};
-use crate::perimeter::RecordedEvent;
 
 /// `[health]` in the config.
 #[derive(Debug, Clone, Deserialize)]

@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod camera;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod events;
 pub mod health;

@@ -12,8 +12,27 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{error, info};
+
+/// `[supervision]`: how the daemon watches its own stages (see this module).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// A stage (camera supervisor, detector worker, rules, recorder, publisher, API, main loop)
+    /// that reports no progress for this long is stuck: named in the log, `/healthz` and
+    /// `kinderwatch_stage_stuck`, and the systemd watchdog is no longer fed. Default: 20s.
+    #[serde(with = "humantime_serde")]
+    pub stage_deadline: Duration,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            stage_deadline: Duration::from_secs(20),
+        }
+    }
+}
 
 /// How often an idle stage beats (its loop's timer); deadlines must be several times longer.
 pub const BEAT_PERIOD: Duration = Duration::from_secs(1);
@@ -46,7 +65,7 @@ pub struct Stages(Arc<Registry>);
 
 impl Default for Stages {
     fn default() -> Self {
-        Self::new(crate::config::SupervisionConfig::default().stage_deadline)
+        Self::new(SupervisionConfig::default().stage_deadline)
     }
 }
 

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::api::auth::{Caller, Role, Tokens};
 use crate::api::{ApiError, CameraView};
-use crate::perimeter::RuleCommand;
+use crate::control::RuleCommand;
 use crate::store::Store;
 use crate::store::audit::{AuditAction, AuditRecord};
 use crate::store::reader::Readers;

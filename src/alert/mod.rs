@@ -130,7 +130,7 @@ impl MqttConfig {
     }
 
     pub fn credentials(&self) -> Result<Option<Credentials>, String> {
-        crate::config::credentials_from(
+        crate::camera::config::credentials_from(
             self.username.as_deref(),
             self.password_file.as_deref(),
             self.password_env.as_deref(),

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::camera::{CameraHandle, CameraStatus};
-use crate::perimeter::RuleCommand;
+use crate::control::RuleCommand;
 use crate::store::Store;
 use crate::store::recorder::StoreStatus;
 

@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use super::auth::{self, Caller, Role};
 use super::{ApiError, ApiState, MAX_BODY};
+use crate::control::RuleCommand;
 use crate::events::EventKind;
-use crate::perimeter::RuleCommand;
 use crate::store::audit::{AuditAction, AuditRecord};
 use crate::store::query::{DEFAULT_LIMIT, MAX_LIMIT};
 use crate::store::{AuditQuery, Cursor, EventQuery, Store, StoreError, StoredEvent};
@@ -398,7 +398,7 @@ const RULE_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 /// Every rule with its state, from the rules stage.
 pub async fn rules_list(
     tx: &tokio::sync::mpsc::Sender<RuleCommand>,
-) -> Result<Vec<crate::perimeter::RuleStatus>, ApiError> {
+) -> Result<Vec<crate::control::RuleStatus>, ApiError> {
     let (reply, rx) = oneshot::channel();
     tx.send(RuleCommand::List { reply })
         .await

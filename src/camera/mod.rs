@@ -7,6 +7,7 @@
 //! - [`url`] keeps credentials out of URLs and logs.
 
 pub mod backoff;
+pub mod config;
 pub mod pipeline;
 pub mod pixels;
 pub mod probe;

@@ -24,8 +24,8 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
+use super::config::{Codec, Transport};
 use super::{Credentials, DecodeDemand, Frame, FrameSlot, Pixels, RtspUrl, YuvMatrix};
-use crate::config::{Codec, Transport};
 
 /// What to build.
 #[derive(Debug, Clone)]

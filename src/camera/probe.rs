@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use super::config::{Codec, Transport};
 use super::pipeline::{CameraPipeline, Fault, FrameOutput, PipelineSpec};
 use super::{Credentials, FrameSlot, RtspUrl};
-use crate::config::{Codec, Transport};
 
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {

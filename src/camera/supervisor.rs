@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
 
 use super::backoff::Backoff;
+use super::config::{CameraConfig, IngestConfig, Transport};
 use super::pipeline::{CameraPipeline, Fault, FrameOutput, PipelineSpec};
 use super::{CameraHandle, CameraState, CameraStatus, DecodeDemand, FrameSlot};
-use crate::config::{CameraConfig, IngestConfig, Transport};
 use crate::progress::{Progress, Stages};
 
 /// How often the supervisor looks at frame counters and refreshes the published status.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -29,12 +29,8 @@ use crate::rules::tracker::{Tracker, TrackerConfig};
 use crate::rules::tripwire::Tripwire;
 use crate::rules::zone::Zone;
 
-/// An event and its JPEG snapshot.
-#[derive(Debug, Clone)]
-pub struct RecordedEvent {
-    pub event: Event,
-    pub snapshot: Option<Vec<u8>>,
-}
+pub use crate::control::{RuleCommand, RuleStatus};
+pub use crate::events::RecordedEvent;
 
 /// Builds the rules engine of one camera from a validated config.
 pub fn engine_for(config: &Config, camera: &str) -> Result<Engine, String> {
@@ -127,30 +123,6 @@ struct CameraRules {
     tracker: Tracker<SnapshotFrame>,
     engine: Engine,
     live_tracks: Option<Arc<AtomicBool>>,
-}
-
-/// A command to the rules at run time (from the API or MQTT).
-#[derive(Debug)]
-pub enum RuleCommand {
-    /// Arms or disarms a rule; the choice is saved and survives a restart.
-    SetArmed {
-        rule: String,
-        armed: bool,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Every rule with its state.
-    List {
-        reply: oneshot::Sender<Vec<RuleStatus>>,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RuleStatus {
-    pub id: String,
-    pub camera: String,
-    pub armed: bool,
-    /// Armed and inside its schedule right now.
-    pub active: bool,
 }
 
 /// Run-time arming choices, saved as JSON in the state directory (written atomically).

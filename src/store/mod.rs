@@ -30,7 +30,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use uuid::Uuid;
 
 use crate::events::Event;
-use crate::perimeter::RecordedEvent;
+use crate::events::RecordedEvent;
 
 pub use audit::{AuditQuery, AuditRecord};
 pub use outbox::{DeadLetter, DeadLetterReason, OutboxEntry};

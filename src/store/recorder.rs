@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{Store, StoreConfig, StoreError};
+use crate::events::RecordedEvent;
 use crate::events::{Event, EventKind};
-use crate::perimeter::RecordedEvent;
 
 /// Events per write transaction.
 const BATCH_EVENTS: usize = 64;
