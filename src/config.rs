@@ -149,6 +149,27 @@ pub struct RuleConfig {
     pub cooldown: Duration,
 }
 
+impl RuleConfig {
+    /// The rule's arming schedule in the site's time zone: always armed without windows or
+    /// exceptions; exceptions alone apply to an otherwise always-armed week. Validation and the
+    /// rules stage both build it here.
+    pub fn schedule(&self, tz: &jiff::tz::TimeZone) -> Result<Schedule, String> {
+        if self.schedule.is_empty() && self.exceptions.is_empty() {
+            return Ok(Schedule::always(tz.clone()));
+        }
+        let windows = match self.schedule.is_empty() {
+            true => vec!["00:00-24:00".to_owned()],
+            false => self.schedule.clone(),
+        };
+        let exceptions: Vec<(String, Vec<String>)> = self
+            .exceptions
+            .iter()
+            .map(|e| (e.date.clone(), e.windows.clone()))
+            .collect();
+        Schedule::new(tz.clone(), &windows, &exceptions)
+    }
+}
+
 fn default_hysteresis() -> f32 {
     0.01
 }
@@ -606,12 +627,8 @@ impl Config {
                     "name at least one label, e.g. [\"person\"]",
                 );
             }
-            let exceptions: Vec<(String, Vec<String>)> = r
-                .exceptions
-                .iter()
-                .map(|e| (e.date.clone(), e.windows.clone()))
-                .collect();
-            if let Err(e) = Schedule::new(tz.clone(), &r.schedule, &exceptions) {
+            // The same function builds the schedule at run time: what passes here cannot fail there.
+            if let Err(e) = r.schedule(&tz) {
                 let k = if r
                     .schedule
                     .iter()
@@ -850,6 +867,23 @@ mod tests {
         id = "gate"
         url = "rtsp://10.0.0.5/stream1"
     "#;
+
+    /// The schedule validation checks is the one the rules stage runs: an exception alone
+    /// disarms its day of an otherwise always-armed week.
+    #[test]
+    fn a_rules_schedule_is_built_by_one_function() {
+        let text = format!(
+            "{MINIMAL}\n[[rules]]\nid = \"fence\"\ncamera = \"gate\"\nkind = \"tripwire\"\n\
+             line = [[0.0, 0.5], [1.0, 0.5]]\n[[rules.exceptions]]\ndate = \"2026-12-24\"\nwindows = []\n"
+        );
+        let c = parse(&text).unwrap();
+        let s = c.rules[0].schedule(&jiff::tz::TimeZone::UTC).unwrap();
+        assert!(s.is_active("2026-12-23T12:00:00Z".parse().unwrap()));
+        assert!(!s.is_active("2026-12-24T12:00:00Z".parse().unwrap()));
+        let bad = text.replace("2026-12-24", "2026-13-40");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("rules[0].exceptions"), "{e}");
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

@@ -322,7 +322,10 @@ impl CameraPipeline {
                     .current_caps()
                     .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
                     .unwrap_or(false);
-                let sink = tap.static_pad("sink").expect("sink pad");
+                // Every element here has a static sink pad; a callback must not panic regardless.
+                let Some(sink) = tap.static_pad("sink") else {
+                    return;
+                };
                 if is_video && !sink.is_linked() {
                     let _ = pad.link(&sink);
                 }
@@ -341,7 +344,10 @@ impl CameraPipeline {
             let caps = pad.current_caps();
             let s = caps.as_ref().and_then(|c| c.structure(0));
             let media = s.and_then(|s| s.get::<&str>("media").ok()).unwrap_or("");
-            let sink = entry.static_pad("sink").expect("sink pad");
+            let Some(sink) = entry.static_pad("sink") else {
+                tracing::error!("the decoder has no sink pad; the camera's stream cannot be linked");
+                return;
+            };
             if media == "video" && !sink.is_linked() {
                 if let Some(enc) = s.and_then(|s| s.get::<&str>("encoding-name").ok()) {
                     *stats_pad.encoding.lock().unwrap_or_else(|e| e.into_inner()) = Some(enc.to_owned());

@@ -22,9 +22,8 @@ use crate::config::{Config, RuleConfig, RuleKind};
 use crate::detect::FrameDetections;
 use crate::detect::summary::DetectionSummary;
 use crate::events::{Event, EventObject, SnapshotFrame};
-use crate::rules::engine::{Detector, Engine, ObjectFilter, Rule, RuleHit, RuleShape};
+use crate::rules::engine::{Engine, ObjectFilter, Rule, RuleHit, RuleShape, Trigger};
 use crate::rules::geometry::polygon;
-use crate::rules::schedule::Schedule;
 use crate::rules::tracker::{Tracker, TrackerConfig};
 use crate::rules::tripwire::Tripwire;
 use crate::rules::zone::Zone;
@@ -61,9 +60,9 @@ fn rule(config: &Config, r: &RuleConfig, tz: &TimeZone) -> Result<Rule, String> 
             .map(|z| &z.polygon)
             .ok_or_else(|| format!("no zone {id:?}"))
     };
-    let (detector, shape) = match r.kind {
+    let (trigger, shape) = match r.kind {
         RuleKind::Tripwire => (
-            Detector::Tripwire {
+            Trigger::Tripwire {
                 wire: Tripwire::new(points(&r.line), r.hysteresis),
                 direction: r.direction,
             },
@@ -72,7 +71,7 @@ fn rule(config: &Config, r: &RuleConfig, tz: &TimeZone) -> Result<Rule, String> 
         RuleKind::Zone => {
             let p = zone_points()?;
             (
-                Detector::Zone {
+                Trigger::Zone {
                     zone: Zone::new(polygon(p), r.min_frames, None),
                     report_left: r.report_left,
                 },
@@ -82,31 +81,17 @@ fn rule(config: &Config, r: &RuleConfig, tz: &TimeZone) -> Result<Rule, String> 
         RuleKind::Loitering => {
             let p = zone_points()?;
             (
-                Detector::Loitering {
+                Trigger::Loitering {
                     zone: Zone::new(polygon(p), r.min_frames, r.dwell),
                 },
                 RuleShape::Polygon(points(p)),
             )
         }
     };
-    let schedule = if r.schedule.is_empty() && r.exceptions.is_empty() {
-        Schedule::always(tz.clone())
-    } else {
-        let schedule = if r.schedule.is_empty() {
-            vec!["00:00-24:00".to_owned()]
-        } else {
-            r.schedule.clone()
-        };
-        let ex: Vec<(String, Vec<String>)> = r
-            .exceptions
-            .iter()
-            .map(|e| (e.date.clone(), e.windows.clone()))
-            .collect();
-        Schedule::new(tz.clone(), &schedule, &ex)?
-    };
+    let schedule = r.schedule(tz)?;
     Ok(Rule {
         id: r.id.as_str().into(),
-        detector,
+        trigger,
         shape,
         filter: ObjectFilter {
             classes: r.classes.clone(),

@@ -38,7 +38,8 @@ pub enum RuleShape {
     Polygon(Vec<(f32, f32)>),
 }
 
-pub enum Detector {
+/// What makes a rule hit: a line crossed, a zone entered or left, a zone loitered in.
+pub enum Trigger {
     Tripwire {
         wire: Tripwire,
         direction: Direction,
@@ -72,7 +73,7 @@ impl ObjectFilter {
 
 pub struct Rule {
     pub id: Arc<str>,
-    pub detector: Detector,
+    pub trigger: Trigger,
     pub shape: RuleShape,
     pub filter: ObjectFilter,
     pub schedule: Schedule,
@@ -175,31 +176,32 @@ impl Engine {
                     .states
                     .entry((ri, track.id))
                     .or_insert_with(|| PairState {
-                        state: match rule.detector {
-                            Detector::Tripwire { .. } => State::Tripwire(TripwireState::default()),
+                        state: match rule.trigger {
+                            Trigger::Tripwire { .. } => State::Tripwire(TripwireState::default()),
                             _ => State::Zone(ZoneState::default()),
                         },
                         last_fired: None,
                     });
-                let (kind, crossing) = match (&rule.detector, &mut pair.state) {
-                    (Detector::Tripwire { wire, direction }, State::Tripwire(s)) => match wire
+                let (kind, crossing) = match (&rule.trigger, &mut pair.state) {
+                    (Trigger::Tripwire { wire, direction }, State::Tripwire(s)) => match wire
                         .update(s, feet)
                     {
                         Some(c) if direction.matches(c) => (Some(HitKind::LineCrossed), Some(c)),
                         _ => (None, None),
                     },
-                    (Detector::Zone { zone, report_left }, State::Zone(s)) => match zone
+                    (Trigger::Zone { zone, report_left }, State::Zone(s)) => match zone
                         .update(s, feet, t)
                     {
                         Some(ZoneChange::Entered) => (Some(HitKind::ZoneEntered), None),
                         Some(ZoneChange::Left) if *report_left => (Some(HitKind::ZoneLeft), None),
                         _ => (None, None),
                     },
-                    (Detector::Loitering { zone }, State::Zone(s)) => match zone.update(s, feet, t)
-                    {
-                        Some(ZoneChange::Loitering) => (Some(HitKind::Loitering), None),
-                        _ => (None, None),
-                    },
+                    (Trigger::Loitering { zone }, State::Zone(s)) => {
+                        match zone.update(s, feet, t) {
+                            Some(ZoneChange::Loitering) => (Some(HitKind::Loitering), None),
+                            _ => (None, None),
+                        }
+                    }
                     _ => (None, None),
                 };
                 let Some(kind) = kind else { continue };
@@ -264,7 +266,7 @@ mod tests {
     fn tripwire_rule(schedule: Schedule, cooldown: Duration) -> Rule {
         Rule {
             id: "fence".into(),
-            detector: Detector::Tripwire {
+            trigger: Trigger::Tripwire {
                 wire: Tripwire::new(vec![(0.0, 0.5), (1.0, 0.5)], 0.01),
                 direction: Direction::Any,
             },
