@@ -1,8 +1,8 @@
 //! `kinderwatch events`: event history from the running daemon's API, or from a stopped
 //! daemon's database (sled lets one process open it at a time), printed as a table, JSON or CSV.
 //!
-//! Both sources take the same query string as `GET /api/v1/events`, parsed by the same code, so
-//! the CLI and the API cannot disagree about a filter.
+//! Both sources take the same parameters as `GET /api/v1/events`, parsed by the same code
+//! ([`crate::ops::events::parse_filter`]), so the CLI and the API cannot disagree about a filter.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::api::parse_event_query;
+use crate::ops;
 use crate::store::query::MAX_LIMIT;
 use crate::store::{Store, StoreConfig};
 
@@ -221,12 +221,13 @@ pub fn print_audit(records: &[Value], json: bool, out: &mut impl Write) -> std::
 
 /// Opens the database once per call; a CLI run reads a handful of pages.
 fn db_page(dir: &Path, qs: &str) -> anyhow::Result<Value> {
-    let q = parse_event_query(Some(qs), Timestamp::now())
+    let pairs = url::form_urlencoded::parse(qs.as_bytes()).into_owned();
+    let q = ops::events::parse_filter(pairs, Timestamp::now())
         .map_err(|e| anyhow::anyhow!("{}: {}", e.parameter.unwrap_or_default(), e.reason))?;
     let store = open_db(dir)?;
     let page = store.query(&q)?;
     Ok(serde_json::json!({
-        "events": page.events.iter().map(crate::api::event_json).collect::<Vec<_>>(),
+        "events": page.events.iter().map(ops::events::event_json).collect::<Vec<_>>(),
         "next_cursor": page.next_cursor.map(|c| c.encode()),
     }))
 }

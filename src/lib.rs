@@ -14,6 +14,7 @@ pub mod detect;
 pub mod events;
 pub mod health;
 pub mod history;
+pub mod ops;
 pub mod perimeter;
 pub mod progress;
 pub mod rules;

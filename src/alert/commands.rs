@@ -21,14 +21,14 @@
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use crate::api::auth::{Caller, Role, Tokens};
-use crate::api::{ApiError, CameraView};
 use crate::control::RuleCommand;
+use crate::ops::cameras::CameraView;
+use crate::ops::{self, ErrorKind, OpsError};
 use crate::store::Store;
 use crate::store::audit::{AuditAction, AuditRecord};
 use crate::store::reader::Readers;
@@ -62,7 +62,7 @@ pub async fn handle(ctx: &CommandContext, command: &str, payload: &[u8], request
 }
 
 /// `{"ok": false, ...}` for an error.
-pub fn error_reply(command: &str, e: ApiError) -> Value {
+pub fn error_reply(command: &str, e: OpsError) -> Value {
     let mut v = json!({ "ok": false, "command": command, "error": e.code, "reason": e.reason });
     if let Some(p) = e.parameter {
         v["parameter"] = p.into();
@@ -70,12 +70,12 @@ pub fn error_reply(command: &str, e: ApiError) -> Value {
     v
 }
 
-fn bad_request(reason: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason)
+fn bad_request(reason: impl Into<String>) -> OpsError {
+    OpsError::new(ErrorKind::BadRequest, "bad_request", reason)
 }
 
 /// The request as a JSON object (an empty payload is `{}`).
-fn parse_body(payload: &[u8]) -> Result<Map<String, Value>, ApiError> {
+fn parse_body(payload: &[u8]) -> Result<Map<String, Value>, OpsError> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -90,15 +90,15 @@ fn parse_body(payload: &[u8]) -> Result<Map<String, Value>, ApiError> {
 fn take_caller(
     ctx: &CommandContext,
     body: &mut Map<String, Value>,
-) -> Result<Option<Caller>, ApiError> {
+) -> Result<Option<Caller>, OpsError> {
     match body.remove("token") {
         None => Ok(None),
         Some(Value::String(t)) => ctx
             .tokens
             .check(t.trim())
             .map(Some)
-            .ok_or_else(|| ApiError::unauthorized("unknown token")),
-        Some(_) => Err(ApiError::bad_parameter(
+            .ok_or_else(|| OpsError::unauthorized("unknown token")),
+        Some(_) => Err(OpsError::bad_parameter(
             "token",
             "give the API token as a string",
         )),
@@ -110,7 +110,7 @@ async fn run(
     command: &str,
     payload: &[u8],
     requester: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Value, OpsError> {
     let mut body = parse_body(payload)?;
     let caller = take_caller(ctx, &mut body)?;
     let label = caller
@@ -119,10 +119,11 @@ async fn run(
     match command {
         "query/events" => {
             let pairs = query_pairs(&body)?;
+            // The audit trail shows the filter as the HTTP API's would read.
             let qs = url::form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(pairs.iter())
                 .finish();
-            let q = crate::api::parse_event_query(Some(&qs), Timestamp::now())?;
+            let q = ops::events::parse_filter(pairs, Timestamp::now())?;
             let store = ctx.store.clone();
             let mut record = AuditRecord::new("mqtt", &label, AuditAction::QueryEvents, qs);
             let page = ctx
@@ -137,9 +138,9 @@ async fn run(
                     page
                 })
                 .await?
-                .map_err(ApiError::internal)?;
+                .map_err(OpsError::internal)?;
             let mut v = json!({
-                "events": page.events.iter().map(crate::api::event_json).collect::<Vec<_>>(),
+                "events": page.events.iter().map(ops::events::event_json).collect::<Vec<_>>(),
                 "next_cursor": page.next_cursor.map(|c| c.encode()),
             });
             if page.skipped_undecodable > 0 {
@@ -147,13 +148,13 @@ async fn run(
             }
             Ok(v)
         }
-        "query/cameras" => Ok(json!({ "cameras": crate::api::cameras_json(&ctx.cameras) })),
+        "query/cameras" => Ok(json!({ "cameras": ops::cameras::cameras_json(&ctx.cameras) })),
         "query/rules" => {
-            let rules = crate::api::rules_list(rules(ctx)?).await?;
+            let rules = ops::rules::list(rules(ctx)?).await?;
             Ok(json!({ "rules": rules }))
         }
-        other => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
+        other => Err(OpsError::new(
+            ErrorKind::NotFound,
             "unknown_command",
             format!(
                 "unknown command {other:?}; use query/events, query/cameras, query/rules, admin/arm or admin/disarm"
@@ -169,7 +170,7 @@ async fn admin(
     command: &str,
     payload: &[u8],
     requester: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Value, OpsError> {
     let armed = command == "admin/arm";
     let action = if armed {
         AuditAction::Arm
@@ -193,41 +194,39 @@ async fn admin(
             .get("rule")
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .ok_or_else(|| ApiError::bad_parameter("rule", "give the rule id as a string"))?;
+            .ok_or_else(|| OpsError::bad_parameter("rule", "give the rule id as a string"))?;
         match caller {
-            None => Err(ApiError::unauthorized(format!(
+            None => Err(OpsError::unauthorized(format!(
                 "{command} needs an admin token: {{\"rule\": \"...\", \"token\": \"kw_...\"}}"
             ))),
-            Some(c) if c.role < Role::Admin => Err(ApiError::forbidden(format!(
+            Some(c) if c.role < Role::Admin => Err(OpsError::forbidden(format!(
                 "token {:?} has role {:?}; {command} needs admin",
                 &*c.name, c.role
             ))),
-            Some(_) => crate::api::rule_set_armed(rules(ctx)?, &rule, armed)
+            Some(_) => ops::rules::set_armed(rules(ctx)?, &rule, armed)
                 .await
                 .map(|()| rule),
         }
     }
     .await;
     let error = outcome.as_ref().err().map(|e| e.code);
-    crate::api::audit_outcome(&ctx.store, "mqtt", &label, action, target, error).await;
+    ops::audit_outcome(&ctx.store, "mqtt", &label, action, target, error).await;
     let rule = outcome?;
     tracing::info!(rule = %rule, armed, caller = %label, "rule armed state changed by an MQTT command");
     Ok(json!({ "rule": rule, "armed": armed }))
 }
 
-fn rules(ctx: &CommandContext) -> Result<&mpsc::Sender<RuleCommand>, ApiError> {
-    ctx.rules.as_ref().ok_or_else(|| {
-        ApiError::unavailable("rules are not running (no detector model configured)")
-    })
+fn rules(ctx: &CommandContext) -> Result<&mpsc::Sender<RuleCommand>, OpsError> {
+    ops::rules::sender(ctx.rules.as_ref())
 }
 
 /// A JSON request as the HTTP API's query parameters (strings and numbers only).
-fn query_pairs(body: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
+fn query_pairs(body: &Map<String, Value>) -> Result<Vec<(String, String)>, OpsError> {
     body.iter()
         .map(|(k, v)| match v {
             Value::String(s) => Ok((k.clone(), s.clone())),
             Value::Number(n) => Ok((k.clone(), n.to_string())),
-            _ => Err(ApiError::bad_parameter(k, "use a string or a number")),
+            _ => Err(OpsError::bad_parameter(k, "use a string or a number")),
         })
         .collect()
 }

@@ -40,7 +40,8 @@ use super::MqttConfig;
 use super::commands::{self, CommandContext};
 use super::fit;
 use super::payload::{self, SnapshotDelivery, Topics};
-use crate::api::{ApiError, CameraView};
+use crate::ops::OpsError;
+use crate::ops::cameras::CameraView;
 use crate::store::recorder::LiveEvent;
 use crate::store::{DeadLetterReason, OutboxEntry, Store};
 
@@ -879,7 +880,7 @@ impl<'a> Session<'a> {
                 metrics::counter!("kinderwatch_mqtt_commands_ignored_total", "reason" => "response_topic")
                     .increment(1);
                 warn!(command = %command, response_topic = %t, "a command asked for a reply on a topic outside mqtt.reply_topic_prefix; refused");
-                let why = ApiError::forbidden(format!(
+                let why = OpsError::forbidden(format!(
                     "response topic {t:?} is not allowed: use {} or a topic under mqtt.reply_topic_prefix ({})",
                     self.topics.responses(),
                     self.settings
@@ -912,7 +913,7 @@ impl<'a> Session<'a> {
                 }
                 return;
             }
-            let busy = ApiError::busy(format!(
+            let busy = OpsError::busy(format!(
                 "{} commands are running; try again in a moment",
                 self.settings.config.max_concurrent_commands
             ));
@@ -944,7 +945,7 @@ impl<'a> Session<'a> {
     }
 
     /// An error reply sent without running the command (busy, a refused response topic).
-    fn reply_now(&mut self, topic: String, correlation: Option<Bytes>, command: &str, e: ApiError) {
+    fn reply_now(&mut self, topic: String, correlation: Option<Bytes>, command: &str, e: OpsError) {
         let body = serde_json::to_vec(&commands::error_reply(command, e)).expect("json");
         self.publish(
             topic,

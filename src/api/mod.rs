@@ -22,16 +22,15 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::camera::{CameraHandle, CameraStatus};
 use crate::control::RuleCommand;
 use crate::store::Store;
 use crate::store::recorder::StoreStatus;
 
+pub use crate::ops::audit_outcome;
+pub use crate::ops::cameras::{CameraView, camera_json, cameras_json};
+pub use crate::ops::events::event_json;
 pub use auth::{Role, TokenConfig, Tokens};
-pub use routes::{
-    audit_outcome, camera_json, cameras_json, event_json, parse_audit_query, parse_event_query,
-    rule_set_armed, rules_list,
-};
+pub use routes::{parse_audit_query, parse_event_query};
 
 /// The largest request body accepted (the API takes no bodies today).
 pub const MAX_BODY: usize = 16 * 1024;
@@ -57,24 +56,6 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             request_timeout: Duration::from_secs(10),
             tokens: Vec::new(),
-        }
-    }
-}
-
-/// A camera as the API sees it.
-#[derive(Clone)]
-pub struct CameraView {
-    pub id: Arc<str>,
-    pub name: String,
-    pub status: watch::Receiver<CameraStatus>,
-}
-
-impl From<&CameraHandle> for CameraView {
-    fn from(h: &CameraHandle) -> Self {
-        Self {
-            id: h.id.clone(),
-            name: h.name.clone(),
-            status: h.status.clone(),
         }
     }
 }
@@ -154,6 +135,28 @@ impl ApiError {
 
     pub fn forbidden(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", reason)
+    }
+}
+
+/// The HTTP answer to an operation's failure: the same code, reason and parameter, and the status
+/// its kind calls for.
+impl From<crate::ops::OpsError> for ApiError {
+    fn from(e: crate::ops::OpsError) -> Self {
+        use crate::ops::ErrorKind;
+        let status = match e.kind {
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self {
+            status,
+            code: e.code,
+            reason: e.reason,
+            parameter: e.parameter,
+        }
     }
 }
 

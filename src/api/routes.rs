@@ -11,18 +11,16 @@ use axum::routing::{get, post};
 use axum::{Extension, Json};
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use uuid::Uuid;
 
 use super::auth::{self, Caller, Role};
-use super::{ApiError, ApiState, MAX_BODY};
+use super::{ApiError, ApiState, MAX_BODY, audit_outcome, cameras_json, event_json};
 use crate::control::RuleCommand;
-use crate::events::EventKind;
+use crate::ops::{self, events};
 use crate::store::audit::{AuditAction, AuditRecord};
-use crate::store::query::{DEFAULT_LIMIT, MAX_LIMIT};
-use crate::store::{AuditQuery, Cursor, EventQuery, Store, StoreError, StoredEvent};
+use crate::store::{AuditQuery, EventQuery, Store, StoreError};
 
 pub(super) fn router(state: ApiState) -> Router {
     let read = Router::new()
@@ -137,148 +135,11 @@ async fn audited_change<T: Send + 'static>(
     .map_err(ApiError::internal)?
 }
 
-/// Records an attempted change with its outcome (`ok`, or `error`: the code answered), HTTP or
-/// MQTT; a record that cannot be written is logged (the change has happened or been refused
-/// already).
-pub async fn audit_outcome(
-    store: &Store,
-    channel: &str,
-    caller: &str,
-    action: AuditAction,
-    target: String,
-    error: Option<&'static str>,
-) {
-    let mut record = AuditRecord::new(channel, caller, action, target);
-    if let Some(code) = error {
-        record.result = code.into();
-    }
-    let store = store.clone();
-    if !matches!(
-        tokio::task::spawn_blocking(move || store.audit(&record)).await,
-        Ok(Ok(()))
-    ) {
-        tracing::error!(
-            caller,
-            channel,
-            ?action,
-            "audit record of a change not written"
-        );
-    }
-}
-
-/// Parses `?camera=&kind=&rule=&from=&to=&since=&limit=&cursor=`; every problem names its
-/// parameter.
+/// Parses `?camera=&kind=&rule=&from=&to=&since=&limit=&cursor=` (see [`events::parse_filter`]).
 pub fn parse_event_query(raw: Option<&str>, now: Timestamp) -> Result<EventQuery, ApiError> {
-    let mut q = EventQuery {
-        limit: DEFAULT_LIMIT,
-        ..EventQuery::default()
-    };
-    let mut since = None;
-    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        let (k, v) = (k.as_ref(), v.into_owned());
-        match k {
-            "camera" => q.camera = Some(v),
-            "rule" => q.rule = Some(v),
-            "kind" => {
-                q.kind = Some(
-                    serde_json::from_value::<EventKind>(Value::String(v.clone())).map_err(
-                        |_| {
-                            ApiError::bad_parameter(
-                                "kind",
-                                format!("unknown event kind {v:?}; use one of {}", kinds()),
-                            )
-                        },
-                    )?,
-                )
-            }
-            "from" | "to" => {
-                let t: Timestamp = v.parse().map_err(|_| {
-                    ApiError::bad_parameter(
-                        k,
-                        format!("{v:?} is not an RFC 3339 time such as 2026-11-22T08:00:00Z"),
-                    )
-                })?;
-                if k == "from" {
-                    q.from = Some(t);
-                } else {
-                    q.to = Some(t);
-                }
-            }
-            "since" => {
-                let d = humantime::parse_duration(&v).map_err(|_| {
-                    ApiError::bad_parameter(
-                        "since",
-                        format!("{v:?} is not a duration such as 2h or 30m"),
-                    )
-                })?;
-                since = Some(d);
-            }
-            "limit" => {
-                q.limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_parameter(
-                            "limit",
-                            format!("use a number from 1 to {MAX_LIMIT}"),
-                        )
-                    })?
-            }
-            "cursor" => {
-                q.cursor =
-                    Some(Cursor::parse(&v).map_err(|e| ApiError::bad_parameter("cursor", e))?)
-            }
-            other => {
-                return Err(ApiError::bad_parameter(
-                    other,
-                    "unknown parameter; use camera, kind, rule, from, to, since, limit or cursor",
-                ));
-            }
-        }
-    }
-    if let Some(d) = since {
-        if q.from.is_some() {
-            return Err(ApiError::bad_parameter(
-                "since",
-                "give either since or from, not both",
-            ));
-        }
-        let d = jiff::SignedDuration::try_from(d)
-            .map_err(|_| ApiError::bad_parameter("since", "too long"))?;
-        q.from = Some(now.checked_sub(d).unwrap_or(Timestamp::MIN));
-    }
-    if let (Some(from), Some(to)) = (q.from, q.to)
-        && from >= to
-    {
-        return Err(ApiError::bad_parameter("to", "must be after from"));
-    }
-    Ok(q)
-}
-
-fn kinds() -> String {
-    [
-        EventKind::LineCrossed,
-        EventKind::ZoneEntered,
-        EventKind::ZoneLeft,
-        EventKind::Loitering,
-        EventKind::CameraOffline,
-        EventKind::CameraOnline,
-        EventKind::CameraTampered,
-        EventKind::StorageFailed,
-        EventKind::StorageRecovered,
-    ]
-    .map(EventKind::as_str)
-    .join(", ")
-}
-
-/// An event as the API shows it: the stored JSON plus where its snapshot is.
-pub fn event_json(s: &StoredEvent) -> Value {
-    let mut v = serde_json::to_value(&s.event).unwrap_or(Value::Null);
-    if s.snapshot_len > 0 {
-        v["snapshot_url"] = format!("/api/v1/events/{}/snapshot.jpg", s.event.id).into();
-    }
-    v
+    let pairs = url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()));
+    Ok(events::parse_filter(pairs, now)?)
 }
 
 async fn list_events(
@@ -365,73 +226,12 @@ async fn cameras(State(state): State<ApiState>) -> Json<Value> {
     Json(json!({ "cameras": cameras_json(&state.cameras) }))
 }
 
-/// Every camera's status as the API and MQTT commands show it.
-pub fn cameras_json(cameras: &[super::CameraView]) -> Vec<Value> {
-    cameras.iter().map(camera_json).collect()
-}
-
-pub fn camera_json(c: &super::CameraView) -> Value {
-    let s = c.status.borrow().clone();
-    json!({
-        "id": &*c.id,
-        "name": c.name,
-        "state": s.state.as_str(),
-        "since": rfc3339(s.since),
-        "fps": (s.fps * 10.0).round() / 10.0,
-        "decoding": s.decoding,
-        "frames_received": s.frames_received,
-        "reconnects": s.reconnects,
-        "last_error": s.last_error,
-        "last_frame_at": s.last_frame_at.and_then(rfc3339),
-        "retry_at": s.retry_at.and_then(rfc3339),
-    })
-}
-
 fn rules_sender(state: &ApiState) -> Result<tokio::sync::mpsc::Sender<RuleCommand>, ApiError> {
-    state.rules.clone().ok_or_else(|| {
-        ApiError::unavailable("rules are not running (no detector model configured)")
-    })
-}
-
-const RULE_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Every rule with its state, from the rules stage.
-pub async fn rules_list(
-    tx: &tokio::sync::mpsc::Sender<RuleCommand>,
-) -> Result<Vec<crate::control::RuleStatus>, ApiError> {
-    let (reply, rx) = oneshot::channel();
-    tx.send(RuleCommand::List { reply })
-        .await
-        .map_err(|_| ApiError::unavailable("the rules stage has stopped"))?;
-    tokio::time::timeout(RULE_REPLY_TIMEOUT, rx)
-        .await
-        .map_err(|_| ApiError::unavailable("the rules stage did not answer"))?
-        .map_err(|_| ApiError::unavailable("the rules stage has stopped"))
-}
-
-/// Arms or disarms a rule through the rules stage; 404 for an unknown rule.
-pub async fn rule_set_armed(
-    tx: &tokio::sync::mpsc::Sender<RuleCommand>,
-    rule: &str,
-    armed: bool,
-) -> Result<(), ApiError> {
-    let (reply, rx) = oneshot::channel();
-    tx.send(RuleCommand::SetArmed {
-        rule: rule.to_owned(),
-        armed,
-        reply,
-    })
-    .await
-    .map_err(|_| ApiError::unavailable("the rules stage has stopped"))?;
-    tokio::time::timeout(RULE_REPLY_TIMEOUT, rx)
-        .await
-        .map_err(|_| ApiError::unavailable("the rules stage did not answer"))?
-        .map_err(|_| ApiError::unavailable("the rules stage has stopped"))?
-        .map_err(ApiError::not_found)
+    Ok(ops::rules::sender(state.rules.as_ref())?.clone())
 }
 
 async fn list_rules(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let rules = rules_list(&rules_sender(&state)?).await?;
+    let rules = ops::rules::list(&rules_sender(&state)?).await?;
     Ok(Json(json!({ "rules": rules })))
 }
 
@@ -465,7 +265,7 @@ async fn set_armed(
     let tx = rules_sender(&state);
     let r = rule.clone();
     audited_change(&state, &caller, action, rule.clone(), async move {
-        rule_set_armed(&tx?, &r, armed).await
+        Ok(ops::rules::set_armed(&tx?, &r, armed).await?)
     })
     .await?;
     tracing::info!(rule = %rule, armed, caller = %caller.name, "rule armed state changed through the API");
@@ -645,6 +445,7 @@ async fn healthz(State(state): State<ApiState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventKind;
 
     #[test]
     fn query_parameters_are_checked_by_name() {

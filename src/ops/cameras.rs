@@ -1,0 +1,54 @@
+//! Cameras as every transport shows them.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::camera::{CameraHandle, CameraStatus};
+
+/// A camera as the transports see it: its id, name and live status.
+#[derive(Clone)]
+pub struct CameraView {
+    pub id: Arc<str>,
+    pub name: String,
+    pub status: watch::Receiver<CameraStatus>,
+}
+
+impl From<&CameraHandle> for CameraView {
+    fn from(h: &CameraHandle) -> Self {
+        Self {
+            id: h.id.clone(),
+            name: h.name.clone(),
+            status: h.status.clone(),
+        }
+    }
+}
+
+/// Every camera's status as the API and MQTT commands show it.
+pub fn cameras_json(cameras: &[CameraView]) -> Vec<Value> {
+    cameras.iter().map(camera_json).collect()
+}
+
+pub fn camera_json(c: &CameraView) -> Value {
+    let s = c.status.borrow().clone();
+    json!({
+        "id": &*c.id,
+        "name": c.name,
+        "state": s.state.as_str(),
+        "since": rfc3339(s.since),
+        "fps": (s.fps * 10.0).round() / 10.0,
+        "decoding": s.decoding,
+        "frames_received": s.frames_received,
+        "reconnects": s.reconnects,
+        "last_error": s.last_error,
+        "last_frame_at": s.last_frame_at.and_then(rfc3339),
+        "retry_at": s.retry_at.and_then(rfc3339),
+    })
+}
+
+fn rfc3339(t: SystemTime) -> Option<String> {
+    Timestamp::try_from(t).ok().map(|t| t.to_string())
+}
