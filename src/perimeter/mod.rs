@@ -1,13 +1,17 @@
 //! The perimeter stage: detections in, events out. Per camera a [`Tracker`] gives people stable
 //! ids and an [`Engine`] applies that camera's rules; each rule hit becomes an [`Event`] with a
 //! snapshot (the track's best frame, drawn on). Runs as one task; snapshots are encoded off the
-//! rules loop ([`encode`]): no camera waits for another's JPEG.
+//! rules loop ([`encode`]): no camera waits for another's JPEG. [`build`] turns the config into
+//! each camera's engine; [`arming`] keeps run-time arming across restarts.
 
+pub mod arming;
+pub mod build;
 pub mod encode;
 
+pub use arming::ArmingStore;
+pub use build::engine_for;
+
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,134 +22,20 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, RuleConfig, RuleKind};
+use crate::config::Config;
 use crate::detect::FrameDetections;
 use crate::detect::summary::DetectionSummary;
 use crate::events::{Event, EventObject, SnapshotFrame};
-use crate::rules::engine::{Engine, ObjectFilter, Rule, RuleHit, RuleShape, Trigger};
-use crate::rules::geometry::polygon;
+use crate::rules::engine::{Engine, RuleHit};
 use crate::rules::tracker::{Tracker, TrackerConfig};
-use crate::rules::tripwire::Tripwire;
-use crate::rules::zone::Zone;
 
 pub use crate::control::{RuleCommand, RuleStatus};
 pub use crate::events::RecordedEvent;
-
-/// Builds the rules engine of one camera from a validated config.
-pub fn engine_for(config: &Config, camera: &str) -> Result<Engine, String> {
-    let tz = TimeZone::get(&config.site.time_zone).map_err(|e| e.to_string())?;
-    let cam = config
-        .cameras
-        .iter()
-        .find(|c| c.id == camera)
-        .ok_or_else(|| format!("no camera {camera:?}"))?;
-    let rules = config
-        .rules
-        .iter()
-        .filter(|r| r.camera == camera)
-        .map(|r| rule(config, r, &tz))
-        .collect::<Result<Vec<_>, _>>()?;
-    let masks = cam.object_masks.iter().map(|m| polygon(m)).collect();
-    Ok(Engine::new(rules, masks))
-}
-
-fn rule(config: &Config, r: &RuleConfig, tz: &TimeZone) -> Result<Rule, String> {
-    let points = |v: &[[f32; 2]]| v.iter().map(|p| (p[0], p[1])).collect::<Vec<_>>();
-    let zone_points = || -> Result<&Vec<[f32; 2]>, String> {
-        let id = r.zone.as_deref().ok_or("no zone")?;
-        config
-            .zones
-            .iter()
-            .find(|z| z.id == id)
-            .map(|z| &z.polygon)
-            .ok_or_else(|| format!("no zone {id:?}"))
-    };
-    let (trigger, shape) = match r.kind {
-        RuleKind::Tripwire => (
-            Trigger::Tripwire {
-                wire: Tripwire::new(points(&r.line), r.hysteresis),
-                direction: r.direction,
-            },
-            RuleShape::Line(points(&r.line)),
-        ),
-        RuleKind::Zone => {
-            let p = zone_points()?;
-            (
-                Trigger::Zone {
-                    zone: Zone::new(polygon(p), r.min_frames, None),
-                    report_left: r.report_left,
-                },
-                RuleShape::Polygon(points(p)),
-            )
-        }
-        RuleKind::Loitering => {
-            let p = zone_points()?;
-            (
-                Trigger::Loitering {
-                    zone: Zone::new(polygon(p), r.min_frames, r.dwell),
-                },
-                RuleShape::Polygon(points(p)),
-            )
-        }
-    };
-    let schedule = r.schedule(tz)?;
-    Ok(Rule {
-        id: r.id.as_str().into(),
-        trigger,
-        shape,
-        filter: ObjectFilter {
-            classes: r.classes.clone(),
-            min_score: r.min_score,
-            min_box: (r.min_box[0], r.min_box[1]),
-        },
-        schedule,
-        armed: r.armed,
-        cooldown: r.cooldown,
-    })
-}
 
 struct CameraRules {
     tracker: Tracker<SnapshotFrame>,
     engine: Engine,
     live_tracks: Option<Arc<AtomicBool>>,
-}
-
-/// Run-time arming choices, saved as JSON in the state directory (written atomically).
-#[derive(Debug, Clone)]
-pub struct ArmingStore {
-    path: PathBuf,
-}
-
-impl ArmingStore {
-    pub fn new(state_dir: &Path) -> Self {
-        Self {
-            path: state_dir.join("arming.json"),
-        }
-    }
-
-    pub fn load(&self) -> Result<BTreeMap<String, bool>, String> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                format!(
-                    "{}: not valid arming state ({e}); delete it to reset",
-                    self.path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(format!("{}: {e}", self.path.display())),
-        }
-    }
-
-    pub fn save(&self, state: &BTreeMap<String, bool>) -> Result<(), String> {
-        let tmp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(state).expect("a map of bools serialises"))?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| format!("{}: {e}", self.path.display()))
-    }
 }
 
 /// What the perimeter stage talks to besides the detections.
