@@ -97,6 +97,8 @@ pub async fn watch_camera(
             })
             .is_err()
         {
+            metrics::counter!("kinderwatch_events_dropped_total", "camera" => camera.id.to_string())
+                .increment(1);
             warn!(camera = %camera.id, "event queue full: health event not recorded");
         }
     };
