@@ -721,13 +721,25 @@ impl<'a> Session<'a> {
             debug!(%event_id, seq, "alert published");
             // The picture after the alert, best effort (the alert carries where to fetch it).
             if let Some(jpeg) = p.jpeg {
-                self.publish(
+                let queued = self.publish(
                     format!("{topic}/snapshot"),
                     jpeg,
                     false,
                     Some(snapshot_props(c)),
                     Tag::Other,
                 );
+                // The alert already says a picture follows: one that could not be queued is
+                // counted and logged, and stays fetchable over HTTP.
+                let why = match queued {
+                    Queued::Yes => None,
+                    Queued::Full => Some("queue_full"),
+                    Queued::TooLarge { .. } => Some("too_large"),
+                };
+                if let Some(reason) = why {
+                    metrics::counter!("kinderwatch_mqtt_snapshots_omitted_total", "reason" => reason)
+                        .increment(1);
+                    warn!(%event_id, reason, "snapshot not published after its alert (fetch it over HTTP)");
+                }
             }
         }
     }
