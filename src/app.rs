@@ -6,7 +6,14 @@
 //! READY=1 to systemd. Shutdown cancels the token: every camera sets its pipeline to Null, the
 //! recorder writes what is queued, the publisher says `offline`; the tracker is awaited with a
 //! deadline. A second Ctrl-C/SIGTERM during shutdown exits at once.
+//!
+//! Every task is spawned with a name (`camera/<id>`, `recorder`, `publisher`, `rules`, `api`,
+//! `health/<id>`, ...): one that ends on its own, by returning or panicking, is logged by that name
+//! and stops the systemd watchdog feed, as a stage that stops making progress does
+//! ([`crate::progress`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -53,8 +60,43 @@ pub struct Daemon {
         Option<mpsc::Receiver<crate::control::RuleCommand>>,
     ),
     stages: Stages,
+    /// Every task by name, and whether it has ended.
+    tasks: Arc<Mutex<Vec<NamedTask>>>,
     /// A task that cannot go on sends why here; the daemon then stops with an error.
     fatal: (mpsc::Sender<String>, Option<mpsc::Receiver<String>>),
+}
+
+/// A task of the daemon, by name (`camera/<id>`, `recorder`, `publisher`, ...).
+struct NamedTask {
+    name: String,
+    ended: Arc<AtomicBool>,
+}
+
+/// Marks its task ended when dropped: when the task returns, and when it panics.
+struct EndGuard(Arc<AtomicBool>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn spawn_named<F>(tracker: &TaskTracker, tasks: &Mutex<Vec<NamedTask>>, name: String, task: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let ended = Arc::new(AtomicBool::new(false));
+    tasks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(NamedTask {
+            name,
+            ended: ended.clone(),
+        });
+    tracker.spawn(async move {
+        let _guard = EndGuard(ended);
+        task.await;
+    });
 }
 
 /// How shutdown went.
@@ -83,6 +125,7 @@ impl Daemon {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let stages = Stages::new(config.supervision.stage_deadline);
+        let tasks: Arc<Mutex<Vec<NamedTask>>> = Arc::default();
         let mut cameras = Vec::new();
         let mut pool_cameras = Vec::new();
         for cam in &config.cameras {
@@ -91,7 +134,12 @@ impl Daemon {
                     .map_err(|e| anyhow::anyhow!("camera {}: {e}", cam.id))?;
             match supervisor {
                 Some(s) => {
-                    tracker.spawn(s.report_progress(&stages).run());
+                    spawn_named(
+                        &tracker,
+                        &tasks,
+                        format!("camera/{}", cam.id),
+                        s.report_progress(&stages).run(),
+                    );
                     pool_cameras.push(PoolCamera {
                         id: handle.id.clone(),
                         slot: handle.slot.clone(),
@@ -136,6 +184,7 @@ impl Daemon {
                 (tx, Some(rx))
             },
             stages,
+            tasks,
             fatal: {
                 let (tx, rx) = mpsc::channel(4);
                 (tx, Some(rx))
@@ -185,23 +234,28 @@ impl Daemon {
         self.detections.take()
     }
 
-    /// Spawns a task that stops with the daemon.
-    pub fn spawn<F>(&self, f: impl FnOnce(CancellationToken) -> F)
+    /// Spawns a task that stops with the daemon, under a name the log uses if it ends early.
+    pub fn spawn<F>(&self, name: impl Into<String>, f: impl FnOnce(CancellationToken) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.tracker.spawn(f(self.cancel.child_token()));
+        spawn_named(
+            &self.tracker,
+            &self.tasks,
+            name.into(),
+            f(self.cancel.child_token()),
+        );
     }
 
-    /// True while no task has ended on its own (the systemd watchdog is fed only then).
-    pub fn tasks_alive(&self, expected: usize) -> bool {
-        self.tracker.len() >= expected
+    /// The tasks that have ended (on their own, unless the daemon is stopping).
+    pub fn ended_tasks(&self) -> Vec<String> {
+        ended(&self.tasks)
     }
 
-    /// [`Self::tasks_alive`] for another thread (the progress monitor).
-    pub fn liveness(&self, expected: usize) -> impl Fn() -> bool + Send + 'static {
-        let tracker = self.tracker.clone();
-        move || tracker.len() >= expected
+    /// [`Self::ended_tasks`] for another thread (the progress monitor).
+    pub fn liveness(&self) -> impl Fn() -> Vec<String> + Send + 'static {
+        let tasks = self.tasks.clone();
+        move || ended(&tasks)
     }
 
     /// Stops every camera (pipelines to Null) and waits up to `grace`.
@@ -226,6 +280,16 @@ pub struct Detectors {
     pub sessions: Vec<Box<dyn Detector>>,
     /// Builds a fresh session for a worker whose detector panicked.
     pub factory: DetectorFactory,
+}
+
+fn ended(tasks: &Mutex<Vec<NamedTask>>) -> Vec<String> {
+    tasks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|t| t.ended.load(Ordering::SeqCst))
+        .map(|t| t.name.clone())
+        .collect()
 }
 
 /// Loads the model (sha256-checked), the ONNX Runtime library and one session per worker. Blocking.
@@ -320,7 +384,6 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
     };
     let mut daemon = Daemon::start(&config).await?;
     let cameras = daemon.cameras().to_vec();
-    let mut expected_tasks = config.enabled_cameras().count();
     let (events_tx, events_rx) = mpsc::channel(256);
     let (store_status_tx, store_status) = watch::channel(StoreStatus::Ok);
     metrics::gauge!("kinderwatch_store_up").set(1.0);
@@ -339,18 +402,20 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
         progress: Some(daemon.stages().register("recorder")),
     };
     let (s, fatal) = (store.clone(), daemon.fatal());
-    daemon.spawn(|cancel| async move {
+    daemon.spawn("recorder", |cancel| async move {
         let recorded = crate::store::recorder::run(s, settings, events_rx, store_status_tx, cancel);
         if let Err(e) = recorded.await {
             let _ = fatal.send(e.to_string()).await;
         }
     });
     let (s, c) = (store.clone(), config.store.clone());
-    daemon.spawn(|cancel| crate::store::recorder::run_retention(s, c, cancel));
-    expected_tasks += 2;
+    daemon.spawn("retention", |cancel| {
+        crate::store::recorder::run_retention(s, c, cancel)
+    });
     if let Some(h) = metrics_handle.clone() {
-        daemon.spawn(|cancel| crate::telemetry::metrics_upkeep(h, cancel));
-        expected_tasks += 1;
+        daemon.spawn("metrics", |cancel| {
+            crate::telemetry::metrics_upkeep(h, cancel)
+        });
     }
     let rule_commands = daemon.pool().is_some().then(|| daemon.rule_commands());
     let camera_views: std::sync::Arc<Vec<CameraView>> =
@@ -373,14 +438,16 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
             stages: Some(daemon.stages().clone()),
         };
         let s = store.clone();
-        daemon.spawn(|cancel| crate::alert::publisher::run(s, settings, cancel));
-        expected_tasks += 1;
+        daemon.spawn("publisher", |cancel| {
+            crate::alert::publisher::run(s, settings, cancel)
+        });
     }
     let (load_tx, detector_load) = watch::channel(DetectorLoad::default());
     if let Some(pool) = daemon.pool() {
         let stats = pool.stats_reader();
-        daemon.spawn(|cancel| crate::detect::load::monitor(stats, LOAD_PERIOD, load_tx, cancel));
-        expected_tasks += 1;
+        daemon.spawn("detector_load", |cancel| {
+            crate::detect::load::monitor(stats, LOAD_PERIOD, load_tx, cancel)
+        });
     }
     if let Some(listener) = listener {
         let state = ApiState {
@@ -401,12 +468,11 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
                 "no [[api.tokens]] configured: the HTTP API answers only /healthz; `kinderwatch token` makes one"
             );
         }
-        daemon.spawn(|cancel| async move {
+        daemon.spawn("api", |cancel| async move {
             if let Err(e) = crate::api::serve(listener, state, cancel).await {
                 tracing::error!(error = %e, "HTTP API stopped");
             }
         });
-        expected_tasks += 1;
     }
     let pictures = daemon.pool().map(|p| p.stats_reader());
     match daemon.take_detections() {
@@ -430,14 +496,16 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
                 progress: Some(daemon.stages().register("rules")),
             };
             let config = std::sync::Arc::new(config.clone());
-            daemon.spawn(|cancel| crate::perimeter::run(config, rx, io, cancel));
-            expected_tasks += 1;
+            daemon.spawn("rules", |cancel| {
+                crate::perimeter::run(config, rx, io, cancel)
+            });
         }
         None => {
             for cam in &cameras {
                 let c = cam.clone();
-                daemon.spawn(|cancel| report_frames(c, Duration::from_secs(5), cancel));
-                expected_tasks += 1;
+                daemon.spawn(format!("frames/{}", cam.id), |cancel| {
+                    report_frames(c, Duration::from_secs(5), cancel)
+                });
             }
         }
     }
@@ -449,12 +517,14 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
             config.health.clone(),
             events_tx.clone(),
         );
-        daemon.spawn(|cancel| crate::health::watch_camera(c, site, p, h, tx, cancel));
-        expected_tasks += 1;
+        daemon.spawn(format!("health/{}", cam.id), |cancel| {
+            crate::health::watch_camera(c, site, p, h, tx, cancel)
+        });
     }
     for cam in cameras {
-        daemon.spawn(|cancel| log_state_changes(cam, cancel));
-        expected_tasks += 1;
+        daemon.spawn(format!("state_log/{}", cam.id), |cancel| {
+            log_state_changes(cam, cancel)
+        });
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
@@ -469,11 +539,7 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
         );
     }
     let main_progress = daemon.stages().register("main");
-    let monitor = Monitor::start(
-        daemon.stages().clone(),
-        watchdog,
-        daemon.liveness(expected_tasks),
-    );
+    let monitor = Monitor::start(daemon.stages().clone(), watchdog, daemon.liveness());
     let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
     let mut fatal = daemon.take_fatal().expect("fatal receiver taken once");
     let mut failure: Option<String> = None;

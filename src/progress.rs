@@ -247,11 +247,12 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// `watchdog`: how often to feed systemd (half of `WATCHDOG_USEC`), `None` when not asked to.
+    /// `watchdog`: how often to feed systemd (half of `WATCHDOG_USEC`), `None` when not asked to;
+    /// `ended`: the names of the daemon's tasks that have ended (none should, before shutdown).
     pub fn start(
         stages: Stages,
         watchdog: Option<Duration>,
-        alive: impl Fn() -> bool + Send + 'static,
+        ended: impl Fn() -> Vec<String> + Send + 'static,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -259,14 +260,18 @@ impl Monitor {
             .name("progress-monitor".into())
             .spawn(move || {
                 let mut last_feed: Option<Instant> = None;
-                let mut starved_reported = false;
+                let mut reported: Vec<String> = Vec::new();
                 while !flag.load(Ordering::Relaxed) {
                     let progress = stages.check();
-                    let alive = alive();
-                    if !alive && !starved_reported && !stages.0.stopping.load(Ordering::Relaxed) {
-                        error!("a daemon task ended unexpectedly; the systemd watchdog is no longer fed");
-                        starved_reported = true;
+                    let stopping = stages.0.stopping.load(Ordering::Relaxed);
+                    let ended = if stopping { Vec::new() } else { ended() };
+                    for task in ended.iter().filter(|t| !reported.contains(t)) {
+                        metrics::counter!("kinderwatch_task_ended_total", "task" => task.clone())
+                            .increment(1);
+                        error!(task = %task, "a daemon task ended on its own; the systemd watchdog is no longer fed");
                     }
+                    reported.clone_from(&ended);
+                    let alive = ended.is_empty();
                     if let Some(period) = watchdog
                         && progress
                         && alive

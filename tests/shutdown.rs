@@ -60,3 +60,31 @@ async fn shutdown_with_streams_running_leaves_no_pipeline() {
         );
     }
 }
+
+/// Every task has a name: one that ends on its own (returns or panics) is listed by name, logged
+/// by the progress monitor (which stops feeding the watchdog), and the rest run on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_ends_on_its_own_is_named() {
+    common::init();
+    let daemon = Daemon::start(&common::config(vec![])).await.unwrap();
+    daemon.spawn("steady", |cancel| async move { cancel.cancelled().await });
+    daemon.spawn("short-lived", |_| async {});
+    daemon.spawn("buggy", |_| async { panic!("a bug in a task") });
+    let monitor =
+        kinderwatch::progress::Monitor::start(daemon.stages().clone(), None, daemon.liveness());
+    common::poll_until(Duration::from_secs(5), "two tasks ended", || {
+        daemon.ended_tasks().len() == 2
+    })
+    .await;
+    let mut ended = daemon.ended_tasks();
+    ended.sort();
+    assert_eq!(ended, ["buggy", "short-lived"]);
+    common::poll_until(Duration::from_secs(5), "the monitor names them", || {
+        let logs = common::captured_logs();
+        logs.contains("task=short-lived") && logs.contains("task=buggy")
+    })
+    .await;
+    drop(monitor);
+    let report = daemon.shutdown(SHUTDOWN_GRACE).await;
+    assert!(report.clean, "{report:?}");
+}
