@@ -700,7 +700,7 @@ impl Config {
                     format!("{:?} is used twice; names must be unique", t.name),
                 );
             }
-            if !crate::api::auth::is_sha256_hex(t.sha256.trim()) {
+            if !crate::auth::is_sha256_hex(t.sha256.trim()) {
                 v.err(
                     &format!("api.tokens[{i}].sha256"),
                     "not a SHA-256 in hex (64 digits); `kinderwatch token` makes a token and its hash",

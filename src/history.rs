@@ -127,7 +127,8 @@ pub fn fetch_audit(
                 api_call("GET", base, token, &format!("/api/v1/audit?{qs}"))
             }
             Source::Db(dir) => {
-                let q = crate::api::parse_audit_query(Some(qs), Timestamp::now()).map_err(|e| {
+                let pairs = url::form_urlencoded::parse(qs.as_bytes()).into_owned();
+                let q = ops::events::parse_audit_filter(pairs, Timestamp::now()).map_err(|e| {
                     anyhow::anyhow!("{}: {}", e.parameter.unwrap_or_default(), e.reason)
                 })?;
                 let (records, next) = open_db(dir)?.audit_query(&q)?;

@@ -7,6 +7,7 @@
 pub mod alert;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod camera;
 pub mod config;
 pub mod control;

@@ -25,7 +25,7 @@ use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
-use crate::api::auth::{Caller, Role, Tokens};
+use crate::auth::{Caller, Role, Tokens};
 use crate::control::RuleCommand;
 use crate::ops::cameras::CameraView;
 use crate::ops::{self, ErrorKind, OpsError};

@@ -298,32 +298,11 @@ async fn audit(
     })))
 }
 
-/// The audit query: the event query's `from`, `to`, `since`, `limit` and `cursor`, and `caller`.
+/// Parses `?from=&to=&since=&caller=&limit=&cursor=` (see [`events::parse_audit_filter`]).
 pub fn parse_audit_query(raw: Option<&str>, now: Timestamp) -> Result<AuditQuery, ApiError> {
-    let mut caller = None;
-    let mut rest = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "caller" => caller = Some(v.into_owned()),
-            "from" | "to" | "since" | "limit" | "cursor" => {
-                rest.append_pair(&k, &v);
-            }
-            other => {
-                return Err(ApiError::bad_parameter(
-                    other,
-                    "unknown parameter; use from, to, since, caller, limit or cursor",
-                ));
-            }
-        }
-    }
-    let q = parse_event_query(Some(&rest.finish()), now)?;
-    Ok(AuditQuery {
-        from: q.from,
-        to: q.to,
-        caller,
-        limit: q.limit,
-        cursor: q.cursor,
-    })
+    let pairs = url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()));
+    Ok(events::parse_audit_filter(pairs, now)?)
 }
 
 /// `GET /api/v1/outbox/dead-letters`: alerts taken out of delivery, oldest first.

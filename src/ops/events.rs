@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::OpsError;
 use crate::events::EventKind;
 use crate::store::query::{DEFAULT_LIMIT, MAX_LIMIT};
-use crate::store::{Cursor, EventQuery, StoredEvent};
+use crate::store::{AuditQuery, Cursor, EventQuery, StoredEvent};
 
 /// An event filter from request parameters (`camera`, `kind`, `rule`, `from`, `to`, `since`,
 /// `limit`, `cursor`), whatever carried them (an HTTP query string, an MQTT request's JSON, CLI
@@ -125,6 +125,36 @@ pub fn event_json(s: &StoredEvent) -> Value {
         v["snapshot_url"] = format!("/api/v1/events/{}/snapshot.jpg", s.event.id).into();
     }
     v
+}
+
+/// An audit-trail filter (`from`, `to`, `since`, `caller`, `limit`, `cursor`) from any transport's
+/// parameters; the time and paging ones read as for events.
+pub fn parse_audit_filter(
+    pairs: impl IntoIterator<Item = (String, String)>,
+    now: Timestamp,
+) -> Result<AuditQuery, OpsError> {
+    let mut caller = None;
+    let mut rest = Vec::new();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "caller" => caller = Some(v),
+            "from" | "to" | "since" | "limit" | "cursor" => rest.push((k, v)),
+            other => {
+                return Err(OpsError::bad_parameter(
+                    other,
+                    "unknown parameter; use from, to, since, caller, limit or cursor",
+                ));
+            }
+        }
+    }
+    let q = parse_filter(rest, now)?;
+    Ok(AuditQuery {
+        from: q.from,
+        to: q.to,
+        caller,
+        limit: q.limit,
+        cursor: q.cursor,
+    })
 }
 
 #[cfg(test)]
