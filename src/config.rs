@@ -153,7 +153,10 @@ impl RuleConfig {
     /// The rule's arming schedule in the site's time zone: always armed without windows or
     /// exceptions; exceptions alone apply to an otherwise always-armed week. Validation and the
     /// rules stage both build it here.
-    pub fn schedule(&self, tz: &jiff::tz::TimeZone) -> Result<Schedule, String> {
+    pub fn schedule(
+        &self,
+        tz: &jiff::tz::TimeZone,
+    ) -> Result<Schedule, crate::rules::schedule::ScheduleError> {
         if self.schedule.is_empty() && self.exceptions.is_empty() {
             return Ok(Schedule::always(tz.clone()));
         }
@@ -638,7 +641,7 @@ impl Config {
                 } else {
                     "exceptions"
                 };
-                v.err(&key(k), e);
+                v.err(&key(k), e.to_string());
             }
         }
     }

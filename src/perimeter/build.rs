@@ -19,8 +19,11 @@ pub enum BuildError {
     NoCamera(String),
     #[error("rule {rule}: no zone {zone:?} (zone and loitering rules need one)")]
     NoZone { rule: String, zone: String },
-    #[error("rule {rule}: schedule: {reason}")]
-    Schedule { rule: String, reason: String },
+    #[error("rule {rule}: schedule: {source}")]
+    Schedule {
+        rule: String,
+        source: crate::rules::schedule::ScheduleError,
+    },
 }
 
 /// Builds the rules engine of one camera from a validated config.
@@ -84,9 +87,9 @@ fn rule(config: &Config, r: &RuleConfig, tz: &TimeZone) -> Result<Rule, BuildErr
             )
         }
     };
-    let schedule = r.schedule(tz).map_err(|reason| BuildError::Schedule {
+    let schedule = r.schedule(tz).map_err(|source| BuildError::Schedule {
         rule: r.id.clone(),
-        reason,
+        source,
     })?;
     Ok(Rule {
         id: r.id.as_str().into(),

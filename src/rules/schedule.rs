@@ -55,19 +55,36 @@ fn weekday_index(w: Weekday) -> usize {
     w.to_monday_zero_offset() as usize
 }
 
-fn parse_time(s: &str) -> Result<u16, String> {
-    let (h, m) = s
-        .trim()
-        .split_once(':')
-        .ok_or_else(|| format!("{s:?} is not a time; use HH:MM"))?;
+/// What is wrong with a schedule entry; each names the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("{0:?} is not a time; use HH:MM")]
+    NotATime(String),
+    #[error("{0:?} is not a time of day (00:00-24:00)")]
+    NotATimeOfDay(String),
+    #[error("unknown day {day:?} in {window:?}; use Mon..Sun")]
+    UnknownDay { day: String, window: String },
+    #[error("{0:?}: expected a time range like 19:00-07:30")]
+    NotARange(String),
+    #[error("{0:?}: a window cannot start at 24:00")]
+    StartsAtMidnightEnd(String),
+    #[error("{0:?}: empty window; for a whole day write 00:00-24:00")]
+    EmptyWindow(String),
+    #[error("{0:?} is not a date; use YYYY-MM-DD")]
+    NotADate(String),
+    #[error("{0}: listed twice")]
+    DateTwice(String),
+}
+
+fn parse_time(s: &str) -> Result<u16, ScheduleError> {
+    let not_a_time = || ScheduleError::NotATime(s.to_owned());
+    let (h, m) = s.trim().split_once(':').ok_or_else(not_a_time)?;
     let (h, m): (u16, u16) = (
-        h.parse()
-            .map_err(|_| format!("{s:?} is not a time; use HH:MM"))?,
-        m.parse()
-            .map_err(|_| format!("{s:?} is not a time; use HH:MM"))?,
+        h.parse().map_err(|_| not_a_time())?,
+        m.parse().map_err(|_| not_a_time())?,
     );
     if m > 59 || h > 24 || (h == 24 && m != 0) {
-        return Err(format!("{s:?} is not a time of day (00:00-24:00)"));
+        return Err(ScheduleError::NotATimeOfDay(s.to_owned()));
     }
     Ok(h * 60 + m)
 }
@@ -75,8 +92,12 @@ fn parse_time(s: &str) -> Result<u16, String> {
 impl Window {
     /// Parses `"Mon-Fri 19:00-07:30"`, `"Sat,Sun 00:00-24:00"`, `"daily 08:00-17:00"` or just
     /// `"08:00-17:00"` (every day).
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ScheduleError> {
         let s = s.trim();
+        let unknown = |day: &str| ScheduleError::UnknownDay {
+            day: day.to_owned(),
+            window: s.to_owned(),
+        };
         let (days_part, times) = match s.rsplit_once(' ') {
             Some((d, t)) => (Some(d.trim()), t),
             None => (None, s),
@@ -90,12 +111,8 @@ impl Window {
                     match part.split_once('-') {
                         Some((a, b)) => {
                             let (a, b) = (
-                                day_index(a).ok_or_else(|| {
-                                    format!("unknown day {a:?} in {s:?}; use Mon..Sun")
-                                })?,
-                                day_index(b).ok_or_else(|| {
-                                    format!("unknown day {b:?} in {s:?}; use Mon..Sun")
-                                })?,
+                                day_index(a).ok_or_else(|| unknown(a))?,
+                                day_index(b).ok_or_else(|| unknown(b))?,
                             );
                             // Ranges may wrap: Sat-Mon.
                             let mut i = a;
@@ -107,26 +124,20 @@ impl Window {
                                 i = (i + 1) % 7;
                             }
                         }
-                        None => {
-                            days[day_index(part).ok_or_else(|| {
-                                format!("unknown day {part:?} in {s:?}; use Mon..Sun")
-                            })?] = true
-                        }
+                        None => days[day_index(part).ok_or_else(|| unknown(part))?] = true,
                     }
                 }
             }
         }
         let (a, b) = times
             .split_once('-')
-            .ok_or_else(|| format!("{s:?}: expected a time range like 19:00-07:30"))?;
+            .ok_or_else(|| ScheduleError::NotARange(s.to_owned()))?;
         let (start, end) = (parse_time(a)?, parse_time(b)?);
         if start == 1440 {
-            return Err(format!("{s:?}: a window cannot start at 24:00"));
+            return Err(ScheduleError::StartsAtMidnightEnd(s.to_owned()));
         }
         if start == end {
-            return Err(format!(
-                "{s:?}: empty window; for a whole day write 00:00-24:00"
-            ));
+            return Err(ScheduleError::EmptyWindow(s.to_owned()));
         }
         Ok(Self { days, start, end })
     }
@@ -172,7 +183,7 @@ impl Schedule {
         tz: TimeZone,
         windows: &[String],
         exceptions: &[(String, Vec<String>)],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ScheduleError> {
         let windows = windows
             .iter()
             .map(|w| Window::parse(w))
@@ -181,7 +192,7 @@ impl Schedule {
         for (date, ws) in exceptions {
             let d: Date = date
                 .parse()
-                .map_err(|_| format!("{date:?} is not a date; use YYYY-MM-DD"))?;
+                .map_err(|_| ScheduleError::NotADate(date.clone()))?;
             let ws = ws
                 .iter()
                 .map(|w| {
@@ -191,9 +202,9 @@ impl Schedule {
                         ..w
                     })
                 })
-                .collect::<Result<Vec<_>, String>>()?;
+                .collect::<Result<Vec<_>, ScheduleError>>()?;
             if ex.insert(d, ws).is_some() {
-                return Err(format!("{date}: listed twice"));
+                return Err(ScheduleError::DateTwice(date.clone()));
             }
         }
         Ok(Self {
@@ -276,6 +287,18 @@ mod tests {
         ] {
             assert!(Window::parse(bad).is_err(), "{bad}");
         }
+        // The error says which part and names the entry.
+        assert_eq!(
+            Window::parse("Mon-Fry 19:00-07:00").unwrap_err(),
+            ScheduleError::UnknownDay {
+                day: "Fry".into(),
+                window: "Mon-Fry 19:00-07:00".into()
+            }
+        );
+        assert_eq!(
+            Window::parse("Mon 07:00-07:00").unwrap_err().to_string(),
+            "\"Mon 07:00-07:00\": empty window; for a whole day write 00:00-24:00"
+        );
     }
 
     #[test]
