@@ -328,21 +328,7 @@ fn a_panicking_detector_loses_the_frame_not_the_camera() {
         100,
     );
     // One frame at a time (a panic with a backtrace is slow), each waited for.
-    for seq in 1..=20u64 {
-        slot.put(frame("cam", seq));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = pool.stats("cam").unwrap();
-            if s.inferred + s.errors == seq {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "frame {seq} never processed: {s:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
+    one_by_one(&pool, &slot, 20, Duration::from_secs(10));
     let s = pool.stats("cam").unwrap();
     assert_eq!((s.inferred, s.errors), (10, 10), "{s:?}");
     assert_eq!(s.inferred + s.errors, calls.load(Ordering::SeqCst) as u64);
@@ -399,21 +385,7 @@ fn a_worker_whose_detector_panicked_is_restarted_with_a_fresh_detector() {
             factory: Some(factory),
         },
     );
-    for seq in 1..=10u64 {
-        slot.put(frame("cam", seq));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let s = pool.stats("cam").unwrap();
-            if s.inferred + s.errors == seq {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "frame {seq} never processed: {s:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
+    one_by_one(&pool, &slot, 10, Duration::from_secs(20));
     let s = pool.stats("cam").unwrap();
     // Frames 3, 6 and 9 panic; without a restart every frame after 3 would fail.
     assert_eq!((s.inferred, s.errors), (7, 3), "{s:?}");
@@ -704,5 +676,25 @@ fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(Instant::now() < deadline, "{what} within {limit:?}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Puts frames 1..=`n` of camera "cam" into `slot` one at a time, each waited for (inferred or
+/// failed) for at most `each`.
+fn one_by_one(pool: &DetectorPool, slot: &FrameSlot, n: u64, each: Duration) {
+    for seq in 1..=n {
+        slot.put(frame("cam", seq));
+        let deadline = Instant::now() + each;
+        loop {
+            let s = pool.stats("cam").unwrap();
+            if s.inferred + s.errors == seq {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "frame {seq} never processed: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

@@ -4,61 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use jiff::Timestamp;
-use kinderwatch::events::{Event, EventKind};
-use kinderwatch::perimeter::RecordedEvent;
-use kinderwatch::store::recorder::{self, RecorderSettings, StoreStatus};
+use kinderwatch::events::EventKind;
+use kinderwatch::store::recorder::StoreStatus;
 use kinderwatch::store::{EventQuery, Store, StoreConfig};
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 mod common;
 
-fn event(n: usize, snapshot_kb: usize) -> RecordedEvent {
-    let mut e = Event::new(EventKind::LineCrossed, "site-1", "gate", Timestamp::now());
-    e.rule = Some("fence".into());
-    e.detail = Some(format!("n={n}"));
-    RecordedEvent {
-        event: e,
-        snapshot: Some(vec![(n % 251) as u8; snapshot_kb * 1024]),
-    }
-}
-
-struct Running {
-    tx: mpsc::Sender<RecordedEvent>,
-    live: mpsc::Receiver<recorder::LiveEvent>,
-    status: watch::Receiver<StoreStatus>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), recorder::RecorderFailed>>,
-}
-
-fn start(store: &Store, config: StoreConfig) -> Running {
-    let (tx, rx) = mpsc::channel(64);
-    let (status_tx, status) = watch::channel(StoreStatus::Ok);
-    let cancel = CancellationToken::new();
-    let (live_tx, live) = mpsc::channel(1000);
-    let settings = RecorderSettings {
-        site: "site-1".into(),
-        config,
-        outbox: true,
-        live: Some(live_tx),
-        progress: None,
-    };
-    let task = tokio::spawn(recorder::run(
-        store.clone(),
-        settings,
-        rx,
-        status_tx,
-        cancel.clone(),
-    ));
-    Running {
-        tx,
-        live,
-        status,
-        cancel,
-        task,
-    }
-}
+use common::recorder::{event, start};
 
 async fn wait_events(store: &Store, n: u64, within: Duration) {
     let s = store.clone();

@@ -17,12 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jiff::Timestamp;
 use kinderwatch::events::{Event, EventKind};
-use kinderwatch::perimeter::RecordedEvent;
-use kinderwatch::store::recorder::{self, RecorderSettings, StoreStatus};
 use kinderwatch::store::{EventQuery, Store, StoreConfig};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kinderwatch");
@@ -289,51 +286,7 @@ url = "rtsp://127.0.0.1:{}/nothing-listens"
     );
 }
 
-fn event(n: usize, snapshot_kb: usize) -> RecordedEvent {
-    let mut e = Event::new(EventKind::LineCrossed, "site-1", "gate", Timestamp::now());
-    e.rule = Some("fence".into());
-    e.detail = Some(format!("n={n}"));
-    RecordedEvent {
-        event: e,
-        snapshot: (snapshot_kb > 0).then(|| vec![(n % 251) as u8; snapshot_kb * 1024]),
-    }
-}
-
-struct Recorder {
-    tx: mpsc::Sender<RecordedEvent>,
-    live: mpsc::Receiver<recorder::LiveEvent>,
-    status: watch::Receiver<StoreStatus>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), recorder::RecorderFailed>>,
-}
-
-fn start_recorder(store: &Store, config: StoreConfig) -> Recorder {
-    let (tx, rx) = mpsc::channel(256);
-    let (status_tx, status) = watch::channel(StoreStatus::Ok);
-    let cancel = CancellationToken::new();
-    let (live_tx, live) = mpsc::channel(1000);
-    let settings = RecorderSettings {
-        site: "site-1".into(),
-        config,
-        outbox: true,
-        live: Some(live_tx),
-        progress: None,
-    };
-    let task = tokio::spawn(recorder::run(
-        store.clone(),
-        settings,
-        rx,
-        status_tx,
-        cancel.clone(),
-    ));
-    Recorder {
-        tx,
-        live,
-        status,
-        cancel,
-        task,
-    }
-}
+use common::recorder::{event, start};
 
 fn stored_numbers(store: &Store) -> Vec<usize> {
     let page = store
@@ -369,7 +322,7 @@ async fn a_stalled_write_goes_out_live_and_the_recorder_resumes() {
     fail::cfg("store_record", "1*sleep(3000)").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (store, config) = store_config(dir.path());
-    let mut r = start_recorder(&store, config);
+    let mut r = start(&store, config);
     r.tx.send(event(0, 4)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     for n in 1..5 {
@@ -439,7 +392,7 @@ async fn pending_events_are_bounded_by_bytes_while_a_write_stalls() {
         "kinderwatch_store_events_lost_total",
         &[("reason", "pending_full")],
     );
-    let r = start_recorder(&store, config);
+    let r = start(&store, config);
     r.tx.send(event(0, 0)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // 30 events of 100 KB behind the stalled write: about 3 MB for a bound of 1 MB.

@@ -405,6 +405,7 @@ pub fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
 
 pub mod broker;
 pub mod proxy;
+pub mod recorder;
 pub mod site;
 
 /// A person walking down across the `fence` line of [`fence_config`], one 320x240 frame per
