@@ -480,6 +480,8 @@ cooldown = "0s"
     for r in common::walk_down(t0) {
         tx.send(r).await.unwrap();
     }
+    // The gate's encode is under way (asleep in the fail point) before the yard's frames come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for mut r in common::walk_down(t0 + Duration::from_secs(5)) {
         let mut frame = (*r.frame).clone();
         frame.camera = "yard".into();
