@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::bench::bare_rate;
-use kinderwatch::app::Daemon;
+use kinderwatch::app::{Daemon, Detections};
 use kinderwatch::camera::{Frame, FrameSlot, Pixels};
 use kinderwatch::detect::OnnxDetector;
 use kinderwatch::detect::detector::{Detector, DetectorParams};
@@ -151,7 +151,11 @@ async fn rtsp_latency(
     let mut config = common::config(cams);
     config.detector.model = Some(model_path.to_owned());
     config.motion.enabled = false;
-    let mut daemon = Daemon::start(&config).await.unwrap();
+    let mut daemon = Daemon::builder(&config)
+        .detections(Detections::Intercepted)
+        .start()
+        .await
+        .unwrap();
     let mut rx = daemon.take_detections().unwrap();
     let warm = Instant::now() + Duration::from_secs(3);
     let mut lat = Vec::new();

@@ -157,9 +157,9 @@ async fn a_retained_oversized_command_neither_wedges_delivery_nor_runs() {
             broker.port,
             "max_incoming_packet = 16384\nreply_topic_prefix = \"center/replies\"",
         ),
-        None,
         tokens,
-    );
+    )
+    .await;
     let sent = send_all(&site, (0..20).map(crossing).collect()).await;
     let mut other = Vec::new();
     let got = alerts_until(&mut rx, 20, Duration::from_secs(20), &mut other).await;
@@ -232,7 +232,8 @@ async fn a_broker_packet_limit_shrinks_snapshots_cuts_replies_and_dead_letters_a
     let site = start_site(mqtt_config(
         broker.port,
         "publish_snapshots = true\nreply_topic_prefix = \"center/replies\"",
-    ));
+    ))
+    .await;
     let picture = jpeg_of(768, 576, 24);
     let noise = jpeg_of(1280, 720, 255);
     assert!(picture.len() > 25_000, "picture {} bytes", picture.len());
@@ -396,7 +397,7 @@ async fn refused_alerts_become_dead_letters_the_rest_go_on_and_a_requeue_deliver
     let broker = Broker::start(&format!("acl_file {}", acl.display()));
     let (_c, mut rx) =
         broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/events/#"), |_| {}).await;
-    let site = start_site(mqtt_config(broker.port, "max_delivery_attempts = 3"));
+    let site = start_site(mqtt_config(broker.port, "max_delivery_attempts = 3")).await;
     let mut events = Vec::new();
     let mut yard = Vec::new();
     for n in 0..12 {
@@ -474,7 +475,7 @@ async fn the_connection_cut_with_100_alerts_in_flight_loses_none() {
     let proxy = common::proxy::Proxy::start(broker.port).await;
     let (_c, mut rx) =
         broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/events/#"), |_| {}).await;
-    let site = start_site(mqtt_config(proxy.port, "max_inflight = 100"));
+    let site = start_site(mqtt_config(proxy.port, "max_inflight = 100")).await;
     let sent = send_all(&site, (0..100).map(crossing).collect()).await;
     // Cut the site's connection (twice) as soon as alerts arrive: most of the 100 are queued
     // or unacknowledged at that moment.
@@ -539,7 +540,8 @@ async fn a_command_flood_while_recording_is_bounded_and_loses_no_alert() {
     let site = start_site(mqtt_config(
         broker.port,
         "reply_topic_prefix = \"center/replies\"\nmax_concurrent_commands = 1",
-    ));
+    ))
+    .await;
     // Some history to query.
     let first = send_all(&site, (0..300).map(crossing).collect()).await;
     let mut other = Vec::new();
@@ -649,7 +651,8 @@ async fn replies_go_only_to_allowed_response_topics() {
     let site = start_site(mqtt_config(
         broker.port,
         "reply_topic_prefix = \"center/replies\"",
-    ));
+    ))
+    .await;
     // The site subscribes to its commands right after it says it is online.
     broker::next_matching(&mut everything, Duration::from_secs(10), "online", |m| {
         m.topic == format!("kinderwatch/{SITE}/status") && m.payload == b"online"

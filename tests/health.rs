@@ -8,11 +8,11 @@ use std::time::Duration;
 use common::{Auth, RtspTestServer, Source, camera, wait_state};
 use kinderwatch::app::Daemon;
 use kinderwatch::camera::CameraState;
+use kinderwatch::config::Config;
 use kinderwatch::events::EventKind;
-use kinderwatch::health::{HealthConfig, watch_camera};
+use kinderwatch::health::HealthConfig;
 use kinderwatch::perimeter::RecordedEvent;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 fn health() -> HealthConfig {
     HealthConfig {
@@ -20,6 +20,23 @@ fn health() -> HealthConfig {
         tamper_after: Duration::from_secs(2),
         ..HealthConfig::default()
     }
+}
+
+/// The daemon (its health stage watching each camera) once its camera streams, with its events;
+/// what the start itself reported (an offline camera still connecting, then online) is drained.
+async fn streaming(config: &Config) -> (Daemon, mpsc::Receiver<RecordedEvent>) {
+    let mut daemon = Daemon::start(config).await.unwrap();
+    let mut rx = daemon.take_events().unwrap();
+    let mut handle = daemon.cameras()[0].clone();
+    wait_state(
+        &mut handle.status,
+        CameraState::Streaming,
+        Duration::from_secs(15),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while rx.try_recv().is_ok() {}
+    (daemon, rx)
 }
 
 async fn next_event(
@@ -40,25 +57,9 @@ async fn dropped_camera_goes_offline_after_the_grace_and_online_on_return() {
         },
         Auth::None,
     );
-    let config = common::config(vec![camera("door", &server.url(), "")]);
-    let daemon = Daemon::start(&config).await.unwrap();
-    let mut handle = daemon.cameras()[0].clone();
-    wait_state(
-        &mut handle.status,
-        CameraState::Streaming,
-        Duration::from_secs(15),
-    )
-    .await;
-    let (tx, mut rx) = mpsc::channel(16);
-    let cancel = CancellationToken::new();
-    tokio::spawn(watch_camera(
-        handle.clone(),
-        "kg".into(),
-        None,
-        health(),
-        tx,
-        cancel.clone(),
-    ));
+    let mut config = common::config(vec![camera("door", &server.url(), "")]);
+    config.health = health();
+    let (daemon, mut rx) = streaming(&config).await;
 
     // Streaming: nothing to report.
     assert!(next_event(&mut rx, Duration::from_secs(3)).await.is_none());
@@ -76,7 +77,6 @@ async fn dropped_camera_goes_offline_after_the_grace_and_online_on_return() {
         .await
         .expect("camera_online");
     assert_eq!(on.event.kind, EventKind::CameraOnline);
-    cancel.cancel();
     daemon.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -86,27 +86,9 @@ async fn tamper_event(source: Source) -> Option<RecordedEvent> {
     config.detector.model =
         Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ssdlite-person.toml"));
     config.detector.workers = 1;
-    let daemon = Daemon::start(&config).await.unwrap();
-    let mut handle = daemon.cameras()[0].clone();
-    wait_state(
-        &mut handle.status,
-        CameraState::Streaming,
-        Duration::from_secs(15),
-    )
-    .await;
-    let (tx, mut rx) = mpsc::channel(16);
-    let cancel = CancellationToken::new();
-    let pictures = daemon.pool().unwrap().stats_reader();
-    tokio::spawn(watch_camera(
-        handle,
-        "kg".into(),
-        Some(pictures),
-        health(),
-        tx,
-        cancel.clone(),
-    ));
+    config.health = health();
+    let (daemon, mut rx) = streaming(&config).await;
     let e = next_event(&mut rx, Duration::from_secs(8)).await;
-    cancel.cancel();
     daemon.shutdown(Duration::from_secs(5)).await;
     e
 }

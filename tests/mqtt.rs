@@ -13,7 +13,6 @@ use kinderwatch::store::{Store, StoreConfig};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 mod common;
 use common::broker::{self, Broker};
@@ -26,7 +25,7 @@ async fn an_event_is_delivered_with_the_documented_payload() {
     let broker = Broker::start("");
     let (_sub, mut rx) =
         broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/#"), |_| {}).await;
-    let site = start_site(mqtt_config(broker.port, "publish_snapshots = true"));
+    let site = start_site(mqtt_config(broker.port, "publish_snapshots = true")).await;
     broker::next_matching(&mut rx, Duration::from_secs(10), "status online", |m| {
         m.topic == format!("kinderwatch/{SITE}/status") && m.payload == b"online"
     })
@@ -106,7 +105,7 @@ async fn an_idle_publisher_does_not_spin_on_the_outbox() {
     let broker = Broker::start("");
     let (_sub, mut rx) =
         broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/#"), |_| {}).await;
-    let site = start_site(mqtt_config(broker.port, ""));
+    let site = start_site(mqtt_config(broker.port, "")).await;
     broker::next_matching(&mut rx, Duration::from_secs(10), "status online", |m| {
         m.topic == format!("kinderwatch/{SITE}/status") && m.payload == b"online"
     })
@@ -130,7 +129,7 @@ async fn a_broker_outage_loses_nothing_and_order_is_kept() {
     let mut broker = Broker::start("");
     let (_sub, mut rx) =
         broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/events/#"), |_| {}).await;
-    let site = start_site(mqtt_config(broker.port, ""));
+    let site = start_site(mqtt_config(broker.port, "")).await;
     site.events.send(crossing(0)).await.unwrap();
     broker::next_matching(
         &mut rx,
@@ -204,7 +203,8 @@ async fn commands_over_request_response() {
     let site = start_site(mqtt_config(
         broker.port,
         "reply_topic_prefix = \"center/replies\"",
-    ));
+    ))
+    .await;
     let mut sent = Vec::new();
     for n in 0..5 {
         let e = crossing(n);
@@ -431,7 +431,7 @@ async fn tls_client_certificates_authenticate_the_site() {
         certs.path().join("kg-7.pem").display(),
         certs.path().join("kg-7.key").display()
     );
-    let site = start_site(mqtt_config(broker.port, &with_cert));
+    let site = start_site(mqtt_config(broker.port, &with_cert)).await;
     let e = crossing(11);
     site.events.send(e.clone()).await.unwrap();
     let m = broker::next_matching(
@@ -449,7 +449,8 @@ async fn tls_client_certificates_authenticate_the_site() {
     let site = start_site(mqtt_config(
         broker.port,
         &format!("tls = true\nca_file = \"{}\"\n", ca.display()),
-    ));
+    ))
+    .await;
     site.events.send(crossing(12)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -517,7 +518,7 @@ async fn tls_with_password_auth_delivers_and_a_wrong_password_is_a_clear_rate_li
         ca.display(),
         password_file.display()
     );
-    let site = start_site(mqtt_config(broker.port, &tls));
+    let site = start_site(mqtt_config(broker.port, &tls)).await;
     let e = crossing(7);
     site.events.send(e.clone()).await.unwrap();
     let m = broker::next_matching(
@@ -539,12 +540,16 @@ async fn tls_with_password_auth_delivers_and_a_wrong_password_is_a_clear_rate_li
         ca.display(),
         wrong_file.display()
     );
-    let site = start_site(mqtt_config(broker.port, &tls));
+    let site = start_site(mqtt_config(broker.port, &tls)).await;
     let e = crossing(8);
     site.events.send(e.clone()).await.unwrap();
     // With backoff 200ms..1s, 4 s are several attempts.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(!site.tasks.iter().any(|t| t.is_finished()), "a task ended");
+    assert_eq!(
+        site.daemon.ended_tasks(),
+        Vec::<String>::new(),
+        "a task ended"
+    );
     assert_eq!(site.store.outbox_len(), 1, "the alert waits in the outbox");
     let logs = common::captured_logs();
     let refusals = logs.matches("the broker refused the credentials").count();
@@ -693,8 +698,8 @@ async fn events_the_store_cannot_write_yet_go_out_live() {
     let broker = Broker::start("");
     let (_sub, mut rx) =
         broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/#"), |_| {}).await;
-    let (live, live_rx) = mpsc::channel(8);
-    let site = start_site_live(mqtt_config(broker.port, ""), Some(live_rx));
+    let site = start_site(mqtt_config(broker.port, "")).await;
+    let live = site.daemon.live_alerts_input().unwrap();
     broker::next_matching(&mut rx, Duration::from_secs(10), "status online", |m| {
         m.topic == format!("kinderwatch/{SITE}/status")
     })

@@ -3,18 +3,14 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Auth, RtspTestServer, Source, camera, wait_state};
-use kinderwatch::app::Daemon;
+use kinderwatch::app::{Daemon, Detections};
 use kinderwatch::camera::CameraState;
 use kinderwatch::config::Config;
 use kinderwatch::events::EventKind;
-use kinderwatch::perimeter::{self, RecordedEvent};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use kinderwatch::perimeter::RecordedEvent;
 
 const FRAMES: usize = 60;
 
@@ -55,27 +51,17 @@ cooldown = "1h"
 /// Runs the first `FRAMES` inferred frames of the clip through the chain; returns the events and
 /// whether any frame was dropped on the way.
 async fn one_run(server: &RtspTestServer) -> (Vec<RecordedEvent>, bool) {
-    let config = Arc::new(clip_config(&server.url()));
-    let mut daemon = Daemon::start(&config).await.unwrap();
+    let config = clip_config(&server.url());
+    let mut daemon = Daemon::builder(&config)
+        .detections(Detections::Intercepted)
+        .start()
+        .await
+        .unwrap();
     let mut status = daemon.cameras()[0].status.clone();
     wait_state(&mut status, CameraState::Streaming, Duration::from_secs(20)).await;
     let mut pool_rx = daemon.take_detections().unwrap();
-    let (tx, rx) = mpsc::channel(FRAMES + 1);
-    let (events_tx, mut events_rx) = mpsc::channel(1000);
-    let io = perimeter::PerimeterIo {
-        live_tracks: HashMap::new(),
-        events: events_tx,
-        summary: None,
-        commands: None,
-        arming: None,
-        progress: None,
-    };
-    let stage = tokio::spawn(perimeter::run(
-        config.clone(),
-        rx,
-        io,
-        CancellationToken::new(),
-    ));
+    let to_rules = daemon.take_detections_input().unwrap();
+    let mut events_rx = daemon.take_events().unwrap();
     // The first FRAMES inferred frames; a dropped frame (one replaced in the camera's slot while
     // the previous one was inferred) is reported, since it may change what the tracker sees.
     for _ in 0..FRAMES {
@@ -83,17 +69,24 @@ async fn one_run(server: &RtspTestServer) -> (Vec<RecordedEvent>, bool) {
             .await
             .expect("frames keep coming")
             .unwrap();
-        tx.send(r).await.unwrap();
+        to_rules.send(r).await.unwrap();
     }
-    drop(tx);
-    stage.await.unwrap();
+    // No more detections: the rules finish what they have (snapshots too) and end.
+    drop(to_rules);
+    common::poll_until(Duration::from_secs(20), "the rules end", || {
+        daemon.ended_tasks().iter().any(|t| t == "rules")
+    })
+    .await;
     let stats = daemon.pool().unwrap().stats("clip").unwrap();
     let dropped = stats.dropped() > 0;
-    daemon.shutdown(Duration::from_secs(5)).await;
     let mut events = Vec::new();
     while let Ok(e) = events_rx.try_recv() {
-        events.push(e);
+        // The rules' events only (a camera health event may come too).
+        if e.event.rule.is_some() {
+            events.push(e);
+        }
     }
+    daemon.shutdown(Duration::from_secs(5)).await;
     (events, dropped)
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{Auth, RtspTestServer, Source, camera, wait_state};
-use kinderwatch::app::Daemon;
+use kinderwatch::app::{Daemon, Detections};
 use kinderwatch::camera::supervisor::CameraSupervisor;
 use kinderwatch::camera::{CameraState, DecodeDemand, Frame, FrameSlot, Pixels};
 use kinderwatch::detect::detector::Detector;
@@ -636,7 +636,11 @@ async fn sample_clip_through(model: &str) {
         Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("models/{model}.toml")));
     config.detector.workers = 2;
     config.motion.enabled = false;
-    let mut daemon = Daemon::start(&config).await.unwrap();
+    let mut daemon = Daemon::builder(&config)
+        .detections(Detections::Intercepted)
+        .start()
+        .await
+        .unwrap();
     let mut rx = daemon.take_detections().unwrap();
     let mut status = daemon.cameras()[0].status.clone();
     wait_state(&mut status, CameraState::Streaming, Duration::from_secs(20)).await;

@@ -6,20 +6,17 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Auth, RtspTestServer, Source, camera};
 use image::{Rgb, RgbImage};
-use kinderwatch::app::Daemon;
+use kinderwatch::app::{Daemon, Detections};
 use kinderwatch::config::Config;
 use kinderwatch::events::EventKind;
-use kinderwatch::perimeter::{self, PerimeterIo, RecordedEvent};
+use kinderwatch::perimeter::RecordedEvent;
 use kinderwatch::rules::tripwire::Crossing;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 const FPS: u32 = 10;
 const WALK_FRAMES: u32 = 40; // 4 s walking down
@@ -169,26 +166,15 @@ async fn one_walk_gives_one_crossing_one_entry_one_loitering() {
         },
         Auth::None,
     );
-    let config = Arc::new(config(&server.url()));
-    let mut daemon = Daemon::start(&config).await.unwrap();
+    let config = config(&server.url());
+    let mut daemon = Daemon::builder(&config)
+        .detections(Detections::Intercepted)
+        .start()
+        .await
+        .unwrap();
     let mut pool_rx = daemon.take_detections().unwrap();
-    let (tx, rx) = mpsc::channel(1000);
-    let (events_tx, mut events_rx) = mpsc::channel(100);
-    let io = PerimeterIo {
-        live_tracks: HashMap::new(),
-        events: events_tx,
-        summary: None,
-        commands: None,
-        arming: None,
-        progress: None,
-    };
-    let stage = tokio::spawn(perimeter::run(
-        config.clone(),
-        rx,
-        io,
-        CancellationToken::new(),
-    ));
-    // Per camera: (first frame time, frames forwarded, frames with the person, window done).
+    let tx = daemon.take_detections_input().unwrap();
+    let mut events_rx = daemon.take_events().unwrap();
     let mut seen: BTreeMap<String, (std::time::SystemTime, usize, usize, bool)> = BTreeMap::new();
     while seen.len() < 3 || seen.values().any(|s| !s.3) {
         let r = tokio::time::timeout(Duration::from_secs(30), pool_rx.recv())
@@ -206,8 +192,12 @@ async fn one_walk_gives_one_crossing_one_entry_one_loitering() {
         s.2 += usize::from(!r.detections.is_empty());
         tx.send(r).await.unwrap();
     }
+    // No more detections: the rules finish what they have (snapshots too) and end.
     drop(tx);
-    stage.await.unwrap();
+    common::poll_until(Duration::from_secs(20), "the rules end", || {
+        daemon.ended_tasks().iter().any(|t| t == "rules")
+    })
+    .await;
     daemon.shutdown(Duration::from_secs(5)).await;
     for (cam, (_, frames, with_person, _)) in &seen {
         assert!(*frames >= 20, "{cam}: {frames} frames in {WINDOW:?}");
@@ -218,7 +208,11 @@ async fn one_walk_gives_one_crossing_one_entry_one_loitering() {
     }
 
     let mut by_camera: BTreeMap<String, Vec<RecordedEvent>> = BTreeMap::new();
+    // The rules' events (the cameras' health events are not this test's).
     while let Ok(e) = events_rx.try_recv() {
+        if e.event.rule.is_none() {
+            continue;
+        }
         by_camera
             .entry(e.event.camera.clone().unwrap_or_default())
             .or_default()

@@ -1,27 +1,20 @@
 //! A site for the MQTT tests: a real store, the recorder with its outbox, the publisher, and the
 //! real rules stage behind the commands; helpers for alerts, the schema and command replies.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use jiff::Timestamp;
 use kinderwatch::alert::MqttConfig;
-use kinderwatch::alert::commands::CommandContext;
 use kinderwatch::alert::payload::SCHEMA;
-use kinderwatch::alert::publisher::{self, PublisherSettings};
-use kinderwatch::api::CameraView;
-use kinderwatch::camera::{CameraState, CameraStatus};
+use kinderwatch::app::{Daemon, Detections, Synthetic};
 use kinderwatch::config::Config;
 use kinderwatch::events::{Event, EventKind, EventObject};
-use kinderwatch::perimeter::{self, ArmingStore, PerimeterIo, RecordedEvent};
-use kinderwatch::store::recorder::{self, RecorderSettings, StoreStatus};
-use kinderwatch::store::{Store, StoreConfig};
+use kinderwatch::perimeter::RecordedEvent;
+use kinderwatch::store::Store;
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
 use super::broker::{self, Received};
 
@@ -43,21 +36,13 @@ pub struct Site {
     /// API tokens the site knows: admin and read.
     pub admin_token: String,
     pub read_token: String,
-    pub cancel: CancellationToken,
-    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub daemon: Daemon,
     _dir: tempfile::TempDir,
 }
 
 /// Store + recorder (with the outbox) + publisher + the real rules stage for commands.
-pub fn start_site(config: MqttConfig) -> Site {
-    start_site_live(config, None)
-}
-
-pub fn start_site_live(
-    config: MqttConfig,
-    live: Option<mpsc::Receiver<recorder::LiveEvent>>,
-) -> Site {
-    start_site_with(config, live, new_tokens())
+pub async fn start_site(config: MqttConfig) -> Site {
+    start_site_with(config, new_tokens()).await
 }
 
 /// An admin and a read token (token, SHA-256 hex) for [`start_site_with`].
@@ -68,34 +53,19 @@ pub fn new_tokens() -> [(String, String); 2] {
     ]
 }
 
-/// With the site's admin and read tokens given (to use them before the site starts).
-pub fn start_site_with(
-    config: MqttConfig,
-    live: Option<mpsc::Receiver<recorder::LiveEvent>>,
+/// With the site's admin and read tokens given (to use them before the site starts): the daemon's
+/// graph with camera `gate` streaming no frames, detections from the test (none), events sent
+/// by the test as the rules would.
+pub async fn start_site_with(
+    mqtt: MqttConfig,
     [(admin_token, admin_hash), (read_token, read_hash)]: [(String, String); 2],
 ) -> Site {
     let dir = tempfile::tempdir().unwrap();
-    let store_config = StoreConfig {
-        min_free_mb: 1,
-        ..StoreConfig::default()
-    };
-    let store = Store::open(&dir.path().join("events.db"), &store_config).unwrap();
-    let cancel = CancellationToken::new();
-    let (events, events_rx) = mpsc::channel(256);
-    let (status_tx, _status) = watch::channel(StoreStatus::Ok);
-    let rules_config = super::fence_config();
-    let (_detections, detections_rx) = mpsc::channel(4);
-    let (commands, commands_rx) = mpsc::channel(4);
-    let (rule_events, _rule_events_rx) = mpsc::channel(4);
-    let (_cam_tx, cam_rx) = watch::channel(CameraStatus::new(CameraState::Streaming));
-    std::mem::forget(_cam_tx);
-    std::mem::forget(_detections);
-    let cameras = Arc::new(vec![CameraView {
-        id: "gate".into(),
-        name: "Gate".into(),
-        status: cam_rx,
-    }]);
-    let tokens = kinderwatch::api::Tokens::new(&[
+    let mut config = (*super::fence_config()).clone();
+    config.mqtt = Some(mqtt);
+    config.store.min_free_mb = 1;
+    config.state.dir = dir.path().to_owned();
+    config.api.tokens = vec![
         kinderwatch::api::TokenConfig {
             name: "center-admin".into(),
             role: kinderwatch::api::Role::Admin,
@@ -106,73 +76,29 @@ pub fn start_site_with(
             role: kinderwatch::api::Role::Read,
             sha256: read_hash,
         },
-    ]);
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(perimeter::run(
-        rules_config,
-        detections_rx,
-        PerimeterIo {
-            live_tracks: HashMap::new(),
-            events: rule_events,
-            summary: None,
-            commands: Some(commands_rx),
-            arming: Some(ArmingStore::new(dir.path())),
-            progress: None,
-        },
-        cancel.clone(),
-    )));
-    let recorder = recorder::run(
-        store.clone(),
-        RecorderSettings {
-            site: SITE.into(),
-            config: store_config,
-            outbox: true,
-            live: None,
-            progress: None,
-        },
-        events_rx,
-        status_tx,
-        cancel.clone(),
-    );
-    tasks.push(tokio::spawn(async move {
-        recorder.await.expect("the recorder stops only when asked");
-    }));
-    let settings = PublisherSettings {
-        config,
-        site: SITE.into(),
-        cameras: cameras.clone(),
-        commands: CommandContext {
-            store: store.clone(),
-            rules: Some(commands),
-            cameras,
-            tokens,
-            readers: kinderwatch::store::reader::Readers::new(),
-        },
-        live,
-        stages: None,
-    };
-    tasks.push(tokio::spawn(publisher::run(
-        store.clone(),
-        settings,
-        cancel.clone(),
-    )));
+    ];
+    let store = Store::open(&dir.path().join("events.db"), &config.store).unwrap();
+    let daemon = Daemon::builder(&config)
+        .frames(Synthetic::new(|_, _| None))
+        .detections(Detections::Caller)
+        .store(store.clone())
+        .start()
+        .await
+        .unwrap();
     Site {
-        events,
+        events: daemon.events_input(),
         store,
         admin_token,
         read_token,
-        cancel,
-        tasks,
+        daemon,
         _dir: dir,
     }
 }
 
 impl Site {
     pub async fn stop(self) {
-        self.cancel.cancel();
-        for t in self.tasks {
-            t.await.unwrap();
-        }
+        let report = self.daemon.shutdown(Duration::from_secs(10)).await;
+        assert!(report.clean, "the site stops: {report:?}");
     }
 }
 

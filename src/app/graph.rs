@@ -1,0 +1,639 @@
+//! The stage graph: one builder makes every stage and channel of the daemon ([`super::links`]),
+//! names every task, starts the stages consumers first and stops them in reverse.
+//!
+//! ```text
+//! cameras ─frames─▶ detector pool ─detections─▶ rules ─events─▶ recorder ─▶ store ─▶ publisher ─▶ MQTT
+//!                                                 ▲    health ─┘      └─live_alerts─▶ publisher
+//!                                  api, publisher ┘ rule_commands
+//! ```
+//!
+//! Start order: publisher → recorder, retention → API → rules → detector pool → cameras (with
+//! their health and state logs). Stop order is the reverse: the cameras stop first, the pool
+//! finishes the frames it has, the rules finish their snapshots, the recorder writes what is
+//! queued, and the publisher says `offline` last.
+//!
+//! Tests and benchmarks build the daemon here too: another [`FrameSource`], detections and events
+//! handed to the caller in the middle of the graph ([`Detections`], [`Daemon::take_events`]),
+//! the rest as the daemon runs it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::links;
+use super::source::{FrameSource, Rtsp};
+use super::{Detectors, LOAD_PERIOD, build_detectors, log_state_changes, report_frames};
+use crate::api::CameraView;
+use crate::camera::CameraHandle;
+use crate::config::Config;
+use crate::control::RuleCommand;
+use crate::detect::FrameDetections;
+use crate::detect::load::DetectorLoad;
+use crate::detect::manifest::VerifiedModel;
+use crate::detect::pool::{DetectorPool, PoolCamera, PoolSupervision};
+use crate::detect::summary::DetectionSummary;
+use crate::events::RecordedEvent;
+use crate::progress::Stages;
+use crate::store::Store;
+use crate::store::recorder::{RecorderSettings, StoreStatus};
+
+/// Where the rules stage gets its detections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Detections {
+    /// From the detector pool (the daemon).
+    #[default]
+    Pool,
+    /// The pool's results go to the caller ([`Daemon::take_detections`]), which passes on what it
+    /// wants to the rules ([`Daemon::take_detections_input`]).
+    Intercepted,
+    /// No pool: the caller sends every detection ([`Daemon::take_detections_input`]).
+    Caller,
+}
+
+/// Builds a [`Daemon`]. Without a store, events go to [`Daemon::take_events`].
+pub struct DaemonBuilder {
+    config: Arc<Config>,
+    source: Arc<dyn FrameSource>,
+    detectors: Option<Detectors>,
+    detections: Detections,
+    store: Option<Store>,
+    listener: Option<tokio::net::TcpListener>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl DaemonBuilder {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            config: Arc::new(config.clone()),
+            source: Arc::new(Rtsp),
+            detectors: None,
+            detections: Detections::Pool,
+            store: None,
+            listener: None,
+            metrics: None,
+        }
+    }
+
+    /// Frames from another source than the cameras' RTSP streams.
+    pub fn frames(mut self, source: impl FrameSource + 'static) -> Self {
+        self.source = Arc::new(source);
+        self
+    }
+
+    /// These detectors instead of ONNX sessions built from `detector.model`.
+    pub fn detectors(mut self, detectors: Detectors) -> Self {
+        self.detectors = Some(detectors);
+        self
+    }
+
+    pub fn detections(mut self, detections: Detections) -> Self {
+        self.detections = detections;
+        self
+    }
+
+    /// Record events in `store` (the recorder, retention, MQTT when configured, arming kept in
+    /// `state.dir`).
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Serve the HTTP API here (needs a store).
+    pub fn api(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Keep the Prometheus histograms current and serve them on `/metrics`.
+    pub fn metrics(
+        mut self,
+        handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Self {
+        self.metrics = handle;
+        self
+    }
+
+    /// Builds every stage and starts them, consumers first.
+    pub async fn start(self) -> anyhow::Result<Daemon> {
+        let config = self.config.clone();
+        let detectors = match (self.detectors, self.detections, &config.detector.model) {
+            (Some(d), _, _) => Some(d),
+            (None, Detections::Caller, _) | (None, _, None) => None,
+            (None, _, Some(_)) => {
+                let config = config.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || build_detectors(&config))
+                        .await
+                        .context("detector set-up task failed")??,
+                )
+            }
+        };
+        let mut d = Daemon {
+            config: config.clone(),
+            cameras: Vec::new(),
+            tiers: Tier::ALL.map(|_| TierTasks::default()),
+            model: None,
+            pool: None,
+            stages: Stages::new(config.supervision.stage_deadline),
+            tasks: Arc::default(),
+            fatal: None,
+            fatal_tx: None,
+            rule_commands: None,
+            events: None,
+            events_tx: None,
+            live_tx: None,
+            detections_out: None,
+            detections_in: None,
+            store_status: None,
+        };
+        let (fatal_tx, fatal_rx) = links::FATAL.channel();
+        d.fatal = Some(fatal_rx);
+        d.fatal_tx = Some(fatal_tx.clone());
+        let (events_tx, events_rx) = links::EVENTS.channel::<RecordedEvent>();
+        d.events_tx = Some(events_tx.clone());
+
+        // Open every camera (nothing runs yet): the pool needs their slots.
+        let mut camera_tasks = Vec::new();
+        for cam in &config.cameras {
+            let opened = self.source.open(
+                cam,
+                &config.ingest,
+                &d.stages,
+                d.tiers[Tier::Cameras as usize].cancel.child_token(),
+            )?;
+            match opened.task {
+                Some(task) => camera_tasks.push((format!("camera/{}", cam.id), task)),
+                None => info!(camera = %cam.id, "camera disabled in the config"),
+            }
+            d.cameras.push(opened.handle);
+        }
+        let views: Arc<Vec<CameraView>> =
+            Arc::new(d.cameras.iter().map(CameraView::from).collect());
+        let has_rules = detectors.is_some() || self.detections == Detections::Caller;
+        let (rule_tx, rule_rx) = links::RULE_COMMANDS.channel::<RuleCommand>();
+        let rules_sender = has_rules.then(|| rule_tx.clone());
+        d.rule_commands = Some(rule_tx);
+        let tokens = crate::auth::Tokens::new(&config.api.tokens);
+        let readers = crate::store::reader::Readers::new();
+
+        // Publisher, then recorder and retention.
+        let (store_status_tx, store_status) = watch::channel(StoreStatus::Ok);
+        d.store_status = Some(store_status.clone());
+        match &self.store {
+            Some(store) => {
+                metrics::gauge!("kinderwatch_store_up").set(1.0);
+                let (live_tx, live_rx) = match config.mqtt.is_some() {
+                    true => {
+                        let (tx, rx) = links::LIVE_ALERTS.channel();
+                        d.live_tx = Some(tx.clone());
+                        (Some(tx), Some(rx))
+                    }
+                    false => (None, None),
+                };
+                if let Some(mqtt) = &config.mqtt {
+                    let settings = crate::alert::publisher::PublisherSettings {
+                        config: mqtt.clone(),
+                        site: config.site.id.clone(),
+                        cameras: views.clone(),
+                        commands: crate::alert::commands::CommandContext {
+                            store: store.clone(),
+                            rules: rules_sender.clone(),
+                            cameras: views.clone(),
+                            tokens: tokens.clone(),
+                            readers: readers.clone(),
+                        },
+                        live: live_rx,
+                        stages: Some(d.stages.clone()),
+                    };
+                    let s = store.clone();
+                    d.spawn_in(Tier::Publisher, "publisher", |cancel| {
+                        crate::alert::publisher::run(s, settings, cancel)
+                    });
+                }
+                let settings = RecorderSettings {
+                    site: config.site.id.clone(),
+                    config: config.store.clone(),
+                    outbox: config.mqtt.is_some(),
+                    live: live_tx,
+                    progress: Some(d.stages.register("recorder")),
+                };
+                let (s, fatal) = (store.clone(), fatal_tx.clone());
+                d.spawn_in(Tier::Recorder, "recorder", |cancel| async move {
+                    let recorded = crate::store::recorder::run(
+                        s,
+                        settings,
+                        events_rx,
+                        store_status_tx,
+                        cancel,
+                    );
+                    if let Err(e) = recorded.await {
+                        let _ = fatal.send(e.to_string()).await;
+                    }
+                });
+                let (s, c) = (store.clone(), config.store.clone());
+                d.spawn_in(Tier::Recorder, "retention", |cancel| {
+                    crate::store::recorder::run_retention(s, c, cancel)
+                });
+            }
+            None => d.events = Some(events_rx),
+        }
+        if let Some(h) = self.metrics.clone() {
+            d.spawn_in(Tier::Recorder, "metrics", |cancel| {
+                crate::telemetry::metrics_upkeep(h, cancel)
+            });
+        }
+
+        // The detector pool's workers start idle (no camera runs yet); the rules start before
+        // anything can reach them, the API once the pool's load can be read.
+        let (load_tx, detector_load) = watch::channel(DetectorLoad::default());
+        let mut rules_input = None;
+        if let Some(Detectors {
+            model,
+            sessions,
+            factory,
+        }) = detectors
+        {
+            let pool_cameras = config
+                .cameras
+                .iter()
+                .zip(&d.cameras)
+                .filter(|(c, _)| c.enabled)
+                .map(|(cam, handle)| PoolCamera {
+                    id: handle.id.clone(),
+                    slot: handle.slot.clone(),
+                    interval: Duration::from_secs_f64(1.0 / cam.detect_fps as f64),
+                    motion_masks: cam.motion_masks.clone(),
+                })
+                .collect();
+            let (pool, rx) = DetectorPool::start_supervised(
+                pool_cameras,
+                sessions,
+                &config.motion,
+                links::DETECTIONS
+                    .with_capacity(config.detector.output_queue)
+                    .capacity,
+                PoolSupervision {
+                    stages: Some(d.stages.clone()),
+                    factory: Some(factory),
+                },
+            );
+            info!(workers = pool.workers(), model = %model.manifest.name, "detector pool started");
+            match self.detections {
+                Detections::Pool => rules_input = Some(rx),
+                _ => d.detections_out = Some(rx),
+            }
+            d.model = Some(model);
+            d.pool = Some(pool);
+        }
+        if has_rules && rules_input.is_none() {
+            let (tx, rx) = links::DETECTIONS
+                .with_capacity(config.detector.output_queue)
+                .channel();
+            d.detections_in = Some(tx);
+            rules_input = Some(rx);
+        }
+        if let (Some(listener), Some(store)) = (self.listener, &self.store) {
+            let state = crate::api::ApiState {
+                site: config.site.id.as_str().into(),
+                store: store.clone(),
+                store_status: store_status.clone(),
+                detector_load,
+                cameras: views.clone(),
+                rules: rules_sender.clone(),
+                metrics: self.metrics.clone(),
+                tokens,
+                readers,
+                request_timeout: config.api.request_timeout,
+                stages: d.stages.clone(),
+            };
+            if config.api.tokens.is_empty() {
+                warn!(
+                    "no [[api.tokens]] configured: the HTTP API answers only /healthz; `kinderwatch token` makes one"
+                );
+            }
+            d.spawn_in(Tier::Api, "api", |cancel| async move {
+                if let Err(e) = crate::api::serve(listener, state, cancel).await {
+                    tracing::error!(error = %e, "HTTP API stopped");
+                }
+            });
+        }
+        match rules_input {
+            Some(rx) => {
+                let pool = d.pool.as_ref();
+                let live = pool.map_or_else(Default::default, |pool| {
+                    d.cameras
+                        .iter()
+                        .filter_map(|c| pool.live_tracks_flag(&c.id).map(|f| (c.id.clone(), f)))
+                        .collect()
+                });
+                let arming = self.store.is_some().then(|| {
+                    if let Err(e) = std::fs::create_dir_all(&config.state.dir) {
+                        warn!(dir = %config.state.dir.display(), error = %e, "state directory not usable");
+                    }
+                    crate::perimeter::ArmingStore::new(&config.state.dir)
+                });
+                let io = crate::perimeter::PerimeterIo {
+                    live_tracks: live,
+                    events: events_tx.clone(),
+                    summary: pool.map(|p| DetectionSummary::new(p.stats_reader())),
+                    commands: Some(rule_rx),
+                    arming,
+                    progress: Some(d.stages.register("rules")),
+                };
+                let c = config.clone();
+                d.spawn_in(Tier::Rules, "rules", |cancel| {
+                    crate::perimeter::run(c, rx, io, cancel)
+                });
+            }
+            None => {
+                for cam in d.cameras.clone() {
+                    d.spawn_in(Tier::Cameras, format!("frames/{}", cam.id), |cancel| {
+                        report_frames(cam, Duration::from_secs(5), cancel)
+                    });
+                }
+            }
+        }
+        if let Some(pool) = &d.pool {
+            let stats = pool.stats_reader();
+            d.spawn_in(Tier::Cameras, "detector_load", |cancel| {
+                crate::detect::load::monitor(stats, LOAD_PERIOD, load_tx, cancel)
+            });
+        }
+
+        // The cameras last, each with its health watch and state log.
+        let pictures = d.pool.as_ref().map(|p| p.stats_reader());
+        for cam in d.cameras.clone() {
+            let (c, site, p, h, tx) = (
+                cam.clone(),
+                config.site.id.clone(),
+                pictures.clone(),
+                config.health.clone(),
+                events_tx.clone(),
+            );
+            d.spawn_in(Tier::Cameras, format!("health/{}", cam.id), |cancel| {
+                crate::health::watch_camera(c, site, p, h, tx, cancel)
+            });
+            d.spawn_in(Tier::Cameras, format!("state_log/{}", cam.id), |cancel| {
+                log_state_changes(cam, cancel)
+            });
+        }
+        for (name, task) in camera_tasks {
+            d.spawn_in(Tier::Cameras, name, |_| task);
+        }
+        Ok(d)
+    }
+}
+
+/// The groups of tasks, in start order; they stop in reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Publisher,
+    Recorder,
+    Api,
+    Rules,
+    Cameras,
+    /// Tasks added with [`Daemon::spawn`], stopped first.
+    Added,
+}
+
+impl Tier {
+    const ALL: [Tier; 6] = [
+        Tier::Publisher,
+        Tier::Recorder,
+        Tier::Api,
+        Tier::Rules,
+        Tier::Cameras,
+        Tier::Added,
+    ];
+}
+
+struct TierTasks {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Default for TierTasks {
+    fn default() -> Self {
+        Self {
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+}
+
+/// The running daemon: every stage of the graph, and what the caller may hold of it.
+pub struct Daemon {
+    config: Arc<Config>,
+    cameras: Vec<CameraHandle>,
+    tiers: [TierTasks; 6],
+    model: Option<VerifiedModel>,
+    pool: Option<DetectorPool>,
+    stages: Stages,
+    /// Every task by name, and whether it has ended.
+    tasks: Arc<Mutex<Vec<NamedTask>>>,
+    fatal: Option<mpsc::Receiver<String>>,
+    fatal_tx: Option<mpsc::Sender<String>>,
+    rule_commands: Option<mpsc::Sender<RuleCommand>>,
+    events: Option<mpsc::Receiver<RecordedEvent>>,
+    events_tx: Option<mpsc::Sender<RecordedEvent>>,
+    live_tx: Option<mpsc::Sender<crate::store::recorder::LiveEvent>>,
+    detections_out: Option<mpsc::Receiver<FrameDetections>>,
+    detections_in: Option<mpsc::Sender<FrameDetections>>,
+    store_status: Option<watch::Receiver<StoreStatus>>,
+}
+
+/// A task of the daemon, by name (`camera/<id>`, `recorder`, `publisher`, ...).
+struct NamedTask {
+    name: String,
+    ended: Arc<AtomicBool>,
+}
+
+/// Marks its task ended when dropped: when the task returns, and when it panics.
+struct EndGuard(Arc<AtomicBool>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// How shutdown went.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownReport {
+    pub elapsed: Duration,
+    /// False if some task was still running when the grace period ran out.
+    pub clean: bool,
+}
+
+impl Daemon {
+    pub fn builder(config: &Config) -> DaemonBuilder {
+        DaemonBuilder::new(config)
+    }
+
+    /// The daemon's graph from `config` with the cameras over RTSP, without a store or API:
+    /// events go to [`Self::take_events`].
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        DaemonBuilder::new(config).start().await
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The daemon's stages (each reports progress; see [`crate::progress`]).
+    pub fn stages(&self) -> &Stages {
+        &self.stages
+    }
+
+    /// Where a task that cannot go on says why: the daemon stops with that error.
+    pub fn fatal(&self) -> mpsc::Sender<String> {
+        self.fatal_tx.clone().expect("the fatal link")
+    }
+
+    /// The receiving end of [`Self::fatal`] (once).
+    pub fn take_fatal(&mut self) -> Option<mpsc::Receiver<String>> {
+        self.fatal.take()
+    }
+
+    pub fn cameras(&self) -> &[CameraHandle] {
+        &self.cameras
+    }
+
+    pub fn model(&self) -> Option<&VerifiedModel> {
+        self.model.as_ref()
+    }
+
+    pub fn pool(&self) -> Option<&DetectorPool> {
+        self.pool.as_ref()
+    }
+
+    /// Where run-time rule commands (arm, disarm, list) go.
+    pub fn rule_commands(&self) -> mpsc::Sender<RuleCommand> {
+        self.rule_commands.clone().expect("the rule command link")
+    }
+
+    /// The store's write status (`failing` while it cannot write).
+    pub fn store_status(&self) -> watch::Receiver<StoreStatus> {
+        self.store_status.clone().expect("the store status")
+    }
+
+    /// The events of the rules and health stages (once; only without a store).
+    pub fn take_events(&mut self) -> Option<mpsc::Receiver<RecordedEvent>> {
+        self.events.take()
+    }
+
+    /// Where events go to be recorded, as the rules and health stages send them.
+    pub fn events_input(&self) -> mpsc::Sender<RecordedEvent> {
+        self.events_tx.clone().expect("the events link")
+    }
+
+    /// Where the recorder sends the events it could not write yet, to the publisher (with a store
+    /// and MQTT).
+    pub fn live_alerts_input(&self) -> Option<mpsc::Sender<crate::store::recorder::LiveEvent>> {
+        self.live_tx.clone()
+    }
+
+    /// The pool's results (once; with [`Detections::Intercepted`]).
+    pub fn take_detections(&mut self) -> Option<mpsc::Receiver<FrameDetections>> {
+        self.detections_out.take()
+    }
+
+    /// Where detections go to the rules (once; with [`Detections::Intercepted`] or
+    /// [`Detections::Caller`]). The daemon keeps no copy: when the caller drops it, the rules
+    /// finish what they have (snapshots included) and their task ends.
+    pub fn take_detections_input(&mut self) -> Option<mpsc::Sender<FrameDetections>> {
+        self.detections_in.take()
+    }
+
+    fn spawn_in<F>(
+        &self,
+        tier: Tier,
+        name: impl Into<String>,
+        f: impl FnOnce(CancellationToken) -> F,
+    ) where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let t = &self.tiers[tier as usize];
+        let ended = Arc::new(AtomicBool::new(false));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(NamedTask {
+                name: name.into(),
+                ended: ended.clone(),
+            });
+        let task = f(t.cancel.child_token());
+        t.tracker.spawn(async move {
+            let _guard = EndGuard(ended);
+            task.await;
+        });
+    }
+
+    /// Spawns a task that stops with the daemon (first), under a name the log uses if it ends
+    /// early.
+    pub fn spawn<F>(&self, name: impl Into<String>, f: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.spawn_in(Tier::Added, name, f);
+    }
+
+    /// The tasks that have ended (on their own, unless the daemon is stopping).
+    pub fn ended_tasks(&self) -> Vec<String> {
+        ended(&self.tasks)
+    }
+
+    /// [`Self::ended_tasks`] for another thread (the progress monitor).
+    pub fn liveness(&self) -> impl Fn() -> Vec<String> + Send + 'static {
+        let tasks = self.tasks.clone();
+        move || ended(&tasks)
+    }
+
+    /// Stops the stages in reverse start order, each group waited for in turn, all within
+    /// `grace`: the cameras (pipelines to Null), the detector pool, the rules, the API, the
+    /// recorder, the publisher.
+    pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + grace;
+        self.stages.stopping();
+        // The daemon's own ends of the links: the stages close them.
+        self.events_tx = None;
+        self.live_tx = None;
+        self.rule_commands = None;
+        let mut clean = true;
+        for tier in Tier::ALL.iter().rev() {
+            let t = &self.tiers[*tier as usize];
+            t.cancel.cancel();
+            t.tracker.close();
+            clean &= tokio::time::timeout_at(deadline, t.tracker.wait())
+                .await
+                .is_ok();
+            if *tier == Tier::Cameras
+                && let Some(pool) = self.pool.take()
+            {
+                let stop = tokio::task::spawn_blocking(move || pool.shutdown());
+                clean &= tokio::time::timeout_at(deadline, stop).await.is_ok();
+            }
+        }
+        ShutdownReport {
+            elapsed: started.elapsed(),
+            clean,
+        }
+    }
+}
+
+fn ended(tasks: &Mutex<Vec<NamedTask>>) -> Vec<String> {
+    tasks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|t| t.ended.load(Ordering::SeqCst))
+        .map(|t| t.name.clone())
+        .collect()
+}
