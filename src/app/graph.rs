@@ -403,6 +403,17 @@ enum Tier {
 }
 
 impl Tier {
+    fn name(self) -> &'static str {
+        match self {
+            Tier::Publisher => "publisher",
+            Tier::Recorder => "recorder",
+            Tier::Api => "api",
+            Tier::Rules => "rules",
+            Tier::Cameras => "cameras",
+            Tier::Added => "added",
+        }
+    }
+
     const ALL: [Tier; 6] = [
         Tier::Publisher,
         Tier::Recorder,
@@ -464,11 +475,13 @@ impl Drop for EndGuard {
 }
 
 /// How shutdown went.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ShutdownReport {
     pub elapsed: Duration,
     /// False if some task was still running when the grace period ran out.
     pub clean: bool,
+    /// The groups of stages in the order they stopped (`cameras`, `detectors`, `rules`, ...).
+    pub stopped: Vec<&'static str>,
 }
 
 impl Daemon {
@@ -607,6 +620,7 @@ impl Daemon {
         self.live_tx = None;
         self.rule_commands = None;
         let mut clean = true;
+        let mut stopped = Vec::new();
         for tier in Tier::ALL.iter().rev() {
             let t = &self.tiers[*tier as usize];
             t.cancel.cancel();
@@ -614,16 +628,19 @@ impl Daemon {
             clean &= tokio::time::timeout_at(deadline, t.tracker.wait())
                 .await
                 .is_ok();
+            stopped.push(tier.name());
             if *tier == Tier::Cameras
                 && let Some(pool) = self.pool.take()
             {
                 let stop = tokio::task::spawn_blocking(move || pool.shutdown());
                 clean &= tokio::time::timeout_at(deadline, stop).await.is_ok();
+                stopped.push("detectors");
             }
         }
         ShutdownReport {
             elapsed: started.elapsed(),
             clean,
+            stopped,
         }
     }
 }
