@@ -1,19 +1,21 @@
 //! The HTTP API on port 0 over a real sled store, the real perimeter stage (rules, arming) and
 //! the real recorder: auth and roles, bad parameters, pagination, snapshots, arming, metrics.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use jiff::{SignedDuration, Timestamp};
-use kinderwatch::api::{self, ApiState, CameraView, Role, TokenConfig, Tokens};
-use kinderwatch::camera::{CameraState, CameraStatus};
+use kinderwatch::api::{self, ApiState, Role, TokenConfig};
+use kinderwatch::app::{Daemon, Detections, FrameSource, OpenedCamera};
+use kinderwatch::camera::{CameraHandle, CameraState, CameraStatus};
+use kinderwatch::config::{CameraConfig, IngestConfig};
 use kinderwatch::detect::FrameDetections;
 use kinderwatch::detect::load::{BehindCamera, DetectorLoad};
 use kinderwatch::events::{BOX_COLOUR, Event, EventKind};
-use kinderwatch::perimeter::{self, ArmingStore, PerimeterIo, RecordedEvent};
-use kinderwatch::store::recorder::{self, RecorderSettings, StoreStatus};
-use kinderwatch::store::{Store, StoreConfig};
+use kinderwatch::perimeter::RecordedEvent;
+use kinderwatch::progress::Stages;
+use kinderwatch::store::Store;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -28,18 +30,58 @@ struct Harness {
     store: Store,
     detections: mpsc::Sender<FrameDetections>,
     camera_status: watch::Sender<CameraStatus>,
-    detector_load: watch::Sender<DetectorLoad>,
+    daemon: Option<Daemon>,
     state: ApiState,
-    cancel: CancellationToken,
     _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn detector_load(&self) -> &watch::Sender<DetectorLoad> {
+        self.daemon
+            .as_ref()
+            .and_then(|d| d.detector_load_input())
+            .expect("no pool: the test says the load")
+    }
 }
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        self.cancel.cancel();
+        if let Some(d) = self.daemon.take() {
+            self.rt.block_on(d.shutdown(Duration::from_secs(5)));
+        }
     }
 }
 
+/// Cameras whose status the test sets (they deliver no frames).
+#[derive(Default, Clone)]
+struct TestCameras {
+    status: Arc<Mutex<Vec<watch::Sender<CameraStatus>>>>,
+}
+
+impl FrameSource for TestCameras {
+    fn open(
+        &self,
+        camera: &CameraConfig,
+        _ingest: &IngestConfig,
+        _stages: &Stages,
+        _cancel: CancellationToken,
+    ) -> anyhow::Result<OpenedCamera> {
+        let (tx, rx) = watch::channel(CameraStatus::new(CameraState::Connecting));
+        self.status.lock().unwrap().push(tx);
+        Ok(OpenedCamera {
+            handle: CameraHandle {
+                id: camera.id.as_str().into(),
+                name: "Front gate".into(),
+                slot: Arc::default(),
+                status: rx,
+            },
+            task: None,
+        })
+    }
+}
+
+/// The daemon's graph with camera `gate` (status set by the test), detections from the test, the
+/// real rules, recorder and store, and the API on a free port.
 fn start() -> Harness {
     common::init_logs();
     let metrics = kinderwatch::telemetry::install_metrics();
@@ -53,15 +95,13 @@ fn start() -> Harness {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store_config = StoreConfig {
-        min_free_mb: 1,
-        ..StoreConfig::default()
-    };
-    let store = Store::open(&dir.path().join("events.db"), &store_config).unwrap();
-    let config = common::fence_config();
+    let mut config = (*common::fence_config()).clone();
+    config.store.min_free_mb = 1;
+    config.state.dir = dir.path().to_owned();
+    let store = Store::open(&dir.path().join("events.db"), &config.store).unwrap();
     let (read, read_hash) = api::auth::new_token();
     let (admin, admin_hash) = api::auth::new_token();
-    let tokens = Tokens::new(&[
+    config.api.tokens = vec![
         TokenConfig {
             name: "operator".into(),
             role: Role::Read,
@@ -72,71 +112,34 @@ fn start() -> Harness {
             role: Role::Admin,
             sha256: admin_hash,
         },
-    ]);
-    let cancel = CancellationToken::new();
-    let (detections, detections_rx) = mpsc::channel(64);
-    let (commands, commands_rx) = mpsc::channel(4);
-    let (events_tx, events_rx) = mpsc::channel(64);
-    let (status_tx, store_status) = watch::channel(StoreStatus::Ok);
-    let (camera_status, camera_rx) = watch::channel(CameraStatus::new(CameraState::Connecting));
-    let (detector_load, load_rx) = watch::channel(DetectorLoad::default());
-    let (base, state) = rt.block_on(async {
-        let io = PerimeterIo {
-            live_tracks: HashMap::new(),
-            events: events_tx,
-            summary: None,
-            commands: Some(commands_rx),
-            arming: Some(ArmingStore::new(dir.path())),
-            progress: None,
-        };
-        tokio::spawn(perimeter::run(config, detections_rx, io, cancel.clone()));
-        let settings = RecorderSettings {
-            site: "kg-7".into(),
-            config: store_config,
-            outbox: false,
-            live: None,
-            progress: None,
-        };
-        tokio::spawn(recorder::run(
-            store.clone(),
-            settings,
-            events_rx,
-            status_tx,
-            cancel.clone(),
-        ));
+    ];
+    config.api.request_timeout = Duration::from_secs(5);
+    let cameras = TestCameras::default();
+    let (base, mut daemon) = rt.block_on(async {
         let listener = api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = ApiState {
-            site: "kg-7".into(),
-            store: store.clone(),
-            store_status,
-            detector_load: load_rx,
-            cameras: Arc::new(vec![CameraView {
-                id: "gate".into(),
-                name: "Front gate".into(),
-                status: camera_rx,
-            }]),
-            rules: Some(commands),
-            metrics,
-            tokens,
-            readers: kinderwatch::store::reader::Readers::new(),
-            request_timeout: Duration::from_secs(5),
-            stages: Default::default(),
-        };
-        tokio::spawn(api::serve(listener, state.clone(), cancel.clone()));
-        (base, state)
+        let daemon = Daemon::builder(&config)
+            .frames(cameras.clone())
+            .detections(Detections::Caller)
+            .store(store.clone())
+            .api(listener)
+            .metrics(metrics)
+            .start()
+            .await
+            .unwrap();
+        (base, daemon)
     });
+    let camera_status = cameras.status.lock().unwrap().pop().expect("camera gate");
     Harness {
         rt,
         base,
         read,
         admin,
         store,
-        detections,
+        detections: daemon.take_detections_input().unwrap(),
         camera_status,
-        detector_load,
-        state,
-        cancel,
+        state: daemon.api_state().unwrap().clone(),
+        daemon: Some(daemon),
         _dir: dir,
     }
 }
@@ -478,7 +481,7 @@ fn cameras_health_and_metrics_report_state() {
 
     // An overloaded detector: degraded (still 200: every camera is inferred, less often), naming
     // the camera and its rates.
-    h.detector_load.send_replace(DetectorLoad {
+    h.detector_load().send_replace(DetectorLoad {
         behind: vec![BehindCamera {
             camera: "gate".into(),
             inferred_fps: 2.5,
@@ -500,7 +503,7 @@ fn cameras_health_and_metrics_report_state() {
             .parse::<Timestamp>()
             .is_ok()
     );
-    h.detector_load.send_replace(DetectorLoad::default());
+    h.detector_load().send_replace(DetectorLoad::default());
 
     walk_across(&h);
     wait_events(&h, "kind=line_crossed", 1);

@@ -151,6 +151,8 @@ impl DaemonBuilder {
             detections_out: None,
             detections_in: None,
             store_status: None,
+            load_tx: None,
+            api_state: None,
         };
         let (fatal_tx, fatal_rx) = links::FATAL.channel();
         d.fatal = Some(fatal_rx);
@@ -317,6 +319,7 @@ impl DaemonBuilder {
                     "no [[api.tokens]] configured: the HTTP API answers only /healthz; `kinderwatch token` makes one"
                 );
             }
+            d.api_state = Some(state.clone());
             d.spawn_in(Tier::Api, "api", |cancel| async move {
                 if let Err(e) = crate::api::serve(listener, state, cancel).await {
                     tracing::error!(error = %e, "HTTP API stopped");
@@ -359,11 +362,14 @@ impl DaemonBuilder {
                 }
             }
         }
-        if let Some(pool) = &d.pool {
-            let stats = pool.stats_reader();
-            d.spawn_in(Tier::Cameras, "detector_load", |cancel| {
-                crate::detect::load::monitor(stats, LOAD_PERIOD, load_tx, cancel)
-            });
+        match &d.pool {
+            Some(pool) => {
+                let stats = pool.stats_reader();
+                d.spawn_in(Tier::Cameras, "detector_load", |cancel| {
+                    crate::detect::load::monitor(stats, LOAD_PERIOD, load_tx, cancel)
+                });
+            }
+            None => d.load_tx = Some(load_tx),
         }
 
         // The cameras last, each with its health watch and state log.
@@ -457,6 +463,9 @@ pub struct Daemon {
     detections_out: Option<mpsc::Receiver<FrameDetections>>,
     detections_in: Option<mpsc::Sender<FrameDetections>>,
     store_status: Option<watch::Receiver<StoreStatus>>,
+    /// Without a pool nothing assesses the detector's load: the caller may say it.
+    load_tx: Option<watch::Sender<DetectorLoad>>,
+    api_state: Option<crate::api::ApiState>,
 }
 
 /// A task of the daemon, by name (`camera/<id>`, `recorder`, `publisher`, ...).
@@ -550,6 +559,17 @@ impl Daemon {
     /// and MQTT).
     pub fn live_alerts_input(&self) -> Option<mpsc::Sender<crate::store::recorder::LiveEvent>> {
         self.live_tx.clone()
+    }
+
+    /// The detector's load as the API reports it, when there is no pool to assess it (with
+    /// [`Detections::Caller`]).
+    pub fn detector_load_input(&self) -> Option<&watch::Sender<DetectorLoad>> {
+        self.load_tx.as_ref()
+    }
+
+    /// What the HTTP API serves from (with [`DaemonBuilder::api`]), for a router of its own.
+    pub fn api_state(&self) -> Option<&crate::api::ApiState> {
+        self.api_state.as_ref()
     }
 
     /// The pool's results (once; with [`Detections::Intercepted`]).
