@@ -510,10 +510,7 @@ fn scenario(server: &Server, busy: usize, still: usize, window: Duration) -> Out
 /// How long after a still camera's picture starts moving its first moving frame is inferred
 /// (the pool with a real model, keyframes-only decoding), over `tries` changes.
 fn motion_latency(tries: usize) -> Vec<f64> {
-    use kinderwatch::camera::supervisor::CameraSupervisor;
     use kinderwatch::camera::{CameraState, DecodeDemand};
-    use kinderwatch::detect::motion::MotionConfig;
-    use kinderwatch::detect::pool::{DetectorPool, PoolCamera};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -531,25 +528,17 @@ fn motion_latency(tries: usize) -> Vec<f64> {
                 &server.url(),
                 "detect_width = 640\ndetect_height = 360\ndetect_fps = 5",
             );
-            let cancel = tokio_util::sync::CancellationToken::new();
-            let (sup, handle) =
-                CameraSupervisor::new(&cam, &common::fast_ingest(), cancel.clone()).unwrap();
-            let task = tokio::spawn(sup.unwrap().run());
-            let mut config = common::config(vec![]);
+            let mut config = common::config(vec![cam]);
             config.detector.model = Some(model_manifest());
             config.detector.workers = 1;
-            let detectors = kinderwatch::app::build_detectors(&config).unwrap().sessions;
-            let (pool, mut rx) = DetectorPool::start(
-                vec![PoolCamera {
-                    id: handle.id.clone(),
-                    slot: handle.slot.clone(),
-                    interval: Duration::from_millis(200),
-                    motion_masks: vec![],
-                }],
-                detectors,
-                &MotionConfig::default(),
-                16,
-            );
+            config.detector.output_queue = 16;
+            let mut daemon = kinderwatch::app::Daemon::builder(&config)
+                .detections(kinderwatch::app::Detections::Intercepted)
+                .start()
+                .await
+                .unwrap();
+            let mut rx = daemon.take_detections().unwrap();
+            let handle = daemon.cameras()[0].clone();
             let mut status = handle.status.clone();
             common::wait_state(&mut status, CameraState::Streaming, Duration::from_secs(20)).await;
             while handle.slot.decode_demand() != DecodeDemand::Keyframes {
@@ -567,9 +556,7 @@ fn motion_latency(tries: usize) -> Vec<f64> {
                     break;
                 }
             }
-            cancel.cancel();
-            task.await.unwrap();
-            drop(pool);
+            daemon.shutdown(Duration::from_secs(5)).await;
         }
         out
     })

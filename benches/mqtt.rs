@@ -13,18 +13,14 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use kinderwatch::alert::commands::CommandContext;
-use kinderwatch::alert::publisher::{self, PublisherSettings};
 use kinderwatch::config::Config;
 use kinderwatch::events::{Event, EventKind};
 use kinderwatch::perimeter::RecordedEvent;
 use kinderwatch::store::{Store, StoreConfig};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use common::broker::{self, Broker};
 
@@ -90,24 +86,14 @@ async fn drain(n: usize, snapshot: Option<&[u8]>, broker_extra: &str) {
         snapshot.is_some()
     );
     let config = Config::from_toml(&text, Path::new("b.toml"), Path::new(".")).unwrap();
-    let cancel = CancellationToken::new();
-    let cameras = Arc::new(Vec::new());
-    let settings = PublisherSettings {
-        config: config.mqtt.clone().unwrap(),
-        site: "bench".into(),
-        cameras: cameras.clone(),
-        commands: CommandContext {
-            store: store.clone(),
-            rules: None,
-            cameras,
-            tokens: Default::default(),
-            readers: kinderwatch::store::reader::Readers::new(),
-        },
-        live: None,
-        stages: None,
-    };
+    // The daemon's graph around the store: the publisher drains the outbox (no camera frames).
     let started = Instant::now();
-    let task = tokio::spawn(publisher::run(store.clone(), settings, cancel.clone()));
+    let daemon = kinderwatch::app::Daemon::builder(&config)
+        .frames(kinderwatch::app::Synthetic::new(|_, _| None))
+        .store(store.clone())
+        .start()
+        .await
+        .unwrap();
     let mut received = 0;
     let mut snapshot_bytes = 0;
     let want = if snapshot.is_some() { 2 * n } else { n };
@@ -144,8 +130,7 @@ async fn drain(n: usize, snapshot: Option<&[u8]>, broker_extra: &str) {
         emptied.as_secs_f64(),
         n as f64 / emptied.as_secs_f64()
     );
-    cancel.cancel();
-    task.await.unwrap();
+    daemon.shutdown(Duration::from_secs(10)).await;
 }
 
 async fn latency(cameras: usize, window: Duration) {
