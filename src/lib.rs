@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod detect;
 pub mod events;
+pub mod geometry;
 pub mod health;
 pub mod history;
 pub mod ops;
