@@ -22,6 +22,7 @@ pub mod progress;
 pub mod rules;
 pub mod store;
 pub mod telemetry;
+pub mod validate;
 
 /// Initialises GStreamer once; safe to call from many threads and tests.
 pub fn init_gstreamer() -> Result<(), gstreamer::glib::Error> {

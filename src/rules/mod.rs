@@ -6,13 +6,17 @@
 //! - [`tracker`]: per-camera tracks with stable ids, paths and best snapshots;
 //! - [`tripwire`]: line crossings with direction and hysteresis (ONVIF LineDetector);
 //! - [`zone`]: entering, leaving and loitering in polygons (FieldDetector, LoiteringDetector);
-//! - [`schedule`]: weekly arming windows in the site's time zone, with dated exceptions.
-//! - [`engine`]: rules per camera (filters, masks, arming, schedules, cooldowns) → rule hits.
+//! - [`schedule`]: weekly arming windows in the site's time zone, with dated exceptions;
+//! - [`engine`]: rules per camera (filters, masks, arming, schedules, cooldowns) → rule hits;
+//! - [`config`]: the `[[zones]]` and `[[rules]]` sections, compiled into [`spec`]: each camera's
+//!   checked rules, which its engine is built from.
 
 pub use crate::geometry;
 
+pub mod config;
 pub mod engine;
 pub mod schedule;
+pub mod spec;
 pub mod tracker;
 pub mod tripwire;
 pub mod zone;
