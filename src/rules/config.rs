@@ -347,6 +347,7 @@ fn rule_spec(
 mod tests {
     use std::path::Path;
 
+    use super::*;
     use crate::config::{Config, ConfigError};
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -376,5 +377,236 @@ mod tests {
         let bad = text.replace("2026-12-24", "2026-13-40");
         let e = parse(&bad).unwrap_err().to_string();
         assert!(e.contains("rules[0].exceptions"), "{e}");
+    }
+
+    /// Deserialised only: the rules section is compiled on its own, without the rest of validation.
+    fn site(text: &str) -> Config {
+        toml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const SITE: &str = r#"
+        [site]
+        id = "kg-1"
+        time_zone = "Europe/Berlin"
+        [[cameras]]
+        id = "gate"
+        url = "rtsp://10.0.0.5/s"
+        object_masks = [[[0.0, 0.0], [0.2, 0.0], [0.2, 0.2]]]
+        [[cameras]]
+        id = "yard"
+        url = "rtsp://10.0.0.6/s"
+        [[zones]]
+        id = "path"
+        camera = "gate"
+        polygon = [[0.1, 0.6], [0.9, 0.6], [0.9, 1.0], [0.1, 1.0]]
+        [[rules]]
+        id = "path-entry"
+        camera = "gate"
+        kind = "zone"
+        zone = "path"
+        report_left = true
+        schedule = ["Mon-Fri 19:00-07:30"]
+        cooldown = "5m"
+        [[rules]]
+        id = "path-loitering"
+        camera = "gate"
+        kind = "loitering"
+        zone = "path"
+        dwell = "30s"
+        armed = false
+    "#;
+
+    /// A valid section compiles to each camera's rules: the zone's polygon resolved, the schedule
+    /// parsed in the site's time zone, the camera's masks beside them.
+    #[test]
+    fn a_valid_section_compiles_to_specs() {
+        let specs = site(SITE).rule_specs().unwrap();
+        assert_eq!(specs.cameras.len(), 2);
+        assert!(specs.camera("yard").unwrap().rules.is_empty());
+        let gate = specs.camera("gate").unwrap();
+        assert_eq!(gate.object_masks.len(), 1);
+        let path = vec![[0.1, 0.6], [0.9, 0.6], [0.9, 1.0], [0.1, 1.0]];
+        let [entry, loitering] = &gate.rules[..] else {
+            panic!("two rules: {:?}", gate.rules)
+        };
+        assert_eq!(entry.id, "path-entry");
+        assert_eq!(
+            entry.trigger,
+            TriggerSpec::Zone {
+                zone: "path".into(),
+                polygon: path.clone(),
+                min_frames: 2,
+                report_left: true,
+            }
+        );
+        assert_eq!(entry.cooldown, Duration::from_secs(300));
+        assert_eq!(entry.filter.classes, ["person"]);
+        // Wednesday 2 December 2026: 20:00 in Berlin is 19:00 UTC.
+        assert!(
+            entry
+                .schedule
+                .is_active("2026-12-02T19:00:00Z".parse().unwrap())
+        );
+        assert!(
+            !entry
+                .schedule
+                .is_active("2026-12-02T17:30:00Z".parse().unwrap())
+        );
+        assert_eq!(
+            loitering.trigger,
+            TriggerSpec::Loitering {
+                zone: "path".into(),
+                polygon: path,
+                min_frames: 2,
+                dwell: Duration::from_secs(30),
+            }
+        );
+        assert!(!loitering.armed && entry.armed);
+        let engine = crate::rules::engine::Engine::from(gate);
+        assert_eq!(engine.rules().len(), 2);
+    }
+
+    /// Each kind of mistake is a problem at its key path, and its rule compiles to nothing; the
+    /// sound rule beside them still compiles.
+    #[test]
+    fn each_mistake_has_its_key_path() {
+        let text = format!(
+            "{SITE}{}",
+            r#"
+        [[zones]]
+        id = "path"
+        camera = "nowhere"
+        polygon = [[0.1, 0.1], [0.2, 0.2]]
+        [[zones]]
+        id = "Yard Zone"
+        camera = "yard"
+        polygon = [[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]]
+        [[rules]]
+        id = "path-entry"
+        camera = "ghost"
+        kind = "tripwire"
+        line = [[0.1, 0.5]]
+        hysteresis = 0.7
+        [[rules]]
+        id = "no-zone"
+        camera = "gate"
+        kind = "zone"
+        min_frames = 0
+        [[rules]]
+        id = "unknown-zone"
+        camera = "gate"
+        kind = "zone"
+        zone = "nope"
+        min_score = 1.5
+        [[rules]]
+        id = "other-camera"
+        camera = "gate"
+        kind = "loitering"
+        zone = "Yard Zone"
+        classes = []
+        [[rules]]
+        id = "Bad Id"
+        camera = "gate"
+        kind = "tripwire"
+        line = [[0.0, 0.5], [1.0, 0.5]]
+        schedule = ["Mon-Fry 19:00-07:30"]
+        [[rules]]
+        id = "holiday"
+        camera = "gate"
+        kind = "tripwire"
+        line = [[0.0, 0.5], [1.0, 0.5]]
+        exceptions = [{ date = "2026-02-30", windows = [] }]
+        "#
+        )
+        .replace(
+            "object_masks = [[[0.0, 0.0], [0.2, 0.0], [0.2, 0.2]]]",
+            "object_masks = [[[0.0, 0.0], [0.2, 0.0], [0.2, 0.2]], [[0.5, 0.5]]]",
+        );
+        let config = site(&text);
+        let mut paths: Vec<String> = config
+            .rule_specs()
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
+        paths.sort();
+        let mut expected = vec![
+            "cameras[0].object_masks[1]",
+            "zones[1].id",
+            "zones[1].camera",
+            "zones[1].polygon",
+            "zones[2].id",
+            "rules[2].id",
+            "rules[2].camera",
+            "rules[2].line",
+            "rules[2].hysteresis",
+            "rules[3].zone",
+            "rules[3].min_frames",
+            "rules[4].zone",
+            "rules[4].min_score",
+            "rules[5].zone",
+            "rules[5].dwell",
+            "rules[5].classes",
+            "rules[6].id",
+            "rules[6].schedule",
+            "rules[7].exceptions",
+        ];
+        expected.sort();
+        assert_eq!(paths, expected);
+        let mut v = Validator::default();
+        let cameras: Vec<RuleCamera> = config
+            .cameras
+            .iter()
+            .map(|c| RuleCamera {
+                id: &c.id,
+                object_masks: &c.object_masks,
+            })
+            .collect();
+        let specs = compile(
+            &config.zones,
+            &config.rules,
+            &cameras,
+            &TimeZone::UTC,
+            &mut v,
+        );
+        let gate = specs.camera("gate").unwrap();
+        let ids: Vec<&str> = gate.rules.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["path-entry", "path-loitering"]);
+        assert_eq!(gate.object_masks.len(), 1, "the sound mask");
+    }
+
+    /// Every example config in the repository compiles a spec for each of its rules, on its
+    /// camera (the rest of validation needs the files the examples point at).
+    #[test]
+    fn the_example_configs_compile_every_rule() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let file = entry.unwrap().path();
+            if file.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            files += 1;
+            let config = site(&std::fs::read_to_string(&file).unwrap());
+            let specs = config
+                .rule_specs()
+                .unwrap_or_else(|p| panic!("{}: {p:?}", file.display()));
+            assert_eq!(
+                specs.cameras.len(),
+                config.cameras.len(),
+                "{}",
+                file.display()
+            );
+            for r in &config.rules {
+                let camera = specs.camera(&r.camera).unwrap();
+                assert!(
+                    camera.rules.iter().any(|s| s.id == r.id),
+                    "{}: rule {} has no spec",
+                    file.display(),
+                    r.id
+                );
+            }
+        }
+        assert!(files >= 2, "the example configs are in {}", dir.display());
     }
 }
