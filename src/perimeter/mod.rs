@@ -79,6 +79,7 @@ pub async fn run(
     });
     let mut cameras: HashMap<Arc<str>, Camera> = HashMap::new();
     for cam in config.enabled_cameras() {
+        // Every camera of the config has its entry, with or without rules.
         let Some(rules) = site.camera(&cam.id) else {
             continue;
         };
@@ -151,7 +152,7 @@ pub async fn run(
         debug!(camera = %r.frame.camera, seq = r.frame.seq, objects = r.detections.len(),
                tracks = cam.tracker.tracks().len(), hits = hits.len(), "frame analysed");
         for hit in hits {
-            let (event, job) = build_event(&config, cam, &r.frame.camera, &hit);
+            let (event, job) = build_event(&config, &site.time_zone, cam, &r.frame.camera, &hit);
             encoder.submit(event, job);
         }
     }
@@ -239,6 +240,7 @@ impl RuleClock {
 /// The event of one rule hit, and what its snapshot is drawn from (the track's best frame).
 fn build_event(
     config: &Config,
+    tz: &TimeZone,
     cam: &Camera,
     camera: &str,
     hit: &RuleHit,
@@ -262,10 +264,9 @@ fn build_event(
         .map(|r| r.shape.clone());
     let job = track.map(|t| {
         let (_, bbox, frame) = t.best.clone();
-        let tz = TimeZone::get(&config.site.time_zone).unwrap_or(TimeZone::UTC);
         let caption = format!(
             "{} {} {} {}",
-            hit.time.to_zoned(tz).strftime("%Y-%m-%d %H:%M:%S"),
+            hit.time.to_zoned(tz.clone()).strftime("%Y-%m-%d %H:%M:%S"),
             camera,
             hit.rule,
             event.kind.as_str()
