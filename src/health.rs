@@ -48,6 +48,20 @@ impl Default for HealthConfig {
     }
 }
 
+impl HealthConfig {
+    /// Puts the section's problems (paths `health.*`) in `v`.
+    pub fn validate(&self, v: &mut crate::validate::Validator) {
+        for (k, d) in [
+            ("offline_grace", self.offline_grace),
+            ("tamper_after", self.tamper_after),
+        ] {
+            if d.is_zero() {
+                v.err(&format!("health.{k}"), "must be greater than zero");
+            }
+        }
+    }
+}
+
 /// What is wrong with a picture, if anything.
 pub fn tamper_condition(p: &PictureStats, cfg: &HealthConfig) -> Option<&'static str> {
     if p.mean < cfg.black_level {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod detect;
 pub mod events;
+pub mod geometry;
 pub mod health;
 pub mod history;
 pub mod ops;
@@ -21,6 +22,7 @@ pub mod progress;
 pub mod rules;
 pub mod store;
 pub mod telemetry;
+pub mod validate;
 
 /// Initialises GStreamer once; safe to call from many threads and tests.
 pub fn init_gstreamer() -> Result<(), gstreamer::glib::Error> {

@@ -34,6 +34,18 @@ impl Default for SupervisionConfig {
     }
 }
 
+impl SupervisionConfig {
+    /// Puts the section's problems (paths `supervision.*`) in `v`.
+    pub fn validate(&self, v: &mut crate::validate::Validator) {
+        if self.stage_deadline < 2 * BEAT_PERIOD {
+            v.err(
+                "supervision.stage_deadline",
+                "use at least 2s (idle stages report progress every second), e.g. \"20s\"",
+            );
+        }
+    }
+}
+
 /// How often an idle stage beats (its loop's timer); deadlines must be several times longer.
 pub const BEAT_PERIOD: Duration = Duration::from_secs(1);
 

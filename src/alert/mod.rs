@@ -137,6 +137,13 @@ impl MqttConfig {
         )
     }
 
+    /// Puts the section's problems (paths `mqtt.*`) in `v`, for site `site`.
+    pub fn validate(&self, site: &str, v: &mut crate::validate::Validator) {
+        for (key, message) in self.problems(site) {
+            v.err(&format!("mqtt.{key}"), message);
+        }
+    }
+
     /// Every problem, as (key under `mqtt.`, message), for site `site`.
     pub fn problems(&self, site: &str) -> Vec<(&'static str, String)> {
         let mut p = Vec::new();

@@ -60,6 +60,35 @@ impl Default for ApiConfig {
     }
 }
 
+impl ApiConfig {
+    /// Puts the section's problems (paths `api.*`) in `v`.
+    pub fn validate(&self, v: &mut crate::validate::Validator) {
+        if self.request_timeout < Duration::from_millis(100) {
+            v.err("api.request_timeout", "use at least 100ms, e.g. \"10s\"");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            if t.name.trim().is_empty() {
+                v.err(
+                    &format!("api.tokens[{i}].name"),
+                    "give the token holder's name",
+                );
+            } else if !names.insert(t.name.as_str()) {
+                v.err(
+                    &format!("api.tokens[{i}].name"),
+                    format!("{:?} is used twice; names must be unique", t.name),
+                );
+            }
+            if !crate::auth::is_sha256_hex(t.sha256.trim()) {
+                v.err(
+                    &format!("api.tokens[{i}].sha256"),
+                    "not a SHA-256 in hex (64 digits); `kinderwatch token` makes a token and its hash",
+                );
+            }
+        }
+    }
+}
+
 /// Everything the handlers read.
 #[derive(Clone)]
 pub struct ApiState {

@@ -1,6 +1,7 @@
-//! `[ingest]` and `[[cameras]]`: how each camera is reached and decoded (validated with the rest
-//! of the file in [`crate::config`], which re-exports these types).
+//! `[ingest]` and `[[cameras]]`: how each camera is reached and decoded, and the checks of both
+//! sections ([`crate::config`] re-exports these types).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,6 +10,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::{Credentials, RtspUrl};
+use crate::geometry::polygon_problem;
+use crate::validate::Validator;
 
 /// `[ingest]`: reconnect and watchdog policy shared by all cameras.
 #[derive(Debug, Clone, Deserialize)]
@@ -243,4 +246,113 @@ fn read_password_file(path: &Path) -> Result<String, String> {
         return Err(format!("password file {} is empty", path.display()));
     }
     Ok(pw)
+}
+
+impl IngestConfig {
+    /// Puts the section's problems (paths `ingest.*`) in `v`.
+    pub fn validate(&self, v: &mut Validator) {
+        for (k, d) in [
+            ("backoff_initial", self.backoff_initial),
+            ("backoff_max", self.backoff_max),
+            ("healthy_reset", self.healthy_reset),
+            ("config_fault_backoff", self.config_fault_backoff),
+            ("first_frame_timeout", self.first_frame_timeout),
+            ("stall_timeout", self.stall_timeout),
+            ("tcp_timeout", self.tcp_timeout),
+        ] {
+            if d.is_zero() {
+                v.err(&format!("ingest.{k}"), "must be greater than zero");
+            }
+        }
+        if self.backoff_max < self.backoff_initial {
+            v.err(
+                "ingest.backoff_max",
+                "must not be smaller than ingest.backoff_initial",
+            );
+        }
+    }
+}
+
+/// Puts the problems of the `[[cameras]]` entries (paths `cameras[i].*`) in `v`. Their object
+/// masks belong to the rules and are checked there ([`crate::rules::config::compile`]).
+pub fn validate_cameras(cameras: &[CameraConfig], v: &mut Validator) {
+    if cameras.is_empty() {
+        v.err(
+            "cameras",
+            "no camera configured; add at least one [[cameras]] entry",
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, cam) in cameras.iter().enumerate() {
+        let key = |k: &str| format!("cameras[{i}].{k}");
+        v.id(&key("id"), &cam.id);
+        if !seen.insert(cam.id.as_str()) {
+            v.err(
+                &key("id"),
+                format!("duplicate camera id {:?}; ids must be unique", cam.id),
+            );
+        }
+        if let Err(e) = RtspUrl::parse(&cam.url) {
+            v.err(&key("url"), e.to_string());
+        }
+        match (&cam.username, &cam.password_file, &cam.password_env) {
+            (None, None, None) => {}
+            (None, _, _) => v.err(
+                &key("username"),
+                "a password is configured but no username; add username",
+            ),
+            (Some(_), Some(_), Some(_)) => v.err(
+                &key("password_env"),
+                "set only one of password_file and password_env",
+            ),
+            (Some(_), None, None) => v.err(
+                &key("username"),
+                "username is set but no password; add password_file or password_env",
+            ),
+            // The secret itself is read only for enabled cameras: a disabled camera's password
+            // may not be provisioned yet.
+            (Some(_), _, _) if !cam.enabled => {}
+            (Some(_), _, _) => {
+                if let Err(e) = cam.credentials() {
+                    let k = if cam.password_file.is_some() {
+                        "password_file"
+                    } else {
+                        "password_env"
+                    };
+                    v.err(&key(k), e.to_string());
+                }
+            }
+        }
+        if cam.latency > Duration::from_secs(10) {
+            v.err(
+                &key("latency"),
+                "must be at most 10s (it delays every alert)",
+            );
+        }
+        for (k, val) in [
+            ("detect_width", cam.detect_width),
+            ("detect_height", cam.detect_height),
+        ] {
+            if !(32..=4096).contains(&val) {
+                v.err(
+                    &key(k),
+                    format!("{val} is out of range; use 32..=4096 pixels"),
+                );
+            }
+        }
+        for (m, ring) in cam.motion_masks.iter().enumerate() {
+            if let Some(p) = polygon_problem(ring) {
+                v.err(&key(&format!("motion_masks[{m}]")), p);
+            }
+        }
+        if !(1..=30).contains(&cam.detect_fps) {
+            v.err(
+                &key("detect_fps"),
+                format!(
+                    "{} is out of range; use 1..=30 frames per second",
+                    cam.detect_fps
+                ),
+            );
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Person detection: ONNX models through `ort`, a bounded worker pool, and a motion gate.
 //!
+//! - [`config`]: the `[detector]` section;
 //! - [`manifest`]: what a model is and how to feed it (sha256-checked);
 //! - [`runtime`]: loading the ONNX Runtime library and building sessions with an execution provider;
 //! - [`preprocess`] and [`decode`]: frame → input tensor, output tensors → detections, per model family;
@@ -8,6 +9,7 @@
 //! - [`pool`]: per-camera one-frame slots served least-recently-served first by N worker threads;
 //! - [`load`]: whether the pool keeps up with every camera (overload warnings, `/healthz`).
 
+pub mod config;
 pub mod decode;
 pub mod detector;
 pub mod load;

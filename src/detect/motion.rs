@@ -63,6 +63,21 @@ impl Default for MotionConfig {
     }
 }
 
+impl MotionConfig {
+    /// Puts the section's problems (paths `motion.*`) in `v`.
+    pub fn validate(&self, v: &mut crate::validate::Validator) {
+        if !(0.0..=1.0).contains(&self.min_area) {
+            v.err("motion.min_area", "a share of the picture: use 0..1");
+        }
+        if !(0.0..=1.0).contains(&self.background_alpha) || self.background_alpha == 0.0 {
+            v.err("motion.background_alpha", "use a value in (0, 1]");
+        }
+        if self.keepalive.is_zero() {
+            v.err("motion.keepalive", "must be greater than zero");
+        }
+    }
+}
+
 /// Why a frame is inferred or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GateDecision {

@@ -1,15 +1,14 @@
 //! The perimeter stage: detections in, events out. Per camera a [`Tracker`] gives people stable
 //! ids and an [`Engine`] applies that camera's rules; each rule hit becomes an [`Event`] with a
 //! snapshot (the track's best frame, drawn on). Runs as one task; snapshots are encoded off the
-//! rules loop ([`encode`]): no camera waits for another's JPEG. [`build`] turns the config into
-//! each camera's engine; [`arming`] keeps run-time arming across restarts.
+//! rules loop ([`encode`]): no camera waits for another's JPEG. Each camera's engine is built from
+//! the config's compiled rules ([`Config::rule_specs`]); [`arming`] keeps run-time arming across
+//! restarts.
 
 pub mod arming;
-pub mod build;
 pub mod encode;
 
 pub use arming::ArmingStore;
-pub use build::engine_for;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -32,7 +31,8 @@ use crate::rules::tracker::{Tracker, TrackerConfig};
 pub use crate::control::{RuleCommand, RuleStatus};
 pub use crate::events::RecordedEvent;
 
-struct CameraRules {
+/// One camera's tracker and rules engine.
+struct Camera {
     tracker: Tracker<SnapshotFrame>,
     engine: Engine,
     live_tracks: Option<Arc<AtomicBool>>,
@@ -68,22 +68,30 @@ pub async fn run(
     let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
     let mut tick = tokio::time::interval(SUMMARY_PERIOD);
     tick.tick().await;
-    let mut cameras: HashMap<Arc<str>, CameraRules> = HashMap::new();
+    // Loading validated the config, which is compiling its rules: a problem here means the
+    // caller changed the config afterwards without validating it again.
+    let site = config.rule_specs().unwrap_or_else(|problems| {
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        panic!(
+            "the rules stage was given an invalid config: {}",
+            problems.join("; ")
+        )
+    });
+    let mut cameras: HashMap<Arc<str>, Camera> = HashMap::new();
     for cam in config.enabled_cameras() {
-        match engine_for(&config, &cam.id) {
-            Ok(engine) => {
-                let id: Arc<str> = cam.id.as_str().into();
-                cameras.insert(
-                    id.clone(),
-                    CameraRules {
-                        tracker: Tracker::new(TrackerConfig::default()),
-                        engine,
-                        live_tracks: live_tracks.get(&id).cloned(),
-                    },
-                );
-            }
-            Err(e) => warn!(camera = %cam.id, error = %e, "rules not built; camera has no rules"),
-        }
+        // Every camera of the config has its entry, with or without rules.
+        let Some(rules) = site.camera(&cam.id) else {
+            continue;
+        };
+        let id: Arc<str> = cam.id.as_str().into();
+        cameras.insert(
+            id.clone(),
+            Camera {
+                tracker: Tracker::new(TrackerConfig::default()),
+                engine: Engine::from(rules),
+                live_tracks: live_tracks.get(&id).cloned(),
+            },
+        );
     }
     let mut armed_state = match arming.as_ref().map(ArmingStore::load) {
         Some(Ok(s)) => s,
@@ -144,7 +152,7 @@ pub async fn run(
         debug!(camera = %r.frame.camera, seq = r.frame.seq, objects = r.detections.len(),
                tracks = cam.tracker.tracks().len(), hits = hits.len(), "frame analysed");
         for hit in hits {
-            let (event, job) = build_event(&config, cam, &r.frame.camera, &hit);
+            let (event, job) = build_event(&config, &site.time_zone, cam, &r.frame.camera, &hit);
             encoder.submit(event, job);
         }
     }
@@ -159,7 +167,7 @@ const ENCODE_DRAIN: Duration = Duration::from_secs(2);
 
 fn handle_command(
     cmd: RuleCommand,
-    cameras: &mut HashMap<Arc<str>, CameraRules>,
+    cameras: &mut HashMap<Arc<str>, Camera>,
     armed_state: &mut BTreeMap<String, bool>,
     arming: Option<&ArmingStore>,
 ) {
@@ -232,7 +240,8 @@ impl RuleClock {
 /// The event of one rule hit, and what its snapshot is drawn from (the track's best frame).
 fn build_event(
     config: &Config,
-    cam: &CameraRules,
+    tz: &TimeZone,
+    cam: &Camera,
     camera: &str,
     hit: &RuleHit,
 ) -> (Event, Option<encode::SnapshotJob>) {
@@ -255,10 +264,9 @@ fn build_event(
         .map(|r| r.shape.clone());
     let job = track.map(|t| {
         let (_, bbox, frame) = t.best.clone();
-        let tz = TimeZone::get(&config.site.time_zone).unwrap_or(TimeZone::UTC);
         let caption = format!(
             "{} {} {} {}",
-            hit.time.to_zoned(tz).strftime("%Y-%m-%d %H:%M:%S"),
+            hit.time.to_zoned(tz.clone()).strftime("%Y-%m-%d %H:%M:%S"),
             camera,
             hit.rule,
             event.kind.as_str()

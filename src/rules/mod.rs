@@ -1,16 +1,22 @@
 //! Tracking and perimeter rules. Pure code: no tokio, GStreamer or ort; times come in as
 //! arguments, so everything here is unit- and property-tested.
 //!
-//! - [`geometry`]: polygons, sides of lines, segment intersection (on `geo`);
+//! - [`geometry`]: polygons, sides of lines, segment intersection (on `geo`; [`crate::geometry`],
+//!   re-exported here);
 //! - [`tracker`]: per-camera tracks with stable ids, paths and best snapshots;
 //! - [`tripwire`]: line crossings with direction and hysteresis (ONVIF LineDetector);
 //! - [`zone`]: entering, leaving and loitering in polygons (FieldDetector, LoiteringDetector);
-//! - [`schedule`]: weekly arming windows in the site's time zone, with dated exceptions.
-//! - [`engine`]: rules per camera (filters, masks, arming, schedules, cooldowns) → rule hits.
+//! - [`schedule`]: weekly arming windows in the site's time zone, with dated exceptions;
+//! - [`engine`]: rules per camera (filters, masks, arming, schedules, cooldowns) → rule hits;
+//! - [`config`]: the `[[zones]]` and `[[rules]]` sections, compiled into [`spec`]: each camera's
+//!   checked rules, which its engine is built from.
 
+pub use crate::geometry;
+
+pub mod config;
 pub mod engine;
-pub mod geometry;
 pub mod schedule;
+pub mod spec;
 pub mod tracker;
 pub mod tripwire;
 pub mod zone;

@@ -100,6 +100,39 @@ impl Default for StoreConfig {
     }
 }
 
+impl StoreConfig {
+    /// Puts the section's problems (paths `store.*`) in `v`.
+    pub fn validate(&self, v: &mut crate::validate::Validator) {
+        if self.max_pending == 0 {
+            v.err(
+                "store.max_pending",
+                "use at least 1 (events held while the disk is full)",
+            );
+        }
+        if self.retention_interval < Duration::from_secs(1) {
+            v.err("store.retention_interval", "use at least 1s, e.g. \"10m\"");
+        }
+        if self.write_timeout < Duration::from_millis(100) {
+            v.err("store.write_timeout", "use at least 100ms, e.g. \"10s\"");
+        }
+        if self.max_pending_mb == 0 {
+            v.err(
+                "store.max_pending_mb",
+                "use at least 1 (MB of events and snapshots held while the store cannot write)",
+            );
+        }
+        if self.write_stall_exit <= self.write_timeout {
+            v.err(
+                "store.write_stall_exit",
+                format!(
+                    "must be longer than store.write_timeout ({}), e.g. \"2m\"",
+                    humantime::format_duration(self.write_timeout)
+                ),
+            );
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(

@@ -1,4 +1,7 @@
 //! Plane geometry in normalised frame coordinates (x right, y down, both 0..1), on `geo`.
+//!
+//! A leaf (it imports nothing from the crate): the rules use it, and so do the sections whose
+//! config holds polygons (camera masks), which sit below the rules.
 
 use geo::{Contains, Coord, Line, LineString, Polygon, Relate};
 
