@@ -386,7 +386,6 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
     let cameras = daemon.cameras().to_vec();
     let (events_tx, events_rx) = mpsc::channel(256);
     let (store_status_tx, store_status) = watch::channel(StoreStatus::Ok);
-    metrics::gauge!("kinderwatch_store_up").set(1.0);
     let (live_tx, live_rx) = match config.mqtt.is_some() {
         true => {
             let (tx, rx) = mpsc::channel(1024);

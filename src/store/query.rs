@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::{Store, StoreError, StoredEvent, decode_stored, keys};
 use crate::events::EventKind;
+use crate::telemetry::store::{self as telemetry, Undecodable};
 
 /// The most events one page may hold.
 pub const MAX_LIMIT: usize = 1000;
@@ -122,8 +123,7 @@ pub(super) fn run(store: &Store, q: &EventQuery) -> Result<Page, StoreError> {
             Err(e) => {
                 // One bad record never fails a page: skipped and reported with the page.
                 tracing::warn!(error = %e, "a stored event does not decode; skipped");
-                metrics::counter!("kinderwatch_store_undecodable_total", "where" => "query")
-                    .increment(1);
+                telemetry::undecodable(Undecodable::Query);
                 page.skipped_undecodable += 1;
                 if scanned >= MAX_SCAN {
                     break;
