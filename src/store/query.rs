@@ -52,12 +52,20 @@ impl Cursor {
         format!("c1{}", self.0.simple())
     }
 
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, CursorError> {
         s.strip_prefix("c1")
             .and_then(|hex| Uuid::try_parse(hex).ok())
             .map(Cursor)
-            .ok_or_else(|| "not a cursor returned by this API".to_string())
+            .ok_or(CursorError::NotOurs)
     }
+}
+
+/// Why a cursor was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CursorError {
+    /// Not one this API handed out (or mangled on the way back).
+    #[error("not a cursor returned by this API")]
+    NotOurs,
 }
 
 #[derive(Debug, Clone, Default)]
