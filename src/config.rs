@@ -473,7 +473,7 @@ impl Config {
                 );
             }
             if let Err(e) = RtspUrl::parse(&cam.url) {
-                v.err(&key("url"), e);
+                v.err(&key("url"), e.to_string());
             }
             match (&cam.username, &cam.password_file, &cam.password_env) {
                 (None, None, None) => {}

@@ -77,7 +77,7 @@ impl CameraSupervisor {
         }
         let spec = PipelineSpec {
             camera: id,
-            url: camera.rtsp_url()?,
+            url: camera.rtsp_url().map_err(|e| e.to_string())?,
             credentials: camera.credentials()?,
             // `auto` starts with TCP (see `run`).
             transport: match camera.transport {
