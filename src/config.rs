@@ -147,12 +147,7 @@ impl LoggingConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 /// Why a config file was refused: every problem at once, with the file they are in.
 #[derive(Debug, thiserror::Error)]

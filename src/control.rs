@@ -11,12 +11,22 @@ pub enum RuleCommand {
     SetArmed {
         rule: String,
         armed: bool,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), SetArmedError>>,
     },
     /// Every rule with its state.
     List {
         reply: oneshot::Sender<Vec<RuleStatus>>,
     },
+}
+
+/// Why a rule's armed state was not changed, or not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum SetArmedError {
+    #[error("no rule {0:?}")]
+    NoSuchRule(String),
+    /// Changed, but not saved: it is lost on restart. The rules stage's own storage error.
+    #[error(transparent)]
+    NotSaved(Box<dyn std::error::Error + Send + Sync>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -14,12 +14,14 @@ use imageproc::drawing::{
 use imageproc::rect::Rect;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::camera::Frame;
 use crate::detect::BBox;
 use crate::rules::engine::{HitKind, RuleShape};
 use crate::rules::tripwire::Crossing;
+use crate::telemetry::events::{self as telemetry, EventDrop};
 
 /// Every kind of event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -268,6 +270,54 @@ mod tests {
         let l = img.get_pixel(160, 216).0;
         assert!(l[0] > 200 && l[1] > 160 && l[2] < 80, "line pixel {l:?}");
     }
+
+    type Values = Vec<(
+        metrics_util::CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        metrics_util::debugging::DebugValue,
+    )>;
+
+    /// The value of the counter `name` with exactly `labels`.
+    fn counter(values: &Values, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        values.iter().find_map(|(key, _, _, value)| {
+            let k = key.key();
+            let same = k.labels().count() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(n, v)| k.labels().any(|l| l.key() == *n && l.value() == *v));
+            match value {
+                metrics_util::debugging::DebugValue::Counter(v) if k.name() == name && same => {
+                    Some(*v)
+                }
+                _ => None,
+            }
+        })
+    }
+
+    #[test]
+    fn an_event_the_queue_cannot_take_is_counted_with_its_reason() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let event = |camera: &str| RecordedEvent {
+            event: Event::new(EventKind::CameraOffline, "s", camera, Timestamp::now()),
+            snapshot: None,
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let (tx, rx) = mpsc::channel(1);
+            assert!(offer(&tx, event("gate")).is_ok());
+            assert_eq!(offer(&tx, event("gate")), Err(EventDrop::QueueFull));
+            drop(rx);
+            assert_eq!(offer(&tx, event("yard")), Err(EventDrop::Closed));
+        });
+        // A snapshot takes the counters' values (the next one starts from zero): one for both.
+        let values = snapshotter.snapshot().into_vec();
+        let name = "kinderwatch_events_dropped_total";
+        let full = [("camera", "gate"), ("reason", "queue_full")];
+        assert_eq!(counter(&values, name, &full), Some(1), "{values:?}");
+        let closed = [("camera", "yard"), ("reason", "closed")];
+        assert_eq!(counter(&values, name, &closed), Some(1), "{values:?}");
+    }
 }
 
 /// An event and its JPEG snapshot.
@@ -275,4 +325,19 @@ mod tests {
 pub struct RecordedEvent {
     pub event: Event,
     pub snapshot: Option<Vec<u8>>,
+}
+
+/// Hands `recorded` to the recorder's queue without waiting: the one way rule and health events
+/// reach the recorder. One the queue cannot take is counted
+/// (`kinderwatch_events_dropped_total{camera, reason}`) and its reason returned for the caller's log.
+pub fn offer(
+    queue: &mpsc::Sender<RecordedEvent>,
+    recorded: RecordedEvent,
+) -> Result<(), EventDrop> {
+    queue.try_send(recorded).map_err(|e| {
+        let why = EventDrop::from(&e);
+        let camera = e.into_inner().event.camera.unwrap_or_default();
+        telemetry::event_dropped(&camera, why);
+        why
+    })
 }

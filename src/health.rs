@@ -104,16 +104,12 @@ pub async fn watch_camera(
                 warn!(event_id = %e.id, camera = %camera.id, kind = kind.as_str(), detail = e.detail.as_deref().unwrap_or(""), "event")
             }
         }
-        if events
-            .try_send(RecordedEvent {
-                event: e,
-                snapshot: None,
-            })
-            .is_err()
-        {
-            metrics::counter!("kinderwatch_events_dropped_total", "camera" => camera.id.to_string())
-                .increment(1);
-            warn!(camera = %camera.id, "event queue full: health event not recorded");
+        let recorded = RecordedEvent {
+            event: e,
+            snapshot: None,
+        };
+        if let Err(why) = crate::events::offer(&events, recorded) {
+            warn!(camera = %camera.id, reason = why.as_str(), "event queue full: health event not recorded");
         }
     };
     let ago = |t: Instant| {

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
+use crate::telemetry::stages as telemetry;
+
 /// `[supervision]`: how the daemon watches its own stages (see this module).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -186,20 +188,17 @@ impl Stages {
             let silent =
                 Duration::from_millis(now.saturating_sub(s.last_ms.load(Ordering::Relaxed)));
             let stuck = !stopping && silent > s.deadline;
-            metrics::gauge!("kinderwatch_stage_silent_seconds", "stage" => s.name.clone())
-                .set(silent.as_secs_f64());
+            telemetry::silent(&s.name, silent);
             let was = s.reported.swap(stuck, Ordering::Relaxed);
             if stuck && !was {
-                metrics::counter!("kinderwatch_stage_stuck_total", "stage" => s.name.clone())
-                    .increment(1);
-                metrics::gauge!("kinderwatch_stage_stuck", "stage" => s.name.clone()).set(1.0);
+                telemetry::became_stuck(&s.name);
                 error!(stage = %s.name, silent_s = silent.as_secs(), deadline_s = s.deadline.as_secs(),
                        "stage stuck: no progress within its deadline; the systemd watchdog is no longer fed");
             } else if !stuck && was {
-                metrics::gauge!("kinderwatch_stage_stuck", "stage" => s.name.clone()).set(0.0);
+                telemetry::stuck(&s.name, false);
                 info!(stage = %s.name, "stage makes progress again");
             } else if !was {
-                metrics::gauge!("kinderwatch_stage_stuck", "stage" => s.name.clone()).set(0.0);
+                telemetry::stuck(&s.name, false);
             }
             all_progress &= !stuck;
         }
@@ -278,8 +277,7 @@ impl Monitor {
                     let stopping = stages.0.stopping.load(Ordering::Relaxed);
                     let ended = if stopping { Vec::new() } else { ended() };
                     for task in ended.iter().filter(|t| !reported.contains(t)) {
-                        metrics::counter!("kinderwatch_task_ended_total", "task" => task.clone())
-                            .increment(1);
+                        telemetry::task_ended(task);
                         error!(task = %task, "a daemon task ended on its own; the systemd watchdog is no longer fed");
                     }
                     reported.clone_from(&ended);

@@ -516,6 +516,13 @@ fn cameras_health_and_metrics_report_state() {
         "{text}"
     );
     assert!(text.contains("kinderwatch_api_requests_total"), "{text}");
+    // Every metric carries the help text declared with it in src/telemetry/.
+    assert!(
+        text.contains(
+            "# HELP kinderwatch_api_requests_total API requests answered, per HTTP status."
+        ),
+        "{text}"
+    );
 }
 
 #[test]

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use kinderwatch::detect::FrameDetections;
 use kinderwatch::events::EventKind;
-use kinderwatch::perimeter::{self, ArmingStore, PerimeterIo, RecordedEvent, RuleCommand};
+use kinderwatch::perimeter::{
+    self, ArmingStore, PerimeterIo, RecordedEvent, RuleCommand, SetArmedError,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +58,7 @@ async fn walk(stage: &mut Stage, t0: SystemTime) -> Vec<RecordedEvent> {
     out
 }
 
-async fn set_armed(stage: &Stage, rule: &str, armed: bool) -> Result<(), String> {
+async fn set_armed(stage: &Stage, rule: &str, armed: bool) -> Result<(), SetArmedError> {
     let (reply, rx) = oneshot::channel();
     stage
         .commands
@@ -93,12 +95,12 @@ async fn disarming_survives_a_restart() {
     assert_eq!(events[0].event.kind, EventKind::LineCrossed);
 
     set_armed(&stage, "fence", false).await.unwrap();
+    let unknown = set_armed(&stage, "no-such-rule", false).await.unwrap_err();
     assert!(
-        set_armed(&stage, "no-such-rule", false)
-            .await
-            .unwrap_err()
-            .contains("no rule")
+        matches!(&unknown, SetArmedError::NoSuchRule(r) if r == "no-such-rule"),
+        "{unknown:?}"
     );
+    assert_eq!(unknown.to_string(), "no rule \"no-such-rule\"");
     assert!(!armed(&stage).await);
     assert!(
         walk(&mut stage, t0 + Duration::from_secs(60))

@@ -2,6 +2,10 @@
 //! files may use each other freely; `crate::x` from module `y` is an edge y → x). Comments and
 //! `#[cfg(test)] mod tests` blocks do not count. The checker is tested on a small tree with a
 //! circle of its own.
+//!
+//! And one owner per metric: no `metrics` macro outside `src/telemetry/`, where each metric is
+//! declared once with the function that records it (comments do not count). That checker is
+//! tested on a small tree too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -28,11 +32,54 @@ fn top_level_modules(src: &Path) -> BTreeSet<String> {
 
 /// The code of a file without its comments and its test module.
 fn code(text: &str) -> String {
-    let text = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+    without_comments(text.split("#[cfg(test)]\nmod tests").next().unwrap_or(""))
+}
+
+/// A file's lines without their `//` comments.
+fn without_comments(text: &str) -> String {
     text.lines()
         .map(|l| l.split("//").next().unwrap_or(""))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Every `.rs` file under `src`, as its path relative to it.
+fn rust_files(src: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![src.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                out.push(path.strip_prefix(src).unwrap().to_str().unwrap().to_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The `metrics` macros a recording call is made with (`metrics::counter!(` or, after a `use`,
+/// `counter!(`).
+const METRIC_MACROS: [&str; 3] = ["counter!(", "gauge!(", "histogram!("];
+
+/// Files outside `telemetry/` that record a metric themselves, with the first such line.
+fn metrics_outside_telemetry(src: &Path) -> Vec<(String, String)> {
+    rust_files(src)
+        .into_iter()
+        .filter(|rel| !rel.starts_with("telemetry/") && rel != "telemetry.rs")
+        .filter_map(|rel| {
+            let text = without_comments(&std::fs::read_to_string(src.join(&rel)).unwrap());
+            let line = text
+                .lines()
+                .find(|l| METRIC_MACROS.iter().any(|m| l.contains(m)))?
+                .trim()
+                .to_owned();
+            Some((rel, line))
+        })
+        .collect()
 }
 
 fn graph(src: &Path) -> Graph {
@@ -150,4 +197,44 @@ fn the_checker_finds_a_circle() {
     let cycle = find_cycle(&g).expect("store/recorder.rs closes a circle");
     assert_eq!(cycle.first(), cycle.last());
     assert!(describe(&g, &cycle).contains("store/recorder.rs"));
+}
+
+#[test]
+fn metrics_are_recorded_only_in_telemetry() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    assert!(rust_files(&src).len() >= 20, "the checker sees the files");
+    let found = metrics_outside_telemetry(&src);
+    assert!(
+        found.is_empty(),
+        "metrics recorded outside src/telemetry/ (add a typed function there):\n{found:#?}"
+    );
+}
+
+#[test]
+fn the_checker_finds_a_metric_outside_telemetry() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    std::fs::create_dir_all(src.join("telemetry")).unwrap();
+    std::fs::create_dir(src.join("store")).unwrap();
+    std::fs::write(
+        src.join("telemetry/store.rs"),
+        "pub fn up(on: bool) { metrics::gauge!(\"kinderwatch_store_up\").set(1.0); }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("store/recorder.rs"),
+        "// metrics::counter!(\"kinderwatch_x_total\") in a comment does not count\n\
+         fn f() { crate::telemetry::store::up(true); }\n",
+    )
+    .unwrap();
+    assert_eq!(metrics_outside_telemetry(src), vec![]);
+    std::fs::write(
+        src.join("store/retention.rs"),
+        "use metrics::histogram;\nfn f() { histogram!(\"kinderwatch_x_seconds\").record(1.0); }\n",
+    )
+    .unwrap();
+    let found = metrics_outside_telemetry(src);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "store/retention.rs");
+    assert!(found[0].1.contains("histogram!("), "{found:?}");
 }

@@ -44,6 +44,7 @@ use crate::ops::OpsError;
 use crate::ops::cameras::CameraView;
 use crate::store::recorder::LiveEvent;
 use crate::store::{DeadLetterReason, OutboxEntry, Store};
+use crate::telemetry::mqtt::{self as telemetry, CommandIgnored, SnapshotOmitted};
 
 /// A broker unreachable for this long is a health warning (logged once per outage).
 pub const UNREACHABLE_WARNING: Duration = Duration::from_secs(60);
@@ -189,7 +190,7 @@ fn install_crypto_provider() {
 /// Runs until `cancel`; on the way out publishes `offline` (retained) and disconnects.
 pub async fn run(store: Store, mut settings: PublisherSettings, cancel: CancellationToken) {
     let mut live = settings.live.take();
-    metrics::gauge!("kinderwatch_mqtt_connected").set(0.0);
+    telemetry::connected(false);
     let beats = match &settings.stages {
         Some(stages) => Beats {
             publisher: Some(stages.register("publisher")),
@@ -240,14 +241,14 @@ async fn publish_until_stopped(
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let mut session = Session::new(store, settings, &topics, client, &mut delivery);
         let outcome = session.run(eventloop, live, beats, cancel).await;
-        metrics::gauge!("kinderwatch_mqtt_connected").set(0.0);
+        telemetry::connected(false);
         match outcome {
             Outcome::Stopped => return,
             Outcome::Lost {
                 error,
                 was_connected,
             } => {
-                metrics::counter!("kinderwatch_mqtt_connection_errors_total").increment(1);
+                telemetry::connection_error();
                 if was_connected {
                     backoff = settings.config.backoff_initial;
                     down_since = Some(Instant::now());
@@ -479,7 +480,7 @@ impl<'a> Session<'a> {
                     .as_ref()
                     .and_then(|p| p.max_packet_size)
                     .map(|m| m as usize);
-                metrics::gauge!("kinderwatch_mqtt_connected").set(1.0);
+                telemetry::connected(true);
                 info!(host = %self.settings.config.host, port = self.settings.config.port(),
                       session_present = ack.session_present, outbox = self.store.outbox_len(),
                       broker_max_packet = self.max_packet, "MQTT connected");
@@ -518,9 +519,9 @@ impl<'a> Session<'a> {
                         self.delivery.refusals.remove(&seq);
                         self.acks.push(seq);
                         let now_ms = Timestamp::now().as_millisecond().max(0) as u64;
-                        metrics::histogram!("kinderwatch_mqtt_publish_latency_seconds")
-                            .record(now_ms.saturating_sub(event_ms) as f64 / 1000.0);
-                        metrics::counter!("kinderwatch_mqtt_events_published_total").increment(1);
+                        telemetry::published(Duration::from_millis(
+                            now_ms.saturating_sub(event_ms),
+                        ));
                     } else {
                         self.refused(seq, event_id, ack.reason);
                     }
@@ -538,7 +539,7 @@ impl<'a> Session<'a> {
     /// A refusal in a PUBACK: sent again after a pause, until `max_delivery_attempts`; then the
     /// entry moves to the dead letters and the ones behind it go on.
     fn refused(&mut self, seq: u64, event_id: Uuid, reason: PubAckReason) {
-        metrics::counter!("kinderwatch_mqtt_refused_total").increment(1);
+        telemetry::refused();
         let n = {
             let n = self.delivery.refusals.entry(seq).or_insert(0);
             *n += 1;
@@ -576,14 +577,9 @@ impl<'a> Session<'a> {
         let store = self.store.clone();
         let back = self.retry_back.0.clone();
         tokio::task::spawn_blocking(move || {
+            // The store counts the move (`kinderwatch_mqtt_dead_letters*`): the dead letters are its.
             match store.dead_letter(seq, reason, &detail, attempts) {
-                Ok(Some(_)) => {
-                    metrics::counter!("kinderwatch_mqtt_dead_letters_total", "reason" => reason.as_str())
-                        .increment(1);
-                    metrics::gauge!("kinderwatch_mqtt_dead_letters")
-                        .set(store.dead_letter_len() as f64);
-                }
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(e) => {
                     warn!(%event_id, error = %e, "dead letter not written; the alert stays in the outbox and is tried again");
                     let _ = back.send(seq);
@@ -732,13 +728,12 @@ impl<'a> Session<'a> {
                 // counted and logged, and stays fetchable over HTTP.
                 let why = match queued {
                     Queued::Yes => None,
-                    Queued::Full => Some("queue_full"),
-                    Queued::TooLarge { .. } => Some("too_large"),
+                    Queued::Full => Some(SnapshotOmitted::QueueFull),
+                    Queued::TooLarge { .. } => Some(SnapshotOmitted::TooLarge),
                 };
                 if let Some(reason) = why {
-                    metrics::counter!("kinderwatch_mqtt_snapshots_omitted_total", "reason" => reason)
-                        .increment(1);
-                    warn!(%event_id, reason, "snapshot not published after its alert (fetch it over HTTP)");
+                    telemetry::snapshot_omitted(reason);
+                    warn!(%event_id, reason = reason.as_str(), "snapshot not published after its alert (fetch it over HTTP)");
                 }
             }
         }
@@ -764,7 +759,7 @@ impl<'a> Session<'a> {
             Tag::Other,
         ) == Queued::Yes
         {
-            metrics::counter!("kinderwatch_mqtt_live_published_total").increment(1);
+            telemetry::live_published();
             debug!(event_id = %e.event.id, "alert published live (not yet stored)");
         }
     }
@@ -782,7 +777,7 @@ impl<'a> Session<'a> {
         if let Some(max) = self.max_packet {
             let size = fit::packet_size(&topic, props.as_ref(), body.len());
             if size > max {
-                metrics::counter!("kinderwatch_mqtt_too_large_total").increment(1);
+                telemetry::too_large();
                 return Queued::TooLarge { size, max };
             }
         }
@@ -824,13 +819,11 @@ impl<'a> Session<'a> {
                 warn!(entries = seqs.len(), error = %e, "outbox entries not removed; they will be published again");
             }
             if gauges {
-                metrics::gauge!("kinderwatch_store_outbox_depth").set(store.outbox_len() as f64);
+                store.refresh_outbox_depth();
                 if let Ok(oldest) = store.outbox_oldest() {
-                    let age = oldest.map_or(0.0, |t| {
-                        (Timestamp::now() - t).get_milliseconds() as f64 / 1000.0
-                    });
-                    metrics::gauge!("kinderwatch_mqtt_oldest_unpublished_seconds")
-                        .set(age.max(0.0));
+                    let age_ms =
+                        oldest.map_or(0, |t| (Timestamp::now() - t).get_milliseconds().max(0));
+                    telemetry::oldest_unpublished(Duration::from_millis(age_ms as u64));
                 }
             }
         });
@@ -869,11 +862,10 @@ impl<'a> Session<'a> {
         else {
             return;
         };
-        metrics::counter!("kinderwatch_mqtt_commands_total").increment(1);
+        telemetry::command();
         // A command is an action, not a state: a retained one would run again on every connection.
         if p.retain {
-            metrics::counter!("kinderwatch_mqtt_commands_ignored_total", "reason" => "retained")
-                .increment(1);
+            telemetry::command_ignored(CommandIgnored::Retained);
             if !self.delivery.warned_retained {
                 self.delivery.warned_retained = true;
                 warn!(topic = %topic, bytes = p.payload.len(),
@@ -889,8 +881,7 @@ impl<'a> Session<'a> {
             None => self.topics.responses(),
             Some(t) if self.reply_allowed(&t) => t,
             Some(t) => {
-                metrics::counter!("kinderwatch_mqtt_commands_ignored_total", "reason" => "response_topic")
-                    .increment(1);
+                telemetry::command_ignored(CommandIgnored::ResponseTopic);
                 warn!(command = %command, response_topic = %t, "a command asked for a reply on a topic outside mqtt.reply_topic_prefix; refused");
                 let why = OpsError::forbidden(format!(
                     "response topic {t:?} is not allowed: use {} or a topic under mqtt.reply_topic_prefix ({})",
@@ -906,8 +897,7 @@ impl<'a> Session<'a> {
             }
         };
         let Ok(permit) = self.delivery.commands.clone().try_acquire_owned() else {
-            metrics::counter!("kinderwatch_mqtt_commands_ignored_total", "reason" => "busy")
-                .increment(1);
+            telemetry::command_ignored(CommandIgnored::Busy);
             let now = Instant::now();
             if now.duration_since(self.busy_replies.0) >= Duration::from_secs(1) {
                 self.busy_replies = (now, 0);
@@ -915,8 +905,7 @@ impl<'a> Session<'a> {
             self.busy_replies.1 += 1;
             if self.busy_replies.1 > BUSY_REPLIES_PER_S {
                 // A flood: no reply, so that replies cannot crowd out the alerts.
-                metrics::counter!("kinderwatch_mqtt_commands_ignored_total", "reason" => "flood")
-                    .increment(1);
+                telemetry::command_ignored(CommandIgnored::Flood);
                 if self.busy_replies.1 == BUSY_REPLIES_PER_S + 1 {
                     warn!(
                         per_s = BUSY_REPLIES_PER_S,
@@ -1040,7 +1029,7 @@ impl Drop for AbortOnDrop {
 }
 
 fn reply_dropped(why: &str) {
-    metrics::counter!("kinderwatch_mqtt_replies_dropped_total").increment(1);
+    telemetry::reply_dropped();
     warn!(why, "a command reply was dropped");
 }
 
@@ -1093,14 +1082,13 @@ fn fit_snapshot(
     let jpeg = match room {
         Some(room) if jpeg.len() > room => match fit::shrink_jpeg(&jpeg, room) {
             Some(small) => {
-                metrics::counter!("kinderwatch_mqtt_snapshots_reencoded_total").increment(1);
+                telemetry::snapshot_reencoded();
                 debug!(event_id = %entry.event.id, from = jpeg.len(), to = small.len(), room,
                        "snapshot re-encoded to fit the broker's maximum packet size");
                 small
             }
             None => {
-                metrics::counter!("kinderwatch_mqtt_snapshots_omitted_total", "reason" => "too_large")
-                    .increment(1);
+                telemetry::snapshot_omitted(SnapshotOmitted::TooLarge);
                 warn!(event_id = %entry.event.id, bytes = jpeg.len(), room,
                       "snapshot left out: it does not fit the broker's maximum packet size even re-encoded (the alert says so; fetch it over HTTP)");
                 return Ok((None, SnapshotDelivery::Omitted("too_large")));

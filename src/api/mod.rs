@@ -258,7 +258,7 @@ pub async fn serve(
             },
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("kinderwatch_api_connections_refused_total").increment(1);
+            crate::telemetry::api::connection_refused();
             if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 refused_logged = Some(std::time::Instant::now());
                 tracing::warn!(

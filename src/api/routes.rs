@@ -74,8 +74,7 @@ async fn log_request(req: Request, next: Next) -> Response {
     } else {
         tracing::debug!(%method, %path, status, ms, "API request");
     }
-    metrics::counter!("kinderwatch_api_requests_total", "status" => status.to_string())
-        .increment(1);
+    crate::telemetry::api::request(status);
     response
 }
 

@@ -189,7 +189,6 @@ impl DaemonBuilder {
         d.store_status = Some(store_status.clone());
         match &self.store {
             Some(store) => {
-                metrics::gauge!("kinderwatch_store_up").set(1.0);
                 let (live_tx, live_rx) = match config.mqtt.is_some() {
                     true => {
                         let (tx, rx) = links::LIVE_ALERTS.channel();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{Credentials, RtspUrl};
+use super::{Credentials, RtspUrl, UrlError};
 use crate::geometry::polygon_problem;
 use crate::validate::Validator;
 
@@ -195,7 +195,7 @@ impl CameraConfig {
     }
 
     /// The parsed URL; only valid after [`Config::validate`] succeeded.
-    pub fn rtsp_url(&self) -> Result<RtspUrl, String> {
+    pub fn rtsp_url(&self) -> Result<RtspUrl, UrlError> {
         RtspUrl::parse(&self.url)
     }
 
@@ -219,7 +219,7 @@ pub fn credentials_from(
         return Ok(None);
     };
     let password = match (password_file, password_env) {
-        (Some(file), None) => read_password_file(file)?,
+        (Some(file), None) => read_password_file(file).map_err(|e| e.to_string())?,
         (None, Some(var)) => std::env::var(var).map_err(|_| {
             format!(
                 "environment variable {var} is not set (or not UTF-8); set it or use password_file"
@@ -238,12 +238,26 @@ pub fn credentials_from(
     }))
 }
 
-fn read_password_file(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read password file {}: {e}", path.display()))?;
+/// Why a password file gave no password.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordFileError {
+    #[error("cannot read password file {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("password file {} is empty", .0.display())]
+    Empty(PathBuf),
+}
+
+fn read_password_file(path: &Path) -> Result<String, PasswordFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PasswordFileError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
     let pw = text.trim_end_matches(['\r', '\n']).to_owned();
     if pw.is_empty() {
-        return Err(format!("password file {} is empty", path.display()));
+        return Err(PasswordFileError::Empty(path.to_owned()));
     }
     Ok(pw)
 }

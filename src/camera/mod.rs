@@ -22,7 +22,7 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 pub use self::pixels::{Pixels, YuvMatrix};
-pub use self::url::{Credentials, RtspUrl, redact_text, redact_url};
+pub use self::url::{Credentials, RtspUrl, UrlError, redact_text, redact_url};
 
 /// One decoded frame, as the pipeline delivered it (I420 from cameras; RGB from tools and tests).
 #[derive(Clone)]

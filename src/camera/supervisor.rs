@@ -21,6 +21,7 @@ use super::config::{CameraConfig, IngestConfig, Transport};
 use super::pipeline::{CameraPipeline, Fault, FrameOutput, PipelineSpec};
 use super::{CameraHandle, CameraState, CameraStatus, DecodeDemand, FrameSlot};
 use crate::progress::{Progress, Stages};
+use crate::telemetry::camera::{self as telemetry, FaultClass};
 
 /// How often the supervisor looks at frame counters and refreshes the published status.
 const TICK: Duration = Duration::from_millis(200);
@@ -76,7 +77,7 @@ impl CameraSupervisor {
         }
         let spec = PipelineSpec {
             camera: id,
-            url: camera.rtsp_url()?,
+            url: camera.rtsp_url().map_err(|e| e.to_string())?,
             credentials: camera.credentials()?,
             // `auto` starts with TCP (see `run`).
             transport: match camera.transport {
@@ -144,8 +145,7 @@ impl CameraSupervisor {
             while !self.cancel.is_cancelled() {
                 if !first {
                     self.status.send_modify(|s| s.reconnects += 1);
-                    metrics::counter!("kinderwatch_camera_reconnects_total", "camera" => self.spec.camera.to_string())
-                        .increment(1);
+                    telemetry::reconnected(&self.spec.camera);
                 }
                 first = false;
                 self.set_state(CameraState::Connecting, None, None);
@@ -265,8 +265,7 @@ impl CameraSupervisor {
                     if now.duration_since(last_status.0) >= STATUS_PERIOD {
                         let frames = stats.frames();
                         let fps = (frames - last_status.1) as f64 / now.duration_since(last_status.0).as_secs_f64();
-                        metrics::counter!("kinderwatch_camera_frames_total", "camera" => self.spec.camera.to_string())
-                            .increment(frames - last_status.1);
+                        telemetry::frames(&self.spec.camera, frames - last_status.1);
                         last_status = (now, frames);
                         self.publish_counters(frames, fps, stats.last_frame());
                     }
@@ -292,8 +291,7 @@ impl CameraSupervisor {
                 fault.map(|_| Fault::Transient(why))
             }
         };
-        metrics::counter!("kinderwatch_camera_frames_total", "camera" => self.spec.camera.to_string())
-            .increment(stats.frames() - last_status.1);
+        telemetry::frames(&self.spec.camera, stats.frames() - last_status.1);
         self.publish_counters(stats.frames(), 0.0, stats.last_frame());
         self.frames_before += stats.frames();
         Attempt {
@@ -306,8 +304,7 @@ impl CameraSupervisor {
         let total = self.frames_before + frames_this_pipeline;
         let last_frame_at = last_frame.map(|t| SystemTime::now() - t.elapsed());
         let decoding = self.output.slot.decode_demand();
-        metrics::gauge!("kinderwatch_camera_keyframes_only", "camera" => self.spec.camera.to_string())
-            .set(if decoding == DecodeDemand::Keyframes { 1.0 } else { 0.0 });
+        telemetry::keyframes_only(&self.spec.camera, decoding == DecodeDemand::Keyframes);
         self.status.send_modify(|s| {
             s.decoding = decoding;
             s.frames_received = total;
@@ -337,24 +334,18 @@ impl CameraSupervisor {
             }
             changed
         });
-        metrics::gauge!("kinderwatch_camera_streaming", "camera" => self.spec.camera.to_string())
-            .set(if state == CameraState::Streaming {
-                1.0
-            } else {
-                0.0
-            });
+        telemetry::streaming(&self.spec.camera, state == CameraState::Streaming);
     }
 
     /// Logs a fault once per distinct (state, message); repeats go to debug.
     fn report_fault(&mut self, state: CameraState, fault: &Fault, delay: Duration, attempt: u32) {
         let retry_in = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
         let class = match state {
-            CameraState::AuthFailed => "auth_failed",
-            CameraState::NotFound => "not_found",
-            _ => "transient",
+            CameraState::AuthFailed => FaultClass::AuthFailed,
+            CameraState::NotFound => FaultClass::NotFound,
+            _ => FaultClass::Transient,
         };
-        metrics::counter!("kinderwatch_camera_faults_total", "camera" => self.spec.camera.to_string(), "class" => class)
-            .increment(1);
+        telemetry::fault(&self.spec.camera, class);
         self.set_state(
             state,
             Some(fault.message().to_owned()),

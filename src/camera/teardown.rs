@@ -72,8 +72,7 @@ pub async fn set_null_within<K: Send + 'static>(
     STUCK.fetch_add(1, Ordering::SeqCst);
     match state.compare_exchange(RUNNING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst) {
         Ok(_) => {
-            metrics::counter!("kinderwatch_camera_teardown_stuck_total", "camera" => label.to_owned())
-                .increment(1);
+            crate::telemetry::camera::teardown_stuck(label);
             Teardown::Stuck
         }
         // It finished right at the deadline.

@@ -13,44 +13,55 @@ const SECRET_QUERY_KEYS: &[&str] = &[
     "password", "passwd", "pass", "pwd", "user", "username", "usr", "token", "auth", "key",
 ];
 
+/// What is wrong with a camera URL; no message repeats a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// The URL as given, redacted.
+    #[error("not a valid URL ({reason}): {redacted}; expected rtsp://host[:port]/path")]
+    NotAUrl {
+        reason: url::ParseError,
+        redacted: String,
+    },
+    #[error("scheme {0:?} is not supported; use rtsp:// (or rtsps://)")]
+    Scheme(String),
+    #[error("credentials must not be in the URL; use username and password_file")]
+    Credentials,
+    #[error("the URL has no host; expected rtsp://host[:port]/path")]
+    NoHost,
+}
+
+impl UrlError {
+    fn not_a_url(s: &str, reason: url::ParseError) -> Self {
+        Self::NotAUrl {
+            reason,
+            redacted: redact_url(s),
+        }
+    }
+}
+
 /// A validated `rtsp://` or `rtsps://` URL without user info.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RtspUrl(url::Url);
 
 impl RtspUrl {
     /// Parses a camera URL; the error explains the fix and never repeats a password.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let url = url::Url::parse(s).map_err(|e| {
-            format!(
-                "not a valid URL ({e}): {}; expected rtsp://host[:port]/path",
-                redact_url(s)
-            )
-        })?;
+    pub fn parse(s: &str) -> Result<Self, UrlError> {
+        let url = url::Url::parse(s).map_err(|e| UrlError::not_a_url(s, e))?;
         if url.scheme() != "rtsp" && url.scheme() != "rtsps" {
-            return Err(format!(
-                "scheme {:?} is not supported; use rtsp:// (or rtsps://)",
-                url.scheme()
-            ));
+            return Err(UrlError::Scheme(url.scheme().to_owned()));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(
-                "credentials must not be in the URL; use username and password_file".into(),
-            );
+            return Err(UrlError::Credentials);
         }
         if url.host_str().is_none_or(str::is_empty) {
-            return Err("the URL has no host; expected rtsp://host[:port]/path".into());
+            return Err(UrlError::NoHost);
         }
         Ok(Self(url))
     }
 
     /// Splits credentials out of a URL typed by an installer (`rtsp://user:pass@host/...`).
-    pub fn parse_with_credentials(s: &str) -> Result<(Self, Option<Credentials>), String> {
-        let mut url = url::Url::parse(s).map_err(|e| {
-            format!(
-                "not a valid URL ({e}): {}; expected rtsp://host[:port]/path",
-                redact_url(s)
-            )
-        })?;
+    pub fn parse_with_credentials(s: &str) -> Result<(Self, Option<Credentials>), UrlError> {
+        let mut url = url::Url::parse(s).map_err(|e| UrlError::not_a_url(s, e))?;
         let creds = if url.username().is_empty() {
             None
         } else {
@@ -257,8 +268,9 @@ mod tests {
     #[test]
     fn refuses_credentials_in_url() {
         let e = RtspUrl::parse("rtsp://admin:pw@cam/s").unwrap_err();
-        assert!(e.contains("credentials must not be in the URL"));
-        assert!(!e.contains("pw@"));
+        assert_eq!(e, UrlError::Credentials);
+        assert!(e.to_string().contains("credentials must not be in the URL"));
+        assert!(!e.to_string().contains("pw@"));
     }
 
     #[test]

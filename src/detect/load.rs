@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::pool::{CameraStats, PoolStats};
+use crate::telemetry::detect::{self as telemetry, FrameDrop};
 
 /// Share of a camera's frames with motion that may be overwritten before it counts as behind.
 pub const BEHIND_SHARE: f64 = 0.1;
@@ -84,11 +85,13 @@ pub async fn monitor(
                 continue;
             };
             let prev = before.insert(camera.clone(), now).unwrap_or_default();
-            metrics::counter!("kinderwatch_detect_frames_dropped_total", "camera" => camera.to_string(), "reason" => "overwritten")
-                .increment(now.overwritten.saturating_sub(prev.overwritten));
+            telemetry::frames_dropped(
+                &camera,
+                FrameDrop::Overwritten,
+                now.overwritten.saturating_sub(prev.overwritten),
+            );
             let is = is_behind(&prev, &now);
-            metrics::gauge!("kinderwatch_detect_camera_behind", "camera" => camera.to_string())
-                .set(if is { 1.0 } else { 0.0 });
+            telemetry::camera_behind(&camera, is);
             if is {
                 let wanted = stats
                     .interval(&camera)
@@ -101,11 +104,7 @@ pub async fn monitor(
                 });
             }
         }
-        metrics::gauge!("kinderwatch_detect_overloaded").set(if behind.is_empty() {
-            0.0
-        } else {
-            1.0
-        });
+        telemetry::overloaded(!behind.is_empty());
         let was = load.borrow().clone();
         let next = DetectorLoad {
             overloaded_since: match (behind.is_empty(), was.overloaded_since) {

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use super::motion::{GateDecision, InferReason, MotionConfig, MotionGate, PictureStats};
 use super::{DetectError, Detector, FrameDetections};
 use crate::camera::{DecodeDemand, Frame, FrameSlot};
+use crate::telemetry::detect::{self as telemetry, FrameDrop};
 
 /// One camera as the pool sees it.
 pub struct PoolCamera {
@@ -77,7 +78,6 @@ struct CameraEntry {
     gate: Mutex<MotionGate>,
     live_tracks: Arc<AtomicBool>,
     counters: CameraCounters,
-    labels: [(&'static str, String); 1],
     /// Statistics of the last frame the gate saw (for tamper detection).
     picture: Mutex<Option<PictureStats>>,
 }
@@ -203,7 +203,6 @@ impl DetectorPool {
                     live_tracks: Arc::default(),
                     counters: CameraCounters::default(),
                     picture: Mutex::new(None),
-                    labels: [("camera", cam.id.to_string())],
                     cam,
                 })
                 .collect(),
@@ -323,8 +322,7 @@ fn admit(shared: &Weak<Shared>, index: usize, frame: &Frame) -> bool {
                 .counters
                 .skipped_motion
                 .fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("kinderwatch_detect_frames_skipped_total", &entry.labels)
-                .increment(1);
+            telemetry::frame_skipped(&entry.cam.id);
             if shared.keyframes_when_still {
                 entry.cam.slot.set_decode_demand(DecodeDemand::Keyframes);
             }
@@ -380,8 +378,7 @@ impl Worker {
             let built = std::panic::catch_unwind(AssertUnwindSafe(|| factory()));
             match built {
                 Ok(Ok(d)) => {
-                    metrics::counter!("kinderwatch_detect_worker_restarts_total", "worker" => self.name.clone())
-                        .increment(1);
+                    telemetry::worker_restarted(&self.name);
                     tracing::warn!(worker = %self.name, "detector worker restarted with a fresh session");
                     return Some(d);
                 }
@@ -458,9 +455,7 @@ fn worker(shared: Arc<Shared>, detector: Box<dyn Detector>, me: Worker) {
             Ok(()) => detector = Some(d),
             Err(_) => {
                 entry.counters.errors.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("kinderwatch_detect_errors_total", &entry.labels).increment(1);
-                metrics::counter!("kinderwatch_detect_worker_panics_total", "worker" => me.name.clone())
-                    .increment(1);
+                telemetry::worker_panicked(&me.name, &entry.cam.id);
                 match me.factory {
                     // The panic may have left the session broken: it is dropped, a new one built.
                     Some(_) => {
@@ -499,11 +494,7 @@ fn process(shared: &Shared, detector: &mut dyn Detector, index: usize, frame: Ar
                 .counters
                 .detections
                 .fetch_add(detections.len() as u64, Ordering::Relaxed);
-            metrics::counter!("kinderwatch_detect_inferences_total", &entry.labels).increment(1);
-            metrics::histogram!("kinderwatch_detect_inference_seconds", &entry.labels)
-                .record(inference.as_secs_f64());
-            metrics::histogram!("kinderwatch_detect_queue_wait_seconds", &entry.labels)
-                .record(queue_wait.as_secs_f64());
+            telemetry::inferred(&entry.cam.id, inference, queue_wait);
             let out = FrameDetections {
                 frame,
                 detections,
@@ -515,13 +506,12 @@ fn process(shared: &Shared, detector: &mut dyn Detector, index: usize, frame: Ar
                     .counters
                     .dropped_output_full
                     .fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("kinderwatch_detect_frames_dropped_total", "camera" => entry.cam.id.to_string(), "reason" => "output_full")
-                    .increment(1);
+                telemetry::frames_dropped(&entry.cam.id, FrameDrop::OutputFull, 1);
             }
         }
         Err(e) => {
             let n = entry.counters.errors.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("kinderwatch_detect_errors_total", &entry.labels).increment(1);
+            telemetry::detect_error(&entry.cam.id);
             // The first error and then every 100th: a broken model must not flood the journal.
             if n.is_multiple_of(100) {
                 tracing::error!(camera = %entry.cam.id, error = %e, errors = n + 1, "detection failed");

@@ -72,8 +72,10 @@ pub fn parse_filter(
                     })?
             }
             "cursor" => {
-                q.cursor =
-                    Some(Cursor::parse(&v).map_err(|e| OpsError::bad_parameter("cursor", e))?)
+                q.cursor = Some(
+                    Cursor::parse(&v)
+                        .map_err(|e| OpsError::bad_parameter("cursor", e.to_string()))?,
+                )
             }
             other => {
                 return Err(OpsError::bad_parameter(

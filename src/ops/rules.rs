@@ -48,5 +48,5 @@ pub async fn set_armed(
         .await
         .map_err(|_| OpsError::unavailable("the rules stage did not answer"))?
         .map_err(|_| OpsError::unavailable("the rules stage has stopped"))?
-        .map_err(OpsError::not_found)
+        .map_err(|e| OpsError::not_found(e.to_string()))
 }

@@ -5,6 +5,21 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+/// Why the arming choices were not loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum ArmingError {
+    #[error("{}: not valid arming state ({source}); delete it to reset", path.display())]
+    Invalid {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Run-time arming choices, saved as JSON in the state directory (written atomically).
 #[derive(Debug, Clone)]
 pub struct ArmingStore {
@@ -18,20 +33,18 @@ impl ArmingStore {
         }
     }
 
-    pub fn load(&self) -> Result<BTreeMap<String, bool>, String> {
+    pub fn load(&self) -> Result<BTreeMap<String, bool>, ArmingError> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                format!(
-                    "{}: not valid arming state ({e}); delete it to reset",
-                    self.path.display()
-                )
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| ArmingError::Invalid {
+                path: self.path.clone(),
+                source,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(format!("{}: {e}", self.path.display())),
+            Err(source) => Err(self.io(source)),
         }
     }
 
-    pub fn save(&self, state: &BTreeMap<String, bool>) -> Result<(), String> {
+    pub fn save(&self, state: &BTreeMap<String, bool>) -> Result<(), ArmingError> {
         let tmp = self.path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
@@ -39,6 +52,13 @@ impl ArmingStore {
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)
         };
-        write().map_err(|e| format!("{}: {e}", self.path.display()))
+        write().map_err(|source| self.io(source))
+    }
+
+    fn io(&self, source: std::io::Error) -> ArmingError {
+        ArmingError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
 }

@@ -16,6 +16,7 @@ use super::RecordedEvent;
 use crate::detect::BBox;
 use crate::events::{Event, SnapshotFrame, render_snapshot};
 use crate::rules::engine::RuleShape;
+use crate::telemetry::events::{self as telemetry, SnapshotSkip};
 
 /// Encodes running or waiting for the blocking pool at once.
 pub const MAX_IN_FLIGHT: usize = 8;
@@ -56,8 +57,7 @@ impl SnapshotEncoder {
             return;
         };
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            metrics::counter!("kinderwatch_snapshots_skipped_total", "reason" => "busy")
-                .increment(1);
+            telemetry::snapshot_skipped(SnapshotSkip::Busy);
             warn!(event_id = %event.id, in_flight = MAX_IN_FLIGHT,
                   "too many snapshots being encoded: event recorded without its picture");
             record(
@@ -80,8 +80,7 @@ impl SnapshotEncoder {
             .await
             .ok();
             if snapshot.is_none() {
-                metrics::counter!("kinderwatch_snapshots_skipped_total", "reason" => "failed")
-                    .increment(1);
+                telemetry::snapshot_skipped(SnapshotSkip::Failed);
             }
             record(&events, RecordedEvent { event, snapshot });
         });
@@ -109,9 +108,7 @@ fn record(events: &mpsc::Sender<RecordedEvent>, recorded: RecordedEvent) {
           track = e.object.as_ref().map_or(0, |o| o.track_id),
           score = format!("{:.2}", e.object.as_ref().map_or(0.0, |o| o.score)),
           snapshot_bytes = recorded.snapshot.as_ref().map_or(0, Vec::len), "event");
-    if events.try_send(recorded).is_err() {
-        metrics::counter!("kinderwatch_events_dropped_total", "camera" => camera.clone())
-            .increment(1);
-        warn!(camera = %camera, "event queue full: event not recorded");
+    if let Err(why) = crate::events::offer(events, recorded) {
+        warn!(camera = %camera, reason = why.as_str(), "event queue full: event not recorded");
     }
 }

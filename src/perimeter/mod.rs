@@ -8,7 +8,7 @@
 pub mod arming;
 pub mod encode;
 
-pub use arming::ArmingStore;
+pub use arming::{ArmingError, ArmingStore};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use crate::events::{Event, EventObject, SnapshotFrame};
 use crate::rules::engine::{Engine, RuleHit};
 use crate::rules::tracker::{Tracker, TrackerConfig};
 
-pub use crate::control::{RuleCommand, RuleStatus};
+pub use crate::control::{RuleCommand, RuleStatus, SetArmedError};
 pub use crate::events::RecordedEvent;
 
 /// One camera's tracker and rules engine.
@@ -177,7 +177,7 @@ fn handle_command(
                 .values_mut()
                 .any(|c| c.engine.set_armed(&rule, armed));
             let result = if !known {
-                Err(format!("no rule {rule:?}"))
+                Err(SetArmedError::NoSuchRule(rule))
             } else {
                 armed_state.insert(rule.clone(), armed);
                 let saved = arming.map(|a| a.save(armed_state)).transpose().map(|_| ());
@@ -185,7 +185,7 @@ fn handle_command(
                     warn!(rule = %rule, error = %e, "run-time arming not saved; it is lost on restart");
                 }
                 info!(rule = %rule, armed, "rule armed state changed");
-                saved
+                saved.map_err(|e| SetArmedError::NotSaved(e.into()))
             };
             let _ = reply.send(result);
         }

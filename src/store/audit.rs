@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Cursor, Store, StoreError, keys};
+use crate::telemetry::store::{self as telemetry, Undecodable};
 
 /// The most records one page holds.
 pub const MAX_LIMIT: usize = 1000;
@@ -93,11 +94,11 @@ impl Store {
             .audit
             .insert(record.id.as_bytes(), value)
             .map_err(|e| {
-                metrics::counter!("kinderwatch_store_audit_errors_total").increment(1);
+                telemetry::audit_error();
                 StoreError::Sled(e)
             })?;
         self.inner.db.flush()?;
-        metrics::counter!("kinderwatch_audit_records_total").increment(1);
+        telemetry::audit_recorded();
         Ok(())
     }
 
@@ -124,8 +125,7 @@ impl Store {
             let (k, v) = kv?;
             last = keys::uuid_from_key(&k);
             let Ok(r) = serde_json::from_slice::<AuditRecord>(&v) else {
-                metrics::counter!("kinderwatch_store_undecodable_total", "where" => "audit")
-                    .increment(1);
+                telemetry::undecodable(Undecodable::Audit);
                 continue;
             };
             if q.caller.as_ref().is_some_and(|c| *c != r.caller) {

@@ -34,7 +34,7 @@ use crate::events::RecordedEvent;
 
 pub use audit::{AuditQuery, AuditRecord};
 pub use outbox::{DeadLetter, DeadLetterReason, OutboxEntry};
-pub use query::{Cursor, EventQuery, Page};
+pub use query::{Cursor, CursorError, EventQuery, Page};
 pub use retention::{RetentionPolicy, RetentionReport};
 
 /// The schema this code writes. See `migrate.rs` for the older ones it can open.

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::{Store, StoreError, decode_stored, keys};
 use crate::events::Event;
+use crate::telemetry::store::{self as telemetry, Undecodable};
 
 /// One event waiting in the outbox.
 #[derive(Debug, Clone)]
@@ -120,14 +121,9 @@ impl Store {
             })),
             Err(e) => {
                 tracing::error!(seq, error = %e, "an outbox entry does not decode; moved to the dead letters, the entries behind it go on");
-                metrics::counter!("kinderwatch_store_undecodable_total", "where" => "outbox")
-                    .increment(1);
+                telemetry::undecodable(Undecodable::Outbox);
                 match self.dead_letter(seq, DeadLetterReason::Unreadable, &e.to_string(), 0) {
-                    Ok(Some(_)) => {
-                        metrics::counter!("kinderwatch_mqtt_dead_letters_total", "reason" => "unreadable")
-                            .increment(1);
-                    }
-                    Ok(None) => {}
+                    Ok(_) => {}
                     // Skipped all the same: it must not fail the reads of the entries behind it.
                     Err(e) => {
                         tracing::warn!(seq, error = %e, "the unreadable entry could not be moved; skipped")
@@ -184,6 +180,12 @@ impl Store {
         self.inner.outbox.len()
     }
 
+    /// Writes the outbox depth gauge (the store owns it; the publisher asks after removing what
+    /// the broker acknowledged). Walks the tree: at most about once a second.
+    pub fn refresh_outbox_depth(&self) {
+        telemetry::outbox_depth(self.outbox_len());
+    }
+
     /// Resolves the next time events are added to the outbox.
     pub async fn outbox_changed(&self) {
         self.inner.outbox_changed.notified().await
@@ -236,9 +238,12 @@ impl Store {
             },
         )?;
         if moved.is_some() {
-            i.dead_letter_count
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let waiting = i
+                .dead_letter_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
             i.db.flush()?;
+            crate::telemetry::mqtt::dead_lettered(reason.as_str(), waiting);
         }
         Ok(moved)
     }
@@ -284,8 +289,11 @@ impl Store {
             },
         )?;
         if done {
-            i.dead_letter_count
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let waiting = i
+                .dead_letter_count
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
+                .saturating_sub(1);
+            crate::telemetry::mqtt::dead_letters(waiting);
             i.db.flush()?;
             i.outbox_changed.notify_one();
         }

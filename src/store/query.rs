@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::{Store, StoreError, StoredEvent, decode_stored, keys};
 use crate::events::EventKind;
+use crate::telemetry::store::{self as telemetry, Undecodable};
 
 /// The most events one page may hold.
 pub const MAX_LIMIT: usize = 1000;
@@ -51,12 +52,20 @@ impl Cursor {
         format!("c1{}", self.0.simple())
     }
 
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, CursorError> {
         s.strip_prefix("c1")
             .and_then(|hex| Uuid::try_parse(hex).ok())
             .map(Cursor)
-            .ok_or_else(|| "not a cursor returned by this API".to_string())
+            .ok_or(CursorError::NotOurs)
     }
+}
+
+/// Why a cursor was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CursorError {
+    /// Not one this API handed out (or mangled on the way back).
+    #[error("not a cursor returned by this API")]
+    NotOurs,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -122,8 +131,7 @@ pub(super) fn run(store: &Store, q: &EventQuery) -> Result<Page, StoreError> {
             Err(e) => {
                 // One bad record never fails a page: skipped and reported with the page.
                 tracing::warn!(error = %e, "a stored event does not decode; skipped");
-                metrics::counter!("kinderwatch_store_undecodable_total", "where" => "query")
-                    .increment(1);
+                telemetry::undecodable(Undecodable::Query);
                 page.skipped_undecodable += 1;
                 if scanned >= MAX_SCAN {
                     break;

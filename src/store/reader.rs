@@ -71,7 +71,7 @@ impl Readers {
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                metrics::counter!("kinderwatch_store_reads_refused_total").increment(1);
+                crate::telemetry::store::read_refused();
                 return Err(ReadError::Busy);
             }
             Err(TrySendError::Disconnected(_)) => return Err(ReadError::Gone),

@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 use super::{Store, StoreConfig, StoreError};
 use crate::events::RecordedEvent;
 use crate::events::{Event, EventKind};
+use crate::telemetry::store::{self as telemetry, EventsLost};
 
 /// Events per write transaction.
 const BATCH_EVENTS: usize = 64;
@@ -114,6 +115,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), RecorderFailed> {
     let progress = settings.progress.clone();
+    // The recorder owns the store's status, and with it `kinderwatch_store_up`: writing at first.
+    telemetry::up(status.borrow().is_ok());
     let mut r = Recorder {
         store,
         settings,
@@ -202,8 +205,7 @@ impl Recorder {
                 || self.pending_bytes + weight(&e) > max_bytes)
         {
             let Some(lost) = self.pop_front() else { break };
-            metrics::counter!("kinderwatch_store_events_lost_total", "reason" => "pending_full")
-                .increment(1);
+            telemetry::events_lost(EventsLost::PendingFull, 1);
             error!(event_id = %lost.event.id, kind = lost.event.kind.as_str(),
                    max_pending = self.settings.config.max_pending,
                    max_pending_mb = self.settings.config.max_pending_mb,
@@ -242,8 +244,7 @@ impl Recorder {
     }
 
     fn pending_changed(&self) {
-        metrics::gauge!("kinderwatch_store_pending_events").set(self.pending.len() as f64);
-        metrics::gauge!("kinderwatch_store_pending_bytes").set(self.pending_bytes as f64);
+        telemetry::pending(self.pending.len(), self.pending_bytes);
     }
 
     fn start_write_if_due(&mut self) {
@@ -259,8 +260,7 @@ impl Recorder {
             #[cfg(feature = "failpoints")]
             fail::fail_point!("store_record");
             let result = store.record(&b, outbox);
-            metrics::histogram!("kinderwatch_store_write_seconds")
-                .record(started.elapsed().as_secs_f64());
+            telemetry::write_took(started.elapsed());
             result
         });
         self.in_flight = Some(InFlight {
@@ -279,8 +279,7 @@ impl Recorder {
         let batch = Arc::try_unwrap(f.batch).unwrap_or_else(|shared| (*shared).clone());
         match done {
             Ok(Ok(())) => {
-                metrics::counter!("kinderwatch_store_events_recorded_total")
-                    .increment(batch.len() as u64);
+                telemetry::events_recorded(batch.len() as u64);
                 for r in &batch {
                     tracing::debug!(event_id = %r.event.id, kind = r.event.kind.as_str(), "event recorded");
                 }
@@ -294,7 +293,7 @@ impl Recorder {
                 self.recovered();
             }
             Ok(Err(e)) => {
-                metrics::counter!("kinderwatch_store_write_errors_total").increment(1);
+                telemetry::write_error();
                 for r in batch.into_iter().rev() {
                     self.push_front(r);
                 }
@@ -304,7 +303,7 @@ impl Recorder {
             Err(join) => {
                 // The write panicked inside sled: it may have stored the batch or not. Recording is
                 // idempotent by event id, so the batch is written again.
-                metrics::counter!("kinderwatch_store_write_errors_total").increment(1);
+                telemetry::write_error();
                 error!(error = %join, events = batch.len(), "event store write panicked; its batch is written again");
                 for r in batch.into_iter().rev() {
                     self.push_front(r);
@@ -320,7 +319,7 @@ impl Recorder {
         if was_ok {
             error!(reason = %reason, pending = self.pending.len(),
                    "event store cannot write; events wait in memory and detection goes on");
-            metrics::gauge!("kinderwatch_store_up").set(0.0);
+            telemetry::up(false);
             let mut e = Event::site_event(
                 EventKind::StorageFailed,
                 &self.settings.site,
@@ -365,7 +364,7 @@ impl Recorder {
             snapshot_len: 0,
         };
         if live.try_send(e).is_err() {
-            metrics::counter!("kinderwatch_alerts_live_dropped_total").increment(1);
+            telemetry::live_alert_dropped();
             warn!(event_id = %r.event.id, "live alert queue full; the alert goes out once the store writes again");
         }
     }
@@ -377,7 +376,7 @@ impl Recorder {
         };
         let waited = self.pending.len();
         info!(pending = waited, "event store writes again");
-        metrics::gauge!("kinderwatch_store_up").set(1.0);
+        telemetry::up(true);
         let mut e = Event::site_event(
             EventKind::StorageRecovered,
             &self.settings.site,
@@ -418,8 +417,7 @@ impl Recorder {
         }
         let lost = self.pending.len() + stuck;
         if lost > 0 {
-            metrics::counter!("kinderwatch_store_events_lost_total", "reason" => "shutdown")
-                .increment(lost as u64);
+            telemetry::events_lost(EventsLost::Shutdown, lost as u64);
             let ids: Vec<String> = self
                 .pending
                 .iter()
@@ -440,14 +438,11 @@ impl Recorder {
 /// Writes the store's size, oldest event and outbox depth as gauges.
 pub fn publish_stats(store: &Store) -> Result<super::StoreStats, StoreError> {
     let stats = store.stats()?;
-    metrics::gauge!("kinderwatch_store_events").set(stats.events as f64);
-    metrics::gauge!("kinderwatch_store_stored_bytes").set(stats.stored_bytes as f64);
-    metrics::gauge!("kinderwatch_store_disk_bytes").set(stats.disk_bytes as f64);
-    metrics::gauge!("kinderwatch_store_outbox_depth").set(stats.outbox as f64);
-    metrics::gauge!("kinderwatch_mqtt_dead_letters").set(stats.dead_letters as f64);
+    telemetry::size(stats.events, stats.stored_bytes, stats.disk_bytes);
+    telemetry::outbox_depth(stats.outbox as usize);
+    crate::telemetry::mqtt::dead_letters(stats.dead_letters as usize);
     if let Some(oldest) = stats.oldest {
-        metrics::gauge!("kinderwatch_store_oldest_event_timestamp_seconds")
-            .set(oldest.as_millisecond() as f64 / 1000.0);
+        telemetry::oldest_event(oldest.as_millisecond() as f64 / 1000.0);
     }
     Ok(stats)
 }
@@ -486,10 +481,7 @@ pub async fn run_retention(store: Store, config: StoreConfig, cancel: Cancellati
         }
         match report {
             Some(Ok(report)) if report.deleted_by_age + report.deleted_by_size > 0 => {
-                metrics::counter!("kinderwatch_store_retention_deleted_total", "reason" => "age")
-                    .increment(report.deleted_by_age);
-                metrics::counter!("kinderwatch_store_retention_deleted_total", "reason" => "size")
-                    .increment(report.deleted_by_size);
+                telemetry::retention_deleted(report.deleted_by_age, report.deleted_by_size);
                 info!(
                     by_age = report.deleted_by_age,
                     by_size = report.deleted_by_size,
