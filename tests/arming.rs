@@ -35,7 +35,12 @@ fn start(state_dir: &Path) -> Stage {
         arming: Some(ArmingStore::new(state_dir)),
         progress: None,
     };
-    let task = tokio::spawn(perimeter::run(config, rx, io, CancellationToken::new()));
+    let task = tokio::spawn(perimeter::run(
+        perimeter::StageRules::from_config(&config).unwrap(),
+        rx,
+        io,
+        CancellationToken::new(),
+    ));
     Stage {
         detections,
         commands,

@@ -91,7 +91,7 @@ async fn run(frames: Vec<FrameDetections>) -> Vec<RecordedEvent> {
     let (tx, rx) = mpsc::channel(frames.len() + 1);
     let (events_tx, mut events_rx) = mpsc::channel(100);
     let stage = tokio::spawn(perimeter::run(
-        config(),
+        perimeter::StageRules::from_config(&config()).unwrap(),
         rx,
         PerimeterIo {
             live_tracks: HashMap::new(),

@@ -474,7 +474,12 @@ cooldown = "0s"
         progress: None,
     };
     let cancel = CancellationToken::new();
-    let stage = tokio::spawn(perimeter::run(config, rx, io, cancel.clone()));
+    let stage = tokio::spawn(perimeter::run(
+        perimeter::StageRules::from_config(&config).unwrap(),
+        rx,
+        io,
+        cancel.clone(),
+    ));
     let t0 = std::time::SystemTime::now();
     // The gate's walker crosses first (its picture is the slow one), then the yard's.
     for r in common::walk_down(t0) {

@@ -122,6 +122,12 @@ impl DaemonBuilder {
     /// Builds every stage and starts them, consumers first.
     pub async fn start(self) -> anyhow::Result<Daemon> {
         let config = self.config.clone();
+        // The one step of building the rules that can fail, before anything starts.
+        let stage_rules =
+            crate::perimeter::StageRules::from_config(&config).map_err(|problems| {
+                let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                anyhow::anyhow!("rules: {}", problems.join("; "))
+            })?;
         let detectors = match (self.detectors, self.detections, &config.detector.model) {
             (Some(d), _, _) => Some(d),
             (None, Detections::Caller, _) | (None, _, None) => None,
@@ -348,9 +354,8 @@ impl DaemonBuilder {
                     arming,
                     progress: Some(d.stages.register("rules")),
                 };
-                let c = config.clone();
                 d.spawn_in(Tier::Rules, "rules", |cancel| {
-                    crate::perimeter::run(c, rx, io, cancel)
+                    crate::perimeter::run(stage_rules, rx, io, cancel)
                 });
             }
             None => {

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::OpsError;
-use crate::control::{RuleCommand, RuleStatus};
+use super::{ErrorKind, OpsError};
+use crate::control::{RuleCommand, RuleStatus, SetArmedError};
 
 const RULE_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -30,7 +30,8 @@ pub async fn list(tx: &mpsc::Sender<RuleCommand>) -> Result<Vec<RuleStatus>, Ops
         .map_err(|_| OpsError::unavailable("the rules stage has stopped"))
 }
 
-/// Arms or disarms a rule through the rules stage; `not_found` for an unknown rule.
+/// Arms or disarms a rule through the rules stage; `not_found` for an unknown rule, `not_saved`
+/// (internal) when the change holds but could not be kept for a restart.
 pub async fn set_armed(
     tx: &mpsc::Sender<RuleCommand>,
     rule: &str,
@@ -48,5 +49,48 @@ pub async fn set_armed(
         .await
         .map_err(|_| OpsError::unavailable("the rules stage did not answer"))?
         .map_err(|_| OpsError::unavailable("the rules stage has stopped"))?
-        .map_err(|e| OpsError::not_found(e.to_string()))
+        .map_err(|e| match e {
+            SetArmedError::NoSuchRule(_) => OpsError::not_found(e.to_string()),
+            SetArmedError::NotSaved(why) => OpsError::new(
+                ErrorKind::Internal,
+                "not_saved",
+                format!(
+                    "rule {rule:?} is {} now, but the change could not be saved and is lost on restart: {why}",
+                    if armed { "armed" } else { "disarmed" }
+                ),
+            ),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rules stage that answers every arm command with `answer`.
+    fn stage(answer: fn() -> SetArmedError) -> mpsc::Sender<RuleCommand> {
+        let (tx, mut rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while let Some(cmd) = rx.recv().await {
+                if let RuleCommand::SetArmed { reply, .. } = cmd {
+                    let _ = reply.send(Err(answer()));
+                }
+            }
+        });
+        tx
+    }
+
+    #[tokio::test]
+    async fn an_unknown_rule_is_not_found_an_unsaved_change_is_internal() {
+        let unknown = stage(|| SetArmedError::NoSuchRule("x".into()));
+        let e = set_armed(&unknown, "x", false).await.unwrap_err();
+        assert_eq!((e.kind, e.code), (ErrorKind::NotFound, "not_found"));
+        let unsaved = stage(|| SetArmedError::NotSaved("disk full".into()));
+        let e = set_armed(&unsaved, "fence", false).await.unwrap_err();
+        assert_eq!((e.kind, e.code), (ErrorKind::Internal, "not_saved"));
+        assert!(
+            e.reason.contains("disarmed now") && e.reason.contains("disk full"),
+            "{}",
+            e.reason
+        );
+    }
 }

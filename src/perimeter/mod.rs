@@ -2,7 +2,7 @@
 //! ids and an [`Engine`] applies that camera's rules; each rule hit becomes an [`Event`] with a
 //! snapshot (the track's best frame, drawn on). Runs as one task; snapshots are encoded off the
 //! rules loop ([`encode`]): no camera waits for another's JPEG. Each camera's engine is built from
-//! the config's compiled rules ([`Config::rule_specs`]); [`arming`] keeps run-time arming across
+//! the config's compiled rules ([`StageRules`], from [`Config::rule_specs`]); [`arming`] keeps run-time arming across
 //! restarts.
 
 pub mod arming;
@@ -26,6 +26,7 @@ use crate::detect::FrameDetections;
 use crate::detect::summary::DetectionSummary;
 use crate::events::{Event, EventObject, SnapshotFrame};
 use crate::rules::engine::{Engine, RuleHit};
+use crate::rules::spec::SiteRules;
 use crate::rules::tracker::{Tracker, TrackerConfig};
 
 pub use crate::control::{RuleCommand, RuleStatus, SetArmedError};
@@ -50,9 +51,32 @@ pub struct PerimeterIo {
     pub progress: Option<crate::progress::Progress>,
 }
 
+/// What the rules stage runs: the site, and the compiled rules of each enabled camera.
+#[derive(Debug, Clone)]
+pub struct StageRules {
+    pub site: String,
+    pub rules: SiteRules,
+}
+
+impl StageRules {
+    /// From a config: compiling its rules is the same step as validating them, so a config that
+    /// loaded gives no problem here (one edited since may).
+    pub fn from_config(config: &Config) -> Result<Self, Vec<crate::validate::Problem>> {
+        let mut rules = config.rule_specs()?;
+        rules
+            .cameras
+            .retain(|c| config.enabled_cameras().any(|cam| cam.id == c.camera));
+        Ok(Self {
+            site: config.site.id.clone(),
+            rules,
+        })
+    }
+}
+
 /// Runs tracking and rules over the pool's results until cancelled; events go to `io.events`.
+/// Building each camera's engine from its compiled rules cannot fail.
 pub async fn run(
-    config: Arc<Config>,
+    stage: StageRules,
     mut detections: mpsc::Receiver<FrameDetections>,
     io: PerimeterIo,
     cancel: CancellationToken,
@@ -68,22 +92,14 @@ pub async fn run(
     let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
     let mut tick = tokio::time::interval(SUMMARY_PERIOD);
     tick.tick().await;
-    // Loading validated the config, which is compiling its rules: a problem here means the
-    // caller changed the config afterwards without validating it again.
-    let site = config.rule_specs().unwrap_or_else(|problems| {
-        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        panic!(
-            "the rules stage was given an invalid config: {}",
-            problems.join("; ")
-        )
-    });
+    let StageRules {
+        site: site_id,
+        rules: site,
+    } = stage;
     let mut cameras: HashMap<Arc<str>, Camera> = HashMap::new();
-    for cam in config.enabled_cameras() {
-        // Every camera of the config has its entry, with or without rules.
-        let Some(rules) = site.camera(&cam.id) else {
-            continue;
-        };
-        let id: Arc<str> = cam.id.as_str().into();
+    // Every enabled camera has its entry, with or without rules.
+    for rules in &site.cameras {
+        let id: Arc<str> = rules.camera.as_str().into();
         cameras.insert(
             id.clone(),
             Camera {
@@ -152,7 +168,7 @@ pub async fn run(
         debug!(camera = %r.frame.camera, seq = r.frame.seq, objects = r.detections.len(),
                tracks = cam.tracker.tracks().len(), hits = hits.len(), "frame analysed");
         for hit in hits {
-            let (event, job) = build_event(&config, &site.time_zone, cam, &r.frame.camera, &hit);
+            let (event, job) = build_event(&site_id, &site.time_zone, cam, &r.frame.camera, &hit);
             encoder.submit(event, job);
         }
     }
@@ -239,13 +255,13 @@ impl RuleClock {
 
 /// The event of one rule hit, and what its snapshot is drawn from (the track's best frame).
 fn build_event(
-    config: &Config,
+    site: &str,
     tz: &TimeZone,
     cam: &Camera,
     camera: &str,
     hit: &RuleHit,
 ) -> (Event, Option<encode::SnapshotJob>) {
-    let mut event = Event::new(hit.kind.into(), &config.site.id, camera, hit.time);
+    let mut event = Event::new(hit.kind.into(), site, camera, hit.time);
     event.rule = Some(hit.rule.to_string());
     event.object = Some(EventObject {
         class: hit.label.to_string(),
