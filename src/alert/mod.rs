@@ -129,7 +129,9 @@ impl MqttConfig {
             .unwrap_or_else(|| format!("kinderwatch-{site}"))
     }
 
-    pub fn credentials(&self) -> Result<Option<Credentials>, String> {
+    pub fn credentials(
+        &self,
+    ) -> Result<Option<Credentials>, crate::camera::config::CredentialsError> {
         crate::camera::config::credentials_from(
             self.username.as_deref(),
             self.password_file.as_deref(),
@@ -204,7 +206,7 @@ impl MqttConfig {
             } else {
                 "password_file"
             };
-            p.push((key, e));
+            p.push((key, e.to_string()));
         }
         if let Some(prefix) = &self.topic_prefix
             && (prefix.is_empty()

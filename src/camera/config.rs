@@ -200,7 +200,7 @@ impl CameraConfig {
     }
 
     /// Reads the password from its file or environment variable.
-    pub fn credentials(&self) -> Result<Option<Credentials>, String> {
+    pub fn credentials(&self) -> Result<Option<Credentials>, CredentialsError> {
         credentials_from(
             self.username.as_deref(),
             self.password_file.as_deref(),
@@ -209,28 +209,36 @@ impl CameraConfig {
     }
 }
 
-/// Credentials from a username and a password file or environment variable (config and `probe`).
+/// Why a username's password could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error(transparent)]
+    PasswordFile(#[from] PasswordFileError),
+    #[error("environment variable {0} is not set (or not UTF-8); set it or use password_file")]
+    EnvUnset(String),
+    #[error("username is set but no password; add password_file or password_env")]
+    NoPassword,
+    #[error("set only one of password_file and password_env")]
+    TwoPasswords,
+}
+
+/// Credentials from a username and a password file or environment variable (cameras, MQTT and
+/// `probe`).
 pub fn credentials_from(
     username: Option<&str>,
     password_file: Option<&Path>,
     password_env: Option<&str>,
-) -> Result<Option<Credentials>, String> {
+) -> Result<Option<Credentials>, CredentialsError> {
     let Some(username) = username else {
         return Ok(None);
     };
     let password = match (password_file, password_env) {
-        (Some(file), None) => read_password_file(file).map_err(|e| e.to_string())?,
-        (None, Some(var)) => std::env::var(var).map_err(|_| {
-            format!(
-                "environment variable {var} is not set (or not UTF-8); set it or use password_file"
-            )
-        })?,
-        (None, None) => {
-            return Err(
-                "username is set but no password; add password_file or password_env".into(),
-            );
+        (Some(file), None) => read_password_file(file)?,
+        (None, Some(var)) => {
+            std::env::var(var).map_err(|_| CredentialsError::EnvUnset(var.to_owned()))?
         }
-        (Some(_), Some(_)) => return Err("set only one of password_file and password_env".into()),
+        (None, None) => return Err(CredentialsError::NoPassword),
+        (Some(_), Some(_)) => return Err(CredentialsError::TwoPasswords),
     };
     Ok(Some(Credentials {
         username: username.to_owned(),

@@ -27,6 +27,15 @@ use crate::telemetry::camera::{self as telemetry, FaultClass};
 const TICK: Duration = Duration::from_millis(200);
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
 
+/// Why a camera could not be set up (a config that passed validation gives none).
+#[derive(Debug, thiserror::Error)]
+pub enum CameraSetupError {
+    #[error(transparent)]
+    Url(#[from] super::UrlError),
+    #[error(transparent)]
+    Credentials(#[from] super::config::CredentialsError),
+}
+
 pub struct CameraSupervisor {
     spec: PipelineSpec,
     ingest: IngestConfig,
@@ -57,7 +66,7 @@ impl CameraSupervisor {
         camera: &CameraConfig,
         ingest: &IngestConfig,
         cancel: CancellationToken,
-    ) -> Result<(Option<Self>, CameraHandle), String> {
+    ) -> Result<(Option<Self>, CameraHandle), CameraSetupError> {
         let id: Arc<str> = camera.id.as_str().into();
         let slot = Arc::new(FrameSlot::default());
         let initial = if camera.enabled {
@@ -77,7 +86,7 @@ impl CameraSupervisor {
         }
         let spec = PipelineSpec {
             camera: id,
-            url: camera.rtsp_url().map_err(|e| e.to_string())?,
+            url: camera.rtsp_url()?,
             credentials: camera.credentials()?,
             // `auto` starts with TCP (see `run`).
             transport: match camera.transport {
