@@ -1,66 +1,78 @@
 //! Run-time arming through the rule command channel, saved in the state directory so that it
-//! survives a restart of the perimeter stage.
+//! survives a restart of the daemon (built through its stage graph: the rules, the recorder and
+//! the store; detections from the test).
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use kinderwatch::app::{Daemon, Detections, Synthetic};
 use kinderwatch::detect::FrameDetections;
 use kinderwatch::events::EventKind;
-use kinderwatch::perimeter::{
-    self, ArmingStore, PerimeterIo, RecordedEvent, RuleCommand, SetArmedError,
-};
+use kinderwatch::perimeter::{RuleCommand, SetArmedError};
+use kinderwatch::store::query::EventQuery;
+use kinderwatch::store::{Store, StoreConfig, StoredEvent};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 mod common;
 
 struct Stage {
+    daemon: Daemon,
     detections: mpsc::Sender<FrameDetections>,
     commands: mpsc::Sender<RuleCommand>,
-    events: mpsc::Receiver<RecordedEvent>,
-    task: tokio::task::JoinHandle<()>,
+    store: Store,
 }
 
-fn start(state_dir: &Path) -> Stage {
-    let config = common::fence_config();
-    let (detections, rx) = mpsc::channel(64);
-    let (commands, cmd_rx) = mpsc::channel(4);
-    let (events_tx, events) = mpsc::channel(64);
-    let io = PerimeterIo {
-        live_tracks: HashMap::new(),
-        events: events_tx,
-        summary: None,
-        commands: Some(cmd_rx),
-        arming: Some(ArmingStore::new(state_dir)),
-        progress: None,
-    };
-    let task = tokio::spawn(perimeter::run(
-        perimeter::StageRules::from_config(&config).unwrap(),
-        rx,
-        io,
-        CancellationToken::new(),
-    ));
+/// The daemon with its state (store and arming) in `state_dir`.
+async fn start(state_dir: &Path, store: &Store) -> Stage {
+    let mut config = (*common::fence_config()).clone();
+    config.state.dir = state_dir.to_owned();
+    config.store.min_free_mb = 1;
+    let mut daemon = Daemon::builder(&config)
+        .frames(Synthetic::new(|_, _| None))
+        .detections(Detections::Caller)
+        .store(store.clone())
+        .start()
+        .await
+        .unwrap();
     Stage {
-        detections,
-        commands,
-        events,
-        task,
+        detections: daemon.take_detections_input().unwrap(),
+        commands: daemon.rule_commands(),
+        store: store.clone(),
+        daemon,
     }
 }
 
-/// A person walking down across the line (one frame per 200 ms), from `t0`.
-async fn walk(stage: &mut Stage, t0: SystemTime) -> Vec<RecordedEvent> {
+fn crossings(store: &Store) -> Vec<StoredEvent> {
+    store
+        .query(&EventQuery {
+            kind: Some(EventKind::LineCrossed),
+            limit: 100,
+            ..EventQuery::default()
+        })
+        .unwrap()
+        .events
+}
+
+/// A person walking down across the line (one frame per 200 ms), from `t0`: the crossings it
+/// recorded (waited for up to 5 s; 1.5 s when none comes).
+async fn walk(stage: &mut Stage, t0: SystemTime) -> Vec<StoredEvent> {
+    let before = crossings(&stage.store).len();
     for d in common::walk_down(t0) {
         stage.detections.send(d).await.unwrap();
     }
-    // Let the stage drain.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut out = vec![];
-    while let Ok(e) = stage.events.try_recv() {
-        out.push(e);
+    let started = Instant::now();
+    loop {
+        let now = crossings(&stage.store);
+        let waited = started.elapsed();
+        if (now.len() > before && waited > Duration::from_millis(300))
+            || waited > Duration::from_secs(5)
+            || (now.len() == before && waited > Duration::from_millis(1500))
+        {
+            // Newest first.
+            return now[..now.len() - before].to_vec();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    out
 }
 
 async fn set_armed(stage: &Stage, rule: &str, armed: bool) -> Result<(), SetArmedError> {
@@ -92,8 +104,16 @@ async fn armed(stage: &Stage) -> bool {
 #[tokio::test]
 async fn disarming_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &dir.path().join("events.db"),
+        &StoreConfig {
+            min_free_mb: 1,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
     let t0 = SystemTime::now();
-    let mut stage = start(dir.path());
+    let mut stage = start(dir.path(), &store).await;
     assert!(armed(&stage).await);
     let events = walk(&mut stage, t0).await;
     assert_eq!(events.len(), 1, "armed: one crossing");
@@ -113,11 +133,11 @@ async fn disarming_survives_a_restart() {
             .is_empty(),
         "disarmed: silent"
     );
-    drop(stage.detections);
-    stage.task.await.unwrap();
+    let report = stage.daemon.shutdown(Duration::from_secs(5)).await;
+    assert!(report.clean, "{report:?}");
 
-    // A new stage (a restarted daemon) reads the choice back.
-    let mut stage = start(dir.path());
+    // The restarted daemon reads the choice back.
+    let mut stage = start(dir.path(), &store).await;
     assert!(!armed(&stage).await, "still disarmed after the restart");
     assert!(
         walk(&mut stage, t0 + Duration::from_secs(120))
@@ -130,4 +150,5 @@ async fn disarming_survives_a_restart() {
         1
     );
     assert!(dir.path().join("arming.json").is_file());
+    stage.daemon.shutdown(Duration::from_secs(5)).await;
 }
