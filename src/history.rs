@@ -144,9 +144,7 @@ pub fn fetch_audit(
 pub fn dead_letters(source: &Source) -> anyhow::Result<Vec<Value>> {
     let v = match source {
         Source::Api { base, token } => api_call("GET", base, token, "/api/v1/outbox/dead-letters")?,
-        Source::Db(dir) => {
-            serde_json::json!({ "dead_letters": open_db(dir)?.dead_letters(10_000)? })
-        }
+        Source::Db(dir) => ops::outbox::dead_letters_json(&open_db(dir)?).map_err(cli_error)?,
     };
     Ok(v.get("dead_letters")
         .and_then(Value::as_array)
@@ -156,36 +154,28 @@ pub fn dead_letters(source: &Source) -> anyhow::Result<Vec<Value>> {
 
 /// Re-queues one dead letter (by event id) or, with `None`, all; how many.
 pub fn requeue(source: &Source, id: Option<&str>) -> anyhow::Result<u64> {
+    let id = id
+        .map(|id| ops::outbox::parse_event_id("--requeue", id))
+        .transpose()
+        .map_err(|_| {
+            anyhow::anyhow!("--requeue {:?}: not an event id (a UUID)", id.unwrap_or(""))
+        })?;
     match source {
         Source::Api { base, token } => {
             let path = match id {
-                Some(id) => {
-                    let id = uuid::Uuid::try_parse(id).map_err(|_| {
-                        anyhow::anyhow!("--requeue {id:?}: not an event id (a UUID)")
-                    })?;
-                    format!("/api/v1/outbox/dead-letters/{id}/requeue")
-                }
+                Some(id) => format!("/api/v1/outbox/dead-letters/{id}/requeue"),
                 None => "/api/v1/outbox/dead-letters/requeue".into(),
             };
             let v = api_call("POST", base, token, &path)?;
             Ok(v.get("requeued").and_then(Value::as_u64).unwrap_or(0))
         }
-        Source::Db(dir) => {
-            let store = open_db(dir)?;
-            match id {
-                Some(id) => {
-                    let id = uuid::Uuid::try_parse(id).map_err(|_| {
-                        anyhow::anyhow!("--requeue {id:?}: not an event id (a UUID)")
-                    })?;
-                    if !store.requeue(&id)? {
-                        anyhow::bail!("no dead letter for event {id}");
-                    }
-                    Ok(1)
-                }
-                None => Ok(store.requeue_all()? as u64),
-            }
-        }
+        Source::Db(dir) => ops::outbox::requeue(&open_db(dir)?, id.as_ref()).map_err(cli_error),
     }
+}
+
+/// An ops error as the CLI says it: its reason.
+fn cli_error(e: ops::OpsError) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.reason)
 }
 
 /// Prints audit records: a table, or JSON.

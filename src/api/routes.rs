@@ -78,14 +78,14 @@ async fn log_request(req: Request, next: Next) -> Response {
     response
 }
 
-/// Runs a blocking store call on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+/// Runs a blocking store or ops call on the blocking pool.
+async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+        .map_err(Into::into)
 }
 
 /// Runs a history or snapshot read on the reader threads and writes its audit record in the same
@@ -171,8 +171,7 @@ async fn list_events(
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(id)
-        .map_err(|_| ApiError::bad_parameter("id", format!("{id:?} is not an event id (a UUID)")))
+    Ok(ops::outbox::parse_event_id("id", id)?)
 }
 
 fn found<T>(v: &Option<T>) -> String {
@@ -307,8 +306,9 @@ pub fn parse_audit_query(raw: Option<&str>, now: Timestamp) -> Result<AuditQuery
 /// `GET /api/v1/outbox/dead-letters`: alerts taken out of delivery, oldest first.
 async fn dead_letters(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
-    let letters = blocking(move || store.dead_letters(10_000)).await?;
-    Ok(Json(json!({ "dead_letters": letters })))
+    Ok(Json(
+        blocking(move || ops::outbox::dead_letters_json(&store)).await?,
+    ))
 }
 
 /// `POST /api/v1/outbox/dead-letters/{event id}/requeue` (admin).
@@ -324,14 +324,7 @@ async fn requeue(
         &caller,
         AuditAction::Requeue,
         id.to_string(),
-        async move {
-            match blocking(move || store.requeue(&id)).await? {
-                true => Ok(1),
-                false => Err(ApiError::not_found(format!(
-                    "no dead letter for event {id}"
-                ))),
-            }
-        },
+        async move { blocking(move || ops::outbox::requeue(&store, Some(&id))).await },
     )
     .await?;
     Ok(Json(json!({ "requeued": n })))
@@ -348,7 +341,7 @@ async fn requeue_all(
         &caller,
         AuditAction::Requeue,
         "all".into(),
-        async move { blocking(move || store.requeue_all()).await },
+        async move { blocking(move || ops::outbox::requeue(&store, None)).await },
     )
     .await?;
     Ok(Json(json!({ "requeued": n })))
@@ -356,7 +349,7 @@ async fn requeue_all(
 
 async fn store_stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
-    let stats = blocking(move || store.stats()).await?;
+    let stats = blocking(move || store.stats().map_err(ApiError::internal)).await?;
     let status = state.store_status.borrow().clone();
     Ok(Json(json!({ "status": status, "stats": stats })))
 }

@@ -1,10 +1,12 @@
 //! The transport-neutral layer: what the HTTP API, the MQTT commands and the `events` CLI ask of
-//! the daemon (query events, list cameras and rules, arm and disarm, audit a change), with one
+//! the daemon (query events, list cameras and rules, arm and disarm, list and re-queue dead
+//! letters, audit a change), with one
 //! error type that knows nothing of HTTP. Each transport is a thin adapter: it turns its request
 //! into these calls and [`OpsError`] into its own answer (an HTTP status, an MQTT reply).
 
 pub mod cameras;
 pub mod events;
+pub mod outbox;
 pub mod rules;
 
 use crate::store::Store;
