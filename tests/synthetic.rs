@@ -7,80 +7,20 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::{Auth, RtspTestServer, Source, camera};
-use image::{Rgb, RgbImage};
 use kinderwatch::app::{Daemon, Detections};
 use kinderwatch::config::Config;
 use kinderwatch::events::EventKind;
 use kinderwatch::perimeter::RecordedEvent;
 use kinderwatch::rules::tripwire::Crossing;
 
-const FPS: u32 = 10;
-const WALK_FRAMES: u32 = 40; // 4 s walking down
-const STAND_FRAMES: u32 = 80; // 8 s standing in the zone
+const FPS: u32 = common::walk_clip::FPS;
 /// How much of the clip each camera analyses from its first frame: less than the clip's 12 s, so
 /// the clip's loop back to the start is never seen.
 const WINDOW: Duration = Duration::from_secs(11);
-
-/// Feet height (fraction of the frame) at clip frame `i`.
-fn feet_y(i: u32) -> f32 {
-    let t = (i.min(WALK_FRAMES)) as f32 / WALK_FRAMES as f32;
-    0.48 + t * (0.92 - 0.48)
-}
-
-fn make_clip(dir: &Path) -> PathBuf {
-    let cam = image::open(common::media_dir().join("camera.png"))
-        .unwrap()
-        .to_rgb8();
-    let person = image::imageops::crop_imm(&cam, 0, 66, 312, 446).to_image();
-    let (pw, ph) = (150u32, 214u32);
-    let person = image::imageops::resize(&person, pw, ph, image::imageops::FilterType::Triangle);
-    let background = RgbImage::from_fn(640, 480, |x, y| {
-        let v = (110 + (x / 7 + y / 5) % 20) as u8;
-        Rgb([v, v + 5, v - 10])
-    });
-    for i in 0..WALK_FRAMES + STAND_FRAMES {
-        let mut img = background.clone();
-        let feet = (feet_y(i) * 480.0) as i64;
-        image::imageops::overlay(&mut img, &person, 320 - pw as i64 / 2, feet - ph as i64);
-        img.save(dir.join(format!("f{i:04}.png"))).unwrap();
-    }
-    let out = dir.join("synthetic.h264");
-    let status = std::process::Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "multifilesrc",
-            &format!("location={}/f%04d.png", dir.display()),
-            "index=0",
-            &format!("caps=image/png,framerate={FPS}/1"),
-            "!",
-            "pngdec",
-            "!",
-            "videoconvert",
-            "!",
-            "video/x-raw,format=I420",
-            "!",
-            "x264enc",
-            "tune=zerolatency",
-            "speed-preset=ultrafast",
-            "key-int-max=10",
-            "!",
-            "h264parse",
-            "config-interval=-1",
-            "!",
-            "video/x-h264,stream-format=byte-stream",
-            "!",
-            "filesink",
-            &format!("location={}", out.display()),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success(), "encoding the synthetic clip");
-    out
-}
 
 fn config(url: &str) -> Config {
     let today = jiff::Timestamp::now()
@@ -158,7 +98,7 @@ cooldown = "1h"
 async fn one_walk_gives_one_crossing_one_entry_one_loitering() {
     common::init();
     let dir = tempfile::tempdir().unwrap();
-    let clip = make_clip(dir.path());
+    let clip = common::walk_clip::make(dir.path());
     let server = RtspTestServer::start(
         Source::Clip {
             path: clip,

@@ -13,7 +13,7 @@ pub mod links;
 pub mod source;
 
 pub use graph::{Daemon, DaemonBuilder, Detections, ShutdownReport};
-pub use source::{FrameSource, OpenedCamera, Rtsp, Synthetic};
+pub use source::{Clip, FrameSource, OpenedCamera, Rtsp, Synthetic};
 
 use std::time::{Duration, Instant};
 

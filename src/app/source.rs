@@ -1,8 +1,8 @@
 //! Where a camera's frames come from: the seam between ingest and the rest of the daemon.
 //!
 //! The daemon uses [`Rtsp`] (one [`CameraSupervisor`] per camera). Tests and benchmarks give the
-//! [`super::DaemonBuilder`] another source, such as [`Synthetic`] frames made on the spot, and
-//! run every other stage exactly as the daemon does.
+//! [`super::DaemonBuilder`] another source, such as [`Synthetic`] frames made on the spot or a
+//! recorded [`Clip`], and run every other stage exactly as the daemon does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,6 +138,145 @@ impl FrameSource for Synthetic {
             }
             progress.retire();
             status.send_modify(|s| s.state = CameraState::Stopped);
+        };
+        Ok(OpenedCamera {
+            handle,
+            task: Some(Box::pin(task)),
+        })
+    }
+}
+
+/// A recorded clip (any file GStreamer decodes, such as an H.264 byte stream), played by every
+/// camera of the config at the camera's `detect_fps`, one clip frame per tick, scaled to its
+/// `detect_width × detect_height` (I420, as cameras deliver): the same frames in the same order
+/// on every run. Once the clip ends the camera stays `streaming`, silent, unless `looped`.
+pub struct Clip {
+    pub path: std::path::PathBuf,
+    pub looped: bool,
+}
+
+impl FrameSource for Clip {
+    fn open(
+        &self,
+        camera: &CameraConfig,
+        _ingest: &IngestConfig,
+        stages: &Stages,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<OpenedCamera> {
+        use gstreamer as gst;
+        use gstreamer::prelude::*;
+
+        let id: Arc<str> = camera.id.as_str().into();
+        let slot = Arc::new(FrameSlot::default());
+        let (status, status_rx) = watch::channel(CameraStatus::new(match camera.enabled {
+            true => CameraState::Connecting,
+            false => CameraState::Disabled,
+        }));
+        let handle = CameraHandle {
+            id: id.clone(),
+            name: camera.display_name().to_owned(),
+            slot: slot.clone(),
+            status: status_rx,
+        };
+        if !camera.enabled {
+            return Ok(OpenedCamera { handle, task: None });
+        }
+        anyhow::ensure!(
+            self.path.is_file(),
+            "clip {} does not exist",
+            self.path.display()
+        );
+        crate::init_gstreamer()?;
+        let description = format!(
+            "filesrc location=\"{}\" ! decodebin ! videoconvert ! videoscale ! \
+             video/x-raw,format=I420,width={},height={} ! appsink name=sink sync=false max-buffers=2",
+            self.path.display(),
+            camera.detect_width,
+            camera.detect_height
+        );
+        let pipeline = gst::parse::launch(&description)?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| anyhow::anyhow!("clip pipeline is not a pipeline"))?;
+        let sink = pipeline
+            .by_name("sink")
+            .and_then(|e| e.downcast::<gstreamer_app::AppSink>().ok())
+            .ok_or_else(|| anyhow::anyhow!("clip pipeline has no appsink"))?;
+        let progress = stages.register(format!("camera/{id}"));
+        let period = Duration::from_secs_f64(1.0 / f64::from(camera.detect_fps.max(1)));
+        let looped = self.looped;
+        let path = self.path.display().to_string();
+        let task = async move {
+            let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+            let stop = cancel.clone();
+            // Pulling a sample blocks: the clip plays on a thread of its own.
+            std::thread::Builder::new()
+                .name(format!("clip-{id}"))
+                .spawn(move || {
+                    let _done = done_tx;
+                    if pipeline.set_state(gst::State::Playing).is_err() {
+                        status.send_modify(|s| {
+                            s.state = CameraState::NotFound;
+                            s.last_error = Some(format!("clip {path} does not play"));
+                        });
+                        return;
+                    }
+                    status.send_modify(|s| {
+                        s.state = CameraState::Streaming;
+                        s.since = SystemTime::now();
+                    });
+                    let mut next = Instant::now();
+                    let mut seq = 0;
+                    let mut ended = false;
+                    while !stop.is_cancelled() {
+                        progress.beat();
+                        if ended {
+                            std::thread::sleep(crate::progress::BEAT_PERIOD / 4);
+                            continue;
+                        }
+                        let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(200))
+                        else {
+                            if sink.is_eos() {
+                                ended = !looped
+                                    || pipeline
+                                        .seek_simple(gst::SeekFlags::FLUSH, gst::ClockTime::ZERO)
+                                        .is_err();
+                            }
+                            continue;
+                        };
+                        let Some((width, height, pixels)) =
+                            crate::camera::pipeline::copy_i420(&sample)
+                        else {
+                            continue;
+                        };
+                        let now = Instant::now();
+                        if next > now {
+                            std::thread::sleep(next - now);
+                        }
+                        next = Instant::now().max(next) + period;
+                        seq += 1;
+                        slot.put(Arc::new(Frame {
+                            camera: id.clone(),
+                            seq,
+                            captured_at: SystemTime::now(),
+                            captured: Instant::now(),
+                            width,
+                            height,
+                            pixels,
+                        }));
+                        status.send_modify(|s| {
+                            s.frames_received = seq;
+                            s.last_frame_at = Some(SystemTime::now());
+                        });
+                    }
+                    let _ = pipeline.set_state(gst::State::Null);
+                    progress.retire();
+                    status.send_modify(|s| {
+                        s.state = CameraState::Stopped;
+                        s.since = SystemTime::now();
+                    });
+                })
+                .expect("spawn a clip thread");
+            let _ = done.await;
         };
         Ok(OpenedCamera {
             handle,

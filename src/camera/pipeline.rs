@@ -661,7 +661,7 @@ fn frame_callbacks(
 }
 
 /// Copies an I420 sample into tightly packed planes, with the stream's colour matrix.
-fn copy_i420(sample: &gst::Sample) -> Option<(u32, u32, Pixels)> {
+pub(crate) fn copy_i420(sample: &gst::Sample) -> Option<(u32, u32, Pixels)> {
     let buffer = sample.buffer()?;
     let info = gst_video::VideoInfo::from_caps(sample.caps()?).ok()?;
     if info.format() != gst_video::VideoFormat::I420 {

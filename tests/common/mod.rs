@@ -407,6 +407,7 @@ pub mod broker;
 pub mod proxy;
 pub mod recorder;
 pub mod site;
+pub mod walk_clip;
 
 /// A person walking down across the `fence` line of [`fence_config`], one 320x240 frame per
 /// 200 ms from `t0`, as the detector pool would report it. Scores rise, so the last frame is the
