@@ -8,9 +8,9 @@
 //! ```
 //!
 //! Start order: publisher → recorder, retention → API → rules → detector pool → cameras (with
-//! their health and state logs). Stop order is the reverse: the cameras stop first, the pool
-//! finishes the frames it has, the rules finish their snapshots, the recorder writes what is
-//! queued, and the publisher says `offline` last.
+//! their health and state logs). Stop order is the reverse, but for the API, which stops with the
+//! cameras: the cameras stop first, the pool finishes the frames it has, the rules what is queued
+//! and their snapshots, the recorder writes what is queued, and the publisher says `offline` last.
 //!
 //! Tests and benchmarks build the daemon here too: another [`FrameSource`], detections and events
 //! handed to the caller in the middle of the graph ([`Detections`], [`Daemon::take_events`]),
@@ -122,6 +122,10 @@ impl DaemonBuilder {
     /// Builds every stage and starts them, consumers first.
     pub async fn start(self) -> anyhow::Result<Daemon> {
         let config = self.config.clone();
+        anyhow::ensure!(
+            self.listener.is_none() || self.store.is_some(),
+            "the HTTP API needs the event store: give the builder one"
+        );
         // The one step of building the rules that can fail, before anything starts.
         let stage_rules =
             crate::perimeter::StageRules::from_config(&config).map_err(|problems| {
@@ -156,7 +160,6 @@ impl DaemonBuilder {
             live_tx: None,
             detections_out: None,
             detections_in: None,
-            store_status: None,
             load_tx: None,
             api_state: None,
         };
@@ -192,7 +195,6 @@ impl DaemonBuilder {
 
         // Publisher, then recorder and retention.
         let (store_status_tx, store_status) = watch::channel(StoreStatus::Ok);
-        d.store_status = Some(store_status.clone());
         match &self.store {
             Some(store) => {
                 let (live_tx, live_rx) = match config.mqtt.is_some() {
@@ -466,7 +468,6 @@ pub struct Daemon {
     live_tx: Option<mpsc::Sender<crate::store::recorder::LiveEvent>>,
     detections_out: Option<mpsc::Receiver<FrameDetections>>,
     detections_in: Option<mpsc::Sender<FrameDetections>>,
-    store_status: Option<watch::Receiver<StoreStatus>>,
     /// Without a pool nothing assesses the detector's load: the caller may say it.
     load_tx: Option<watch::Sender<DetectorLoad>>,
     api_state: Option<crate::api::ApiState>,
@@ -493,7 +494,8 @@ pub struct ShutdownReport {
     pub elapsed: Duration,
     /// False if some task was still running when the grace period ran out.
     pub clean: bool,
-    /// The groups of stages in the order they stopped (`cameras`, `detectors`, `rules`, ...).
+    /// The groups of stages that stopped in time, in the order they did (`added`, `api`,
+    /// `cameras`, `detectors`, `rules`, `recorder`, `publisher`).
     pub stopped: Vec<&'static str>,
 }
 
@@ -542,11 +544,6 @@ impl Daemon {
     /// Where run-time rule commands (arm, disarm, list) go.
     pub fn rule_commands(&self) -> mpsc::Sender<RuleCommand> {
         self.rule_commands.clone().expect("the rule command link")
-    }
-
-    /// The store's write status (`failing` while it cannot write).
-    pub fn store_status(&self) -> watch::Receiver<StoreStatus> {
-        self.store_status.clone().expect("the store status")
     }
 
     /// The events of the rules and health stages (once; only without a store).
@@ -632,12 +629,16 @@ impl Daemon {
         move || ended(&tasks)
     }
 
-    /// Stops the stages in reverse start order, each group waited for in turn, all within
-    /// `grace`: the cameras (pipelines to Null), the detector pool, the rules, the API, the
-    /// recorder, the publisher.
+    /// Stops the stages in reverse start order, each step waited for in turn, all within
+    /// `grace`: the API, added tasks and the cameras (pipelines to Null) together, then the
+    /// detector pool (each worker finishes its frame), the rules (what is queued, then the
+    /// snapshots being encoded), the recorder (what is queued), the publisher (`offline`). The
+    /// steps upstream of the recorder must end [`RECORDER_RESERVE`] before the deadline: a stuck
+    /// camera cannot take the recorder's and the publisher's time.
     pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + grace;
+        let upstream = deadline - RECORDER_RESERVE.min(grace / 2);
         self.stages.stopping();
         // The daemon's own ends of the links: the stages close them.
         self.events_tx = None;
@@ -645,20 +646,43 @@ impl Daemon {
         self.rule_commands = None;
         let mut clean = true;
         let mut stopped = Vec::new();
-        for tier in Tier::ALL.iter().rev() {
-            let t = &self.tiers[*tier as usize];
-            t.cancel.cancel();
-            t.tracker.close();
-            clean &= tokio::time::timeout_at(deadline, t.tracker.wait())
-                .await
-                .is_ok();
-            stopped.push(tier.name());
-            if *tier == Tier::Cameras
+        let steps: [(&[Tier], tokio::time::Instant); 4] = [
+            (&[Tier::Added, Tier::Api, Tier::Cameras], upstream),
+            (&[Tier::Rules], upstream),
+            (&[Tier::Recorder], deadline),
+            (&[Tier::Publisher], deadline),
+        ];
+        for (tiers, until) in steps {
+            for tier in tiers {
+                let t = &self.tiers[*tier as usize];
+                t.cancel.cancel();
+                t.tracker.close();
+            }
+            for tier in tiers {
+                let t = &self.tiers[*tier as usize];
+                let done = tokio::time::timeout_at(until, t.tracker.wait())
+                    .await
+                    .is_ok();
+                if done {
+                    stopped.push(tier.name());
+                } else {
+                    warn!(
+                        stage = tier.name(),
+                        "stages still running at their stop deadline; going on"
+                    );
+                }
+                clean &= done;
+            }
+            if tiers.contains(&Tier::Cameras)
                 && let Some(pool) = self.pool.take()
             {
+                // No camera feeds the pool now: its workers finish their frames and end.
                 let stop = tokio::task::spawn_blocking(move || pool.shutdown());
-                clean &= tokio::time::timeout_at(deadline, stop).await.is_ok();
-                stopped.push("detectors");
+                let done = tokio::time::timeout_at(upstream, stop).await.is_ok();
+                if done {
+                    stopped.push("detectors");
+                }
+                clean &= done;
             }
         }
         ShutdownReport {
@@ -668,6 +692,19 @@ impl Daemon {
         }
     }
 }
+
+impl Drop for Daemon {
+    /// A daemon dropped without [`Daemon::shutdown`] (a test that failed) still stops its tasks.
+    fn drop(&mut self) {
+        for t in &self.tiers {
+            t.cancel.cancel();
+        }
+    }
+}
+
+/// What the recorder (its last write, 3 s at most) and the publisher (`offline`) keep of the
+/// shutdown grace whatever the stages before them take.
+pub const RECORDER_RESERVE: Duration = Duration::from_secs(4);
 
 fn ended(tasks: &Mutex<Vec<NamedTask>>) -> Vec<String> {
     tasks

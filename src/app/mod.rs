@@ -30,10 +30,11 @@ use crate::detect::runtime;
 use crate::progress::Monitor;
 use crate::store::Store;
 
-/// How long `run` waits for every task after a stop signal: a camera's teardown is bounded by
-/// [`crate::camera::teardown::TEARDOWN_DEADLINE`] (then abandoned), so this holds with room to
-/// spare, and well under the unit's `TimeoutStopSec`.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// How long `run` waits for every task after a stop signal, under the unit's `TimeoutStopSec`
+/// (15 s): the stages up to the rules get 8 s (a camera's teardown is bounded by
+/// [`crate::camera::teardown::TEARDOWN_DEADLINE`], 5 s, then abandoned; the snapshots being
+/// encoded by 2 s), the recorder and the publisher the last [`graph::RECORDER_RESERVE`].
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(12);
 
 /// How often the detector's load is assessed (and an overload reported).
 const LOAD_PERIOD: Duration = Duration::from_secs(5);

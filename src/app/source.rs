@@ -137,7 +137,10 @@ impl FrameSource for Synthetic {
                 });
             }
             progress.retire();
-            status.send_modify(|s| s.state = CameraState::Stopped);
+            status.send_modify(|s| {
+                s.state = CameraState::Stopped;
+                s.since = SystemTime::now();
+            });
         };
         Ok(OpenedCamera {
             handle,
@@ -147,9 +150,12 @@ impl FrameSource for Synthetic {
 }
 
 /// A recorded clip (any file GStreamer decodes, such as an H.264 byte stream), played by every
-/// camera of the config at the camera's `detect_fps`, one clip frame per tick, scaled to its
-/// `detect_width × detect_height` (I420, as cameras deliver): the same frames in the same order
-/// on every run. Once the clip ends the camera stays `streaming`, silent, unless `looped`.
+/// camera of the config at most at the camera's `detect_fps`, one clip frame per tick, scaled to
+/// its `detect_width × detect_height` (I420, as cameras deliver). In lockstep with the detector:
+/// a frame waits until the pool has taken the one before (or the motion gate refused it), so
+/// every run sees the same frames in the same order, however loaded the machine. Once the clip
+/// ends the camera stays `streaming`, silent, unless `looped`; a decoding error stops it
+/// (`not_found`, with the error).
 pub struct Clip {
     pub path: std::path::PathBuf,
     pub looped: bool,
@@ -208,18 +214,26 @@ impl FrameSource for Clip {
         let task = async move {
             let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
             let stop = cancel.clone();
+            // Dropping the task (a runtime that ends) stops the clip too.
+            let _stop_on_drop = cancel.drop_guard();
             // Pulling a sample blocks: the clip plays on a thread of its own.
             std::thread::Builder::new()
                 .name(format!("clip-{id}"))
                 .spawn(move || {
                     let _done = done_tx;
-                    if pipeline.set_state(gst::State::Playing).is_err() {
+                    let fail = |why: String| {
                         status.send_modify(|s| {
                             s.state = CameraState::NotFound;
-                            s.last_error = Some(format!("clip {path} does not play"));
+                            s.since = SystemTime::now();
+                            s.last_error = Some(why);
                         });
+                    };
+                    if pipeline.set_state(gst::State::Playing).is_err() {
+                        fail(format!("clip {path} does not play"));
+                        progress.retire();
                         return;
                     }
+                    let bus = pipeline.bus().expect("a pipeline has a bus");
                     status.send_modify(|s| {
                         s.state = CameraState::Streaming;
                         s.since = SystemTime::now();
@@ -229,6 +243,12 @@ impl FrameSource for Clip {
                     let mut ended = false;
                     while !stop.is_cancelled() {
                         progress.beat();
+                        if let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error])
+                            && let gst::MessageView::Error(e) = msg.view()
+                        {
+                            fail(format!("clip {path}: {}", e.error()));
+                            ended = true;
+                        }
                         if ended {
                             std::thread::sleep(crate::progress::BEAT_PERIOD / 4);
                             continue;
@@ -251,6 +271,9 @@ impl FrameSource for Clip {
                         let now = Instant::now();
                         if next > now {
                             std::thread::sleep(next - now);
+                        }
+                        while slot.has_frame() && !stop.is_cancelled() {
+                            std::thread::sleep(Duration::from_millis(2));
                         }
                         next = Instant::now().max(next) + period;
                         seq += 1;

@@ -73,7 +73,8 @@ impl StageRules {
     }
 }
 
-/// Runs tracking and rules over the pool's results until cancelled; events go to `io.events`.
+/// Runs tracking and rules over the pool's results until cancelled (then over those still
+/// queued) or until the detections end; events go to `io.events`.
 /// Building each camera's engine from its compiled rules cannot fail.
 pub async fn run(
     stage: StageRules,
@@ -128,13 +129,20 @@ pub async fn run(
     });
     let clock = RuleClock::new();
     let encoder = encode::SnapshotEncoder::new(events);
+    // Once cancelled, the stage takes no new detections but finishes those queued (the pool's
+    // last frames), then ends.
+    let mut stopping = false;
     loop {
         if let Some(p) = &progress {
             p.beat();
         }
         let r = tokio::select! {
             biased;
-            _ = cancel.cancelled() => break,
+            _ = cancel.cancelled(), if !stopping => {
+                stopping = true;
+                detections.close();
+                continue;
+            }
             _ = beat.tick() => continue,
             _ = tick.tick() => {
                 if let Some(s) = &mut summary {
