@@ -152,7 +152,7 @@ async fn latency(cameras: usize, window: Duration) {
     }
     let config = Config::from_toml(&text, Path::new("b.toml"), Path::new(".")).unwrap();
     let (_sub, mut rx) = broker::subscribe(broker.port, "kinderwatch/bench/events/#", |_| {}).await;
-    let run = tokio::spawn(kinderwatch::app::run(config, Some(window)));
+    let run = tokio::spawn(kinderwatch::app::run(config, None, Some(window)));
     let mut latencies = Vec::new();
     let deadline = Instant::now() + window;
     while Instant::now() < deadline {

@@ -349,9 +349,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config } => {
-            let config = Config::load(&config)?;
-            start_daemon(config, None)
+        Command::Run { config: file } => {
+            let config = Config::load(&file)?;
+            start_daemon(config, Some(file), None)
         }
         Command::Demo {
             camera_url,
@@ -364,7 +364,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             for cam in &mut config.cameras {
                 cam.url = camera_url.clone();
             }
-            start_daemon(config, duration)
+            start_daemon(config, None, duration)
         }
         Command::Probe {
             url,
@@ -489,12 +489,16 @@ fn check_model(manifest: &Path, config: &Config) -> anyhow::Result<String> {
     }
 }
 
-fn start_daemon(config: Config, duration: Option<Duration>) -> anyhow::Result<ExitCode> {
+fn start_daemon(
+    config: Config,
+    file: Option<std::path::PathBuf>,
+    duration: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
     kinderwatch::telemetry::init(config.logging.format, &config.logging.level);
     kinderwatch::init_gstreamer()
         .context("GStreamer failed to initialise; run scripts/setup.sh")?;
     let rt = runtime()?;
-    let result = rt.block_on(kinderwatch::app::run(config, duration));
+    let result = rt.block_on(kinderwatch::app::run(config, file, duration));
     // Dropping a runtime waits for every blocking task without limit; a GStreamer call stuck in
     // one must not keep the process from exiting.
     rt.shutdown_timeout(Duration::from_secs(1));

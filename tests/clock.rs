@@ -100,6 +100,7 @@ async fn run(frames: Vec<FrameDetections>) -> Vec<RecordedEvent> {
             commands: None,
             arming: None,
             progress: None,
+            reload: None,
         },
         CancellationToken::new(),
     ));

@@ -162,6 +162,7 @@ impl DaemonBuilder {
             detections_in: None,
             load_tx: None,
             api_state: None,
+            reload_tx: None,
         };
         let (fatal_tx, fatal_rx) = links::FATAL.channel();
         d.fatal = Some(fatal_rx);
@@ -342,6 +343,7 @@ impl DaemonBuilder {
                         .filter_map(|c| pool.live_tracks_flag(&c.id).map(|f| (c.id.clone(), f)))
                         .collect()
                 });
+                let (reload_tx, reload_rx) = links::RULES_RELOAD.channel();
                 let arming = self.store.is_some().then(|| {
                     if let Err(e) = std::fs::create_dir_all(&config.state.dir) {
                         warn!(dir = %config.state.dir.display(), error = %e, "state directory not usable");
@@ -355,7 +357,9 @@ impl DaemonBuilder {
                     commands: Some(rule_rx),
                     arming,
                     progress: Some(d.stages.register("rules")),
+                    reload: Some(reload_rx),
                 };
+                d.reload_tx = Some(reload_tx);
                 d.spawn_in(Tier::Rules, "rules", |cancel| {
                     crate::perimeter::run(stage_rules, rx, io, cancel)
                 });
@@ -471,6 +475,7 @@ pub struct Daemon {
     /// Without a pool nothing assesses the detector's load: the caller may say it.
     load_tx: Option<watch::Sender<DetectorLoad>>,
     api_state: Option<crate::api::ApiState>,
+    reload_tx: Option<mpsc::Sender<crate::perimeter::RulesReload>>,
 }
 
 /// A task of the daemon, by name (`camera/<id>`, `recorder`, `publisher`, ...).
@@ -618,6 +623,43 @@ impl Daemon {
         self.spawn_in(Tier::Added, name, f);
     }
 
+    /// Applies a new config live, as `plan` says (see [`super::reload`]): refused whole when a key
+    /// that needs a restart changed; else the rules stage gets the new compiled rules (without a
+    /// rules stage, no detector model, they apply at its start). The running config is the new
+    /// one only once applied.
+    pub async fn reload(
+        &mut self,
+        new: Config,
+        plan: &super::reload::ReloadPlan,
+    ) -> anyhow::Result<()> {
+        if !plan.restart.is_empty() {
+            anyhow::bail!(
+                "restart the service to apply changes to {}",
+                plan.restart.join(", ")
+            );
+        }
+        if plan.rules
+            && let Some(tx) = &self.reload_tx
+        {
+            let rules = crate::perimeter::StageRules::from_config(&new).map_err(|problems| {
+                let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                anyhow::anyhow!("rules: {}", problems.join("; "))
+            })?;
+            let (done, applied) = tokio::sync::oneshot::channel();
+            let reload = crate::perimeter::RulesReload { rules, done };
+            tokio::time::timeout(RELOAD_TIMEOUT, async {
+                tx.send(reload).await.ok()?;
+                applied.await.ok()
+            })
+            .await
+            .ok()
+            .flatten()
+            .context("the rules stage did not take the new rules")?;
+        }
+        self.config = Arc::new(new);
+        Ok(())
+    }
+
     /// The tasks that have ended (on their own, unless the daemon is stopping).
     pub fn ended_tasks(&self) -> Vec<String> {
         ended(&self.tasks)
@@ -701,6 +743,9 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// How long a reload waits for the rules stage to take the new rules.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the recorder (its last write, 3 s at most) and the publisher (`offline`) keep of the
 /// shutdown grace whatever the stages before them take.

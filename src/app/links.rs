@@ -92,6 +92,16 @@ pub const RULE_COMMANDS: Link = Link {
     drops: None,
 };
 
+/// New compiled rules from a live reload, to the rules (the reloader waits for them to apply).
+pub const RULES_RELOAD: Link = Link {
+    name: "rules_reload",
+    from: "main",
+    to: "rules",
+    capacity: 1,
+    when_full: WhenFull::Wait,
+    drops: None,
+};
+
 /// Why a stage cannot go on, to the main loop, which stops the daemon with that error.
 pub const FATAL: Link = Link {
     name: "fatal",

@@ -10,11 +10,13 @@
 
 pub mod graph;
 pub mod links;
+pub mod reload;
 pub mod source;
 
 pub use graph::{Daemon, DaemonBuilder, Detections, ShutdownReport};
 pub use source::{Clip, FrameSource, OpenedCamera, Rtsp, Synthetic};
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -129,7 +131,13 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 }
 
 /// Runs the daemon until SIGINT/SIGTERM, or until `stop_after` has passed (the demo).
-pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result<()> {
+/// `config_file` is where `config` came from, read again on SIGHUP (`None`: the built-in demo
+/// config, which cannot be reloaded).
+pub async fn run(
+    config: Config,
+    config_file: Option<PathBuf>,
+    stop_after: Option<Duration>,
+) -> anyhow::Result<()> {
     info!(summary = %config.summary(), "starting kinderwatch {}", env!("CARGO_PKG_VERSION"));
     let metrics_handle = crate::telemetry::install_metrics();
     let store = open_store(&config).await?;
@@ -156,6 +164,8 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
             "systemd watchdog: fed while every stage makes progress"
         );
     }
+    // The running file as TOML, to see what a reload changes.
+    let mut running_file = config_file.as_deref().and_then(|f| read_table(f).ok());
     let main_progress = daemon.stages().register("main");
     let monitor = Monitor::start(daemon.stages().clone(), watchdog, daemon.liveness());
     let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
@@ -172,7 +182,7 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
             _ = &mut deadline, if stop_after.is_some() => { info!("run time over: stopping"); break; }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = sighup.recv() => warn!("SIGHUP: live config reload is not supported yet; restart the service to apply changes"),
+            _ = sighup.recv() => reload_from_file(&mut daemon, config_file.as_deref(), &mut running_file).await,
             Some(why) = fatal.recv() => {
                 tracing::error!(error = %why, "stopping: a stage cannot go on");
                 failure = Some(why);
@@ -212,6 +222,70 @@ pub async fn run(config: Config, stop_after: Option<Duration>) -> anyhow::Result
     } else {
         anyhow::bail!("some pipelines did not stop within {SHUTDOWN_GRACE:?}")
     }
+}
+
+/// SIGHUP: reads the config file again and applies what can be applied live
+/// ([`reload::ReloadPlan`]); an invalid file, or one that changes what needs a restart, is
+/// refused with its reasons and the running config stays. Counted in
+/// `kinderwatch_config_reloads_total{result}`.
+async fn reload_from_file(
+    daemon: &mut Daemon,
+    file: Option<&Path>,
+    running: &mut Option<toml::Table>,
+) {
+    use crate::telemetry::config::{ReloadResult, reloaded};
+    let Some(file) = file else {
+        warn!("SIGHUP: the built-in demo config cannot be reloaded");
+        return;
+    };
+    info!(file = %file.display(), "SIGHUP: reloading the config");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+    let result = async {
+        let new = Config::load(file)?;
+        let table = read_table(file)?;
+        let plan = match running.as_ref() {
+            Some(old) => reload::ReloadPlan::between(old, &table),
+            None => anyhow::bail!("the running file could not be read at the start; restart the service to apply changes"),
+        };
+        if plan.is_empty() {
+            return Ok((table, plan));
+        }
+        daemon.reload(new, &plan).await?;
+        Ok((table, plan))
+    }
+    .await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    match result {
+        Ok((table, plan)) if plan.is_empty() => {
+            info!("config reloaded: nothing changed");
+            *running = Some(table);
+            reloaded(ReloadResult::Unchanged);
+        }
+        Ok((table, plan)) => {
+            info!(rules = plan.rules, "config reloaded and applied");
+            *running = Some(table);
+            reloaded(ReloadResult::Applied);
+        }
+        Err(e) => {
+            // An invalid file: each problem on a line of its own, with its key path.
+            if let Some(invalid) = e.downcast_ref::<crate::config::ConfigError>() {
+                for p in &invalid.problems {
+                    tracing::error!(file = %file.display(), problem = %p, "config reload refused; the running config stays");
+                }
+            } else {
+                tracing::error!(file = %file.display(), error = %e, "config reload refused; the running config stays");
+            }
+            reloaded(ReloadResult::Refused);
+        }
+    }
+}
+
+/// The config file as a TOML table.
+fn read_table(file: &Path) -> anyhow::Result<toml::Table> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{}: cannot read", file.display()))?;
+    text.parse()
+        .with_context(|| format!("{}: not valid TOML", file.display()))
 }
 
 /// Logs every state change of one camera (the supervisor logs the faults themselves).

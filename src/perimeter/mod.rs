@@ -49,6 +49,16 @@ pub struct PerimeterIo {
     pub arming: Option<ArmingStore>,
     /// Beaten each time the stage's loop turns (stage `rules`).
     pub progress: Option<crate::progress::Progress>,
+    /// New rules from a live reload.
+    pub reload: Option<mpsc::Receiver<RulesReload>>,
+}
+
+/// New compiled rules for the running stage (a live reload). Each camera keeps its tracks; its
+/// engine is built anew (cooldowns and dwell times start afresh) with the run-time arming
+/// applied again. `done` is answered once they apply.
+pub struct RulesReload {
+    pub rules: StageRules,
+    pub done: tokio::sync::oneshot::Sender<()>,
 }
 
 /// What the rules stage runs: the site, and the compiled rules of each enabled camera.
@@ -89,27 +99,17 @@ pub async fn run(
         mut commands,
         arming,
         progress,
+        mut reload,
     } = io;
     let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
     let mut tick = tokio::time::interval(SUMMARY_PERIOD);
     tick.tick().await;
     let StageRules {
-        site: site_id,
-        rules: site,
+        site: mut site_id,
+        rules: mut site,
     } = stage;
     let mut cameras: HashMap<Arc<str>, Camera> = HashMap::new();
-    // Every enabled camera has its entry, with or without rules.
-    for rules in &site.cameras {
-        let id: Arc<str> = rules.camera.as_str().into();
-        cameras.insert(
-            id.clone(),
-            Camera {
-                tracker: Tracker::new(TrackerConfig::default()),
-                engine: Engine::from(rules),
-                live_tracks: live_tracks.get(&id).cloned(),
-            },
-        );
-    }
+    build_cameras(&site, &mut cameras, &live_tracks);
     let mut armed_state = match arming.as_ref().map(ArmingStore::load) {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
@@ -154,6 +154,19 @@ pub async fn run(
                 handle_command(cmd, &mut cameras, &mut armed_state, arming.as_ref());
                 continue;
             }
+            Some(new) = async { match reload.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                let RulesReload { rules, done } = new;
+                site_id = rules.site;
+                site = rules.rules;
+                build_cameras(&site, &mut cameras, &live_tracks);
+                for (rule, armed) in &armed_state {
+                    cameras.values_mut().any(|c| c.engine.set_armed(rule, *armed));
+                }
+                let count: usize = site.cameras.iter().map(|c| c.rules.len()).sum();
+                info!(rules = count, cameras = site.cameras.len(), "rules reloaded");
+                let _ = done.send(());
+                continue;
+            }
             r = detections.recv() => match r { Some(r) => r, None => break },
         };
         if let Some(s) = &mut summary {
@@ -184,6 +197,32 @@ pub async fn run(
         p.retire();
     }
     encoder.finish(ENCODE_DRAIN).await;
+}
+
+/// Each camera of `site` with its engine built from its compiled rules; a camera already there
+/// keeps its tracker, one no longer in `site` goes.
+fn build_cameras(
+    site: &SiteRules,
+    cameras: &mut HashMap<Arc<str>, Camera>,
+    live_tracks: &HashMap<Arc<str>, Arc<AtomicBool>>,
+) {
+    let mut old = std::mem::take(cameras);
+    // Every enabled camera has its entry, with or without rules.
+    for rules in &site.cameras {
+        let id: Arc<str> = rules.camera.as_str().into();
+        let tracker = old
+            .remove(&id)
+            .map(|c| c.tracker)
+            .unwrap_or_else(|| Tracker::new(TrackerConfig::default()));
+        cameras.insert(
+            id.clone(),
+            Camera {
+                tracker,
+                engine: Engine::from(rules),
+                live_tracks: live_tracks.get(&id).cloned(),
+            },
+        );
+    }
 }
 
 /// How long the stage waits at its end for the snapshots being encoded.

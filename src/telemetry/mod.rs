@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 pub mod api;
 pub mod camera;
+pub mod config;
 pub mod detect;
 pub mod events;
 pub mod mqtt;
@@ -46,6 +47,7 @@ pub struct Metric {
 pub fn all() -> impl Iterator<Item = &'static Metric> {
     [
         camera::METRICS,
+        config::METRICS,
         detect::METRICS,
         events::METRICS,
         store::METRICS,

@@ -404,6 +404,7 @@ pub fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
 }
 
 pub mod broker;
+pub mod daemon;
 pub mod proxy;
 pub mod recorder;
 pub mod site;

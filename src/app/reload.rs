@@ -1,0 +1,224 @@
+//! Live reload (SIGHUP): what changed between the running config file and the new one, and
+//! whether the daemon can apply it without a restart.
+//!
+//! The files are compared as TOML values, section by section (what is written, not the defaults
+//! it implies). Applied at once: the rules — `[[zones]]`, `[[rules]]`, a camera's
+//! `object_masks`, `site.time_zone` — compiled and handed to the rules stage, which keeps its
+//! tracks and the run-time arming. Anything else changed (a camera's stream, the detector, MQTT,
+//! ...) needs a restart: the reload is refused whole, naming those keys, and the running config
+//! stays.
+
+use std::collections::BTreeMap;
+
+use toml::{Table, Value};
+
+/// What a reload would do.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReloadPlan {
+    /// The rules changed: the rules stage gets them compiled anew.
+    pub rules: bool,
+    /// Keys whose change needs a restart (`detector`, `cameras[gate]`, ...); none for a reload
+    /// that can be applied.
+    pub restart: Vec<String>,
+}
+
+impl ReloadPlan {
+    /// From the running file's table to the new one's.
+    pub fn between(old: &Table, new: &Table) -> Self {
+        let mut plan = Self::default();
+        let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        for key in keys {
+            let (a, b) = (old.get(key.as_str()), new.get(key.as_str()));
+            match key.as_str() {
+                "zones" | "rules" => plan.rules |= a != b,
+                "site" => {
+                    let (a, tz_a) = without(a, "time_zone");
+                    let (b, tz_b) = without(b, "time_zone");
+                    plan.rules |= tz_a != tz_b;
+                    if a != b {
+                        plan.restart.push("site".into());
+                    }
+                }
+                "cameras" => {
+                    let (a, b) = (cameras(a), cameras(b));
+                    let ids: std::collections::BTreeSet<&String> =
+                        a.keys().chain(b.keys()).collect();
+                    for id in ids {
+                        match (a.get(id), b.get(id)) {
+                            (Some(_), None) => {
+                                plan.restart.push(format!("cameras[{id}] (removed)"))
+                            }
+                            (None, Some(_)) => plan.restart.push(format!("cameras[{id}] (added)")),
+                            (Some(x), Some(y)) => {
+                                let (x, masks_x) = without(Some(x), "object_masks");
+                                let (y, masks_y) = without(Some(y), "object_masks");
+                                plan.rules |= masks_x != masks_y;
+                                if x != y {
+                                    plan.restart.push(format!("cameras[{id}]"));
+                                }
+                            }
+                            (None, None) => {}
+                        }
+                    }
+                }
+                _ if a != b => plan.restart.push(key.clone()),
+                _ => {}
+            }
+        }
+        plan
+    }
+
+    /// Nothing to do: the files say the same.
+    pub fn is_empty(&self) -> bool {
+        !self.rules && self.restart.is_empty()
+    }
+}
+
+/// `value` (a table) without `key`, and that key's value.
+fn without(value: Option<&Value>, key: &str) -> (Option<Value>, Option<Value>) {
+    match value {
+        Some(Value::Table(t)) => {
+            let mut t = t.clone();
+            let taken = t.remove(key);
+            (Some(Value::Table(t)), taken)
+        }
+        other => (other.cloned(), None),
+    }
+}
+
+/// `[[cameras]]` by id (an entry without one under its position).
+fn cameras(value: Option<&Value>) -> BTreeMap<String, Value> {
+    let Some(Value::Array(entries)) = value else {
+        return BTreeMap::new();
+    };
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let id = e
+                .get("id")
+                .and_then(Value::as_str)
+                .map_or_else(|| format!("#{i}"), str::to_owned);
+            (id, e.clone())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[site]
+id = "kg"
+time_zone = "UTC"
+[detector]
+workers = 2
+[[cameras]]
+id = "gate"
+url = "rtsp://10.0.0.5/main"
+[[cameras]]
+id = "yard"
+url = "rtsp://10.0.0.6/main"
+[[zones]]
+id = "yard"
+camera = "yard"
+polygon = [[0.2, 0.75], [0.8, 0.75], [0.8, 1.0]]
+[[rules]]
+id = "fence"
+camera = "gate"
+kind = "tripwire"
+line = [[0.0, 0.5], [1.0, 0.5]]
+"#;
+
+    fn plan(edit: impl Fn(&str) -> String) -> ReloadPlan {
+        let old: Table = BASE.parse().unwrap();
+        let new: Table = edit(BASE).parse().unwrap();
+        ReloadPlan::between(&old, &new)
+    }
+
+    #[test]
+    fn the_same_file_changes_nothing() {
+        assert!(plan(|t| t.to_owned()).is_empty());
+        // Formatting and comments are not changes.
+        assert!(plan(|t| t.replace("workers = 2", "workers   =   2 # two")).is_empty());
+    }
+
+    #[test]
+    fn rules_zones_masks_and_the_time_zone_are_applied_live() {
+        let moved = plan(|t| t.replace("[[0.0, 0.5], [1.0, 0.5]]", "[[0.0, 0.6], [1.0, 0.6]]"));
+        assert_eq!(
+            moved,
+            ReloadPlan {
+                rules: true,
+                restart: vec![]
+            }
+        );
+        let zone = plan(|t| t.replace("[0.8, 1.0]]", "[0.8, 1.0], [0.2, 1.0]]"));
+        assert_eq!(
+            zone,
+            ReloadPlan {
+                rules: true,
+                restart: vec![]
+            }
+        );
+        let tz = plan(|t| t.replace("\"UTC\"", "\"Asia/Almaty\""));
+        assert_eq!(
+            tz,
+            ReloadPlan {
+                rules: true,
+                restart: vec![]
+            }
+        );
+        let mask = plan(|t| {
+            t.replace(
+                "url = \"rtsp://10.0.0.5/main\"",
+                "url = \"rtsp://10.0.0.5/main\"\nobject_masks = [[[0.0, 0.0], [0.1, 0.0], [0.1, 0.1]]]",
+            )
+        });
+        assert_eq!(
+            mask,
+            ReloadPlan {
+                rules: true,
+                restart: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn anything_else_needs_a_restart_and_is_named() {
+        let url = plan(|t| t.replace("10.0.0.5", "10.0.0.9"));
+        assert_eq!(url.restart, ["cameras[gate]"]);
+        assert!(!url.rules);
+        let added =
+            plan(|t| format!("{t}\n[[cameras]]\nid = \"hall\"\nurl = \"rtsp://10.0.0.7/x\"\n"));
+        assert_eq!(added.restart, ["cameras[hall] (added)"]);
+        let removed = plan(|t| {
+            t.replace(
+                "[[cameras]]\nid = \"yard\"\nurl = \"rtsp://10.0.0.6/main\"\n",
+                "",
+            )
+        });
+        assert_eq!(removed.restart, ["cameras[yard] (removed)"]);
+        let both = plan(|t| {
+            format!(
+                "{}\n[mqtt]\nhost = \"broker\"\n",
+                t.replace("workers = 2", "workers = 1")
+            )
+            .replace("id = \"kg\"", "id = \"kg-2\"")
+        });
+        assert_eq!(both.restart, ["detector", "mqtt", "site"]);
+        // A rule change beside them is still seen (and refused with them).
+        let mixed = plan(|t| {
+            t.replace("workers = 2", "workers = 1")
+                .replace("0.5]", "0.7]")
+        });
+        assert_eq!(
+            mixed,
+            ReloadPlan {
+                rules: true,
+                restart: vec!["detector".into()]
+            }
+        );
+    }
+}

@@ -1,0 +1,287 @@
+//! Live reload: SIGHUP to the real daemon applies changed rules without a restart, refuses an
+//! invalid file and a change that needs a restart (naming it) and keeps the running config; in
+//! process, a tripwire moved by a reload fires on the new line and not on the old one, with the
+//! run-time arming kept.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use common::daemon::{RunningDaemon, free_port, http_get};
+use kinderwatch::app::reload::ReloadPlan;
+use kinderwatch::app::{Daemon, Detections, SHUTDOWN_GRACE, Synthetic};
+use kinderwatch::config::Config;
+use kinderwatch::events::EventKind;
+use kinderwatch::perimeter::RuleCommand;
+use kinderwatch::store::query::EventQuery;
+use kinderwatch::store::{Store, StoreConfig};
+
+/// The site's config: one camera (nothing listens on `dead`: the rules run without frames), the
+/// model, the API with a read token, and `rules`.
+fn site_config(api: u16, dead: u16, read_hash: &str, detector: &str, rules: &str) -> String {
+    format!(
+        r#"
+[site]
+id = "kg-7"
+[state]
+dir = "{{state}}"
+[api]
+listen = "127.0.0.1:{api}"
+[[api.tokens]]
+name = "operator"
+role = "read"
+sha256 = "{read_hash}"
+[detector]
+model = "{root}/models/nanodet-coco-416.toml"
+{detector}
+[[cameras]]
+id = "gate"
+url = "rtsp://127.0.0.1:{dead}/nothing-listens"
+{rules}
+"#,
+        root = env!("CARGO_MANIFEST_DIR"),
+    )
+}
+
+const FENCE: &str = r#"
+[[rules]]
+id = "fence"
+camera = "gate"
+kind = "tripwire"
+line = [[0.0, 0.5], [1.0, 0.5]]
+"#;
+
+const FENCE_AND_GATE_LINE: &str = r#"
+[[rules]]
+id = "fence"
+camera = "gate"
+kind = "tripwire"
+line = [[0.0, 0.6], [1.0, 0.6]]
+[[rules]]
+id = "gate-line"
+camera = "gate"
+kind = "tripwire"
+line = [[0.5, 0.0], [0.5, 1.0]]
+"#;
+
+/// The rule ids the running daemon serves.
+fn rule_ids(api: u16, token: &str) -> Vec<String> {
+    let r = ureq::get(&format!("http://127.0.0.1:{api}/api/v1/rules"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .timeout(Duration::from_secs(5))
+        .call()
+        .unwrap();
+    let v: serde_json::Value = r.into_json().unwrap();
+    let mut ids: Vec<String> = v["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
+    let (api, dead) = (free_port(), free_port());
+    let (token, hash) = kinderwatch::api::auth::new_token();
+    let daemon = RunningDaemon::start(&site_config(api, dead, &hash, "workers = 1", FENCE), "");
+    wait_for("the API", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", api)).is_ok() && http_get(api, "/healthz").0 != 0
+    });
+    wait_for("the rules stage", Duration::from_secs(30), || {
+        std::panic::catch_unwind(|| rule_ids(api, &token)).is_ok_and(|ids| ids == ["fence"])
+    });
+    let write = |text: String| {
+        let state = daemon.file.parent().unwrap().join("state");
+        std::fs::write(
+            &daemon.file,
+            text.replace("{state}", state.to_str().unwrap()),
+        )
+        .unwrap();
+    };
+
+    // The same file: nothing to do.
+    daemon.hangup();
+    daemon.wait_log(
+        &["config reloaded: nothing changed"],
+        Duration::from_secs(10),
+    );
+
+    // A rule moved and one added: applied, no restart.
+    write(site_config(
+        api,
+        dead,
+        &hash,
+        "workers = 1",
+        FENCE_AND_GATE_LINE,
+    ));
+    daemon.hangup();
+    daemon.wait_log(&["config reloaded and applied"], Duration::from_secs(10));
+    assert_eq!(rule_ids(api, &token), ["fence", "gate-line"]);
+    assert!(
+        daemon
+            .all_notifications()
+            .iter()
+            .any(|m| m.contains("RELOADING=1")),
+        "systemd is told of the reload"
+    );
+
+    // An invalid file: refused with the key at fault; the running rules stay.
+    write(site_config(
+        api,
+        dead,
+        &hash,
+        "workers = 1",
+        &FENCE_AND_GATE_LINE.replace("tripwire", "fence"),
+    ));
+    daemon.hangup();
+    let refused = daemon.wait_log(
+        &["config reload refused", "rules[0].kind"],
+        Duration::from_secs(10),
+    );
+    assert!(refused.contains("running config stays"), "{refused}");
+    assert_eq!(rule_ids(api, &token), ["fence", "gate-line"]);
+
+    // A change that needs a restart, beside a rule change: refused whole, naming the section.
+    write(site_config(api, dead, &hash, "workers = 2", FENCE));
+    daemon.hangup();
+    let refused = daemon.wait_log(
+        &["config reload refused", "restart the service", "detector"],
+        Duration::from_secs(10),
+    );
+    assert!(!refused.contains("cameras"), "{refused}");
+    assert_eq!(
+        rule_ids(api, &token),
+        ["fence", "gate-line"],
+        "nothing of it applied"
+    );
+    // The daemon ran on throughout: no restart, one process.
+    assert_eq!(
+        daemon.logs().matches("starting kinderwatch").count(),
+        1,
+        "{}",
+        daemon.logs()
+    );
+}
+
+/// In process: the graph with detections from the test and the store; a reload moves the fence
+/// where the walker does not cross it and adds a line where it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_tripwire_fires_on_the_new_line_only_and_arming_is_kept() {
+    common::init();
+    let dir = tempfile::tempdir().unwrap();
+    let text = |rules: &str| {
+        format!(
+            "[site]\nid = \"kg-7\"\n[state]\ndir = \"{}\"\n[store]\nmin_free_mb = 1\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1/x\"\n{rules}",
+            dir.path().display()
+        )
+    };
+    let config =
+        |t: &str| Config::from_toml(t, std::path::Path::new("site.toml"), dir.path()).unwrap();
+    let first = text(
+        "[[rules]]\nid = \"fence\"\ncamera = \"gate\"\nkind = \"tripwire\"\nline = [[0.0, 0.5], [1.0, 0.5]]\ncooldown = \"0s\"\n\
+         [[rules]]\nid = \"side\"\ncamera = \"gate\"\nkind = \"tripwire\"\nline = [[0.0, 0.4], [1.0, 0.4]]\ncooldown = \"0s\"\n",
+    );
+    let store = Store::open(
+        &dir.path().join("events.db"),
+        &StoreConfig {
+            min_free_mb: 1,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let mut daemon = Daemon::builder(&config(&first))
+        .frames(Synthetic::new(|_, _| None))
+        .detections(Detections::Caller)
+        .store(store.clone())
+        .start()
+        .await
+        .unwrap();
+    let detections = daemon.take_detections_input().unwrap();
+    let crossings = |rule: &str| {
+        store
+            .query(&EventQuery {
+                kind: Some(EventKind::LineCrossed),
+                rule: Some(rule.into()),
+                limit: 100,
+                ..EventQuery::default()
+            })
+            .unwrap()
+            .events
+            .len()
+    };
+    let walk = |t0: SystemTime| {
+        let detections = detections.clone();
+        async move {
+            for d in common::walk_down(t0) {
+                detections.send(d).await.unwrap();
+            }
+        }
+    };
+    let t0 = SystemTime::now();
+    walk(t0).await;
+    common::poll_until(Duration::from_secs(10), "both lines crossed", || {
+        crossings("fence") == 1 && crossings("side") == 1
+    })
+    .await;
+
+    // Disarmed at run time: a reload keeps it so.
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    daemon
+        .rule_commands()
+        .send(RuleCommand::SetArmed {
+            rule: "side".into(),
+            armed: false,
+            reply,
+        })
+        .await
+        .unwrap();
+    rx.await.unwrap().unwrap();
+
+    // The fence moves below the walk (y 0.9); a new line where the walk crosses (y 0.6).
+    let second = text(
+        "[[rules]]\nid = \"fence\"\ncamera = \"gate\"\nkind = \"tripwire\"\nline = [[0.0, 0.9], [1.0, 0.9]]\ncooldown = \"0s\"\n\
+         [[rules]]\nid = \"side\"\ncamera = \"gate\"\nkind = \"tripwire\"\nline = [[0.0, 0.4], [1.0, 0.4]]\ncooldown = \"0s\"\n\
+         [[rules]]\nid = \"new-line\"\ncamera = \"gate\"\nkind = \"tripwire\"\nline = [[0.0, 0.6], [1.0, 0.6]]\ncooldown = \"0s\"\n",
+    );
+    let plan = ReloadPlan::between(&first.parse().unwrap(), &second.parse().unwrap());
+    assert_eq!(
+        plan,
+        ReloadPlan {
+            rules: true,
+            restart: vec![]
+        }
+    );
+    daemon.reload(config(&second), &plan).await.unwrap();
+    walk(t0 + Duration::from_secs(60)).await;
+    common::poll_until(Duration::from_secs(10), "the new line crossed", || {
+        crossings("new-line") == 1
+    })
+    .await;
+    // The walk's frames are handled in order: the new line's crossing is in, so would be any
+    // crossing of the old fence or of the disarmed line.
+    assert_eq!(crossings("fence"), 1, "the moved fence is not crossed");
+    assert_eq!(crossings("side"), 1, "still disarmed after the reload");
+
+    // A change that needs a restart is refused whole: the running rules stay.
+    let third = second
+        .replace("id = \"kg-7\"", "id = \"kg-8\"")
+        .replace("0.9]", "0.5]");
+    let plan = ReloadPlan::between(&second.parse().unwrap(), &third.parse().unwrap());
+    let refused = daemon.reload(config(&third), &plan).await.unwrap_err();
+    assert!(refused.to_string().contains("site"), "{refused}");
+    assert_eq!(daemon.config().site.id, "kg-7");
+    drop(detections);
+    let report = daemon.shutdown(SHUTDOWN_GRACE).await;
+    assert!(report.clean, "{report:?}");
+}
