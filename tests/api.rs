@@ -76,6 +76,7 @@ impl FrameSource for TestCameras {
                 status: rx,
             },
             task: None,
+            feed: None,
         })
     }
 }

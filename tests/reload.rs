@@ -19,6 +19,17 @@ use kinderwatch::store::{Store, StoreConfig};
 /// The site's config: one camera (nothing listens on `dead`: the rules run without frames), the
 /// model, the API with a read token, and `rules`.
 fn site_config(api: u16, dead: u16, read_hash: &str, detector: &str, rules: &str) -> String {
+    site_config_at(
+        api,
+        &format!("rtsp://127.0.0.1:{dead}/nothing-listens"),
+        read_hash,
+        detector,
+        rules,
+    )
+}
+
+/// [`site_config`] with the camera at `url`.
+fn site_config_at(api: u16, url: &str, read_hash: &str, detector: &str, rules: &str) -> String {
     format!(
         r#"
 [site]
@@ -36,7 +47,7 @@ model = "{root}/models/nanodet-coco-416.toml"
 {detector}
 [[cameras]]
 id = "gate"
-url = "rtsp://127.0.0.1:{dead}/nothing-listens"
+url = "{url}"
 {rules}
 "#,
         root = env!("CARGO_MANIFEST_DIR"),
@@ -80,6 +91,17 @@ fn rule_ids(api: u16, token: &str) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+/// Camera `gate`'s state as the API says it.
+fn camera_state(api: u16, token: &str) -> String {
+    let r = ureq::get(&format!("http://127.0.0.1:{api}/api/v1/cameras"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .timeout(Duration::from_secs(5))
+        .call()
+        .unwrap();
+    let v: serde_json::Value = r.into_json().unwrap();
+    v["cameras"][0]["state"].as_str().unwrap_or("").to_owned()
 }
 
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
@@ -164,6 +186,42 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
         rule_ids(api, &token),
         ["fence", "gate-line"],
         "nothing of it applied"
+    );
+
+    // The camera's stream moves to a server that answers: that camera restarts, and streams;
+    // the rules run on.
+    let server = common::RtspTestServer::start(
+        common::Source::Pattern {
+            width: 320,
+            height: 240,
+            fps: 10,
+        },
+        common::Auth::None,
+    );
+    write(site_config_at(
+        api,
+        &server.url(),
+        &hash,
+        "workers = 1",
+        FENCE_AND_GATE_LINE,
+    ));
+    daemon.hangup();
+    daemon.wait_log(
+        &["camera restarted with its new config", "gate"],
+        Duration::from_secs(15),
+    );
+    wait_for("the second applied reload", Duration::from_secs(15), || {
+        daemon.logs().matches("config reloaded and applied").count() == 2
+    });
+    wait_for("the camera streaming", Duration::from_secs(20), || {
+        camera_state(api, &token) == "streaming"
+    });
+    assert_eq!(rule_ids(api, &token), ["fence", "gate-line"]);
+    // The old supervisor's end was on purpose: no task ended on its own.
+    assert!(
+        !daemon.logs().contains("ended on its own"),
+        "{}",
+        daemon.logs()
     );
     // The daemon ran on throughout: no restart, one process.
     assert_eq!(
@@ -259,6 +317,7 @@ async fn a_moved_tripwire_fires_on_the_new_line_only_and_arming_is_kept() {
         plan,
         ReloadPlan {
             rules: true,
+            cameras: vec![],
             restart: vec![]
         }
     );

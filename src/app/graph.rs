@@ -42,6 +42,7 @@ use crate::events::RecordedEvent;
 use crate::progress::Stages;
 use crate::store::Store;
 use crate::store::recorder::{RecorderSettings, StoreStatus};
+use futures_util::future::BoxFuture;
 
 /// Where the rules stage gets its detections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -163,6 +164,8 @@ impl DaemonBuilder {
             load_tx: None,
             api_state: None,
             reload_tx: None,
+            feeds: Default::default(),
+            source: None,
         };
         let (fatal_tx, fatal_rx) = links::FATAL.channel();
         d.fatal = Some(fatal_rx);
@@ -173,14 +176,12 @@ impl DaemonBuilder {
         // Open every camera (nothing runs yet): the pool needs their slots.
         let mut camera_tasks = Vec::new();
         for cam in &config.cameras {
-            let opened = self.source.open(
-                cam,
-                &config.ingest,
-                &d.stages,
-                d.tiers[Tier::Cameras as usize].cancel.child_token(),
-            )?;
+            let cancel = d.tiers[Tier::Cameras as usize].cancel.child_token();
+            let opened = self
+                .source
+                .open(cam, &config.ingest, &d.stages, cancel.clone())?;
             match opened.task {
-                Some(task) => camera_tasks.push((format!("camera/{}", cam.id), task)),
+                Some(task) => camera_tasks.push((cam.id.clone(), task, cancel, opened.feed)),
                 None => info!(camera = %cam.id, "camera disabled in the config"),
             }
             d.cameras.push(opened.handle);
@@ -399,9 +400,18 @@ impl DaemonBuilder {
                 log_state_changes(cam, cancel)
             });
         }
-        for (name, task) in camera_tasks {
-            d.spawn_in(Tier::Cameras, name, |_| task);
+        for (id, task, cancel, feed) in camera_tasks {
+            let running = d.spawn_in(Tier::Cameras, format!("camera/{id}"), |_| task);
+            d.feeds.insert(
+                id,
+                CameraTask {
+                    cancel,
+                    running,
+                    feed,
+                },
+            );
         }
+        d.source = Some(self.source);
         Ok(d)
     }
 }
@@ -476,6 +486,16 @@ pub struct Daemon {
     load_tx: Option<watch::Sender<DetectorLoad>>,
     api_state: Option<crate::api::ApiState>,
     reload_tx: Option<mpsc::Sender<crate::perimeter::RulesReload>>,
+    /// Each running camera's task, for a live reload that restarts it.
+    feeds: std::collections::HashMap<String, CameraTask>,
+    source: Option<Arc<dyn FrameSource>>,
+}
+
+/// A running camera task: its own stop, its handle, and what it feeds.
+struct CameraTask {
+    cancel: CancellationToken,
+    running: tokio::task::JoinHandle<()>,
+    feed: Option<crate::camera::supervisor::CameraFeed>,
 }
 
 /// A task of the daemon, by name (`camera/<id>`, `recorder`, `publisher`, ...).
@@ -595,7 +615,8 @@ impl Daemon {
         tier: Tier,
         name: impl Into<String>,
         f: impl FnOnce(CancellationToken) -> F,
-    ) where
+    ) -> tokio::task::JoinHandle<()>
+    where
         F: Future<Output = ()> + Send + 'static,
     {
         let t = &self.tiers[tier as usize];
@@ -611,7 +632,7 @@ impl Daemon {
         t.tracker.spawn(async move {
             let _guard = EndGuard(ended);
             task.await;
-        });
+        })
     }
 
     /// Spawns a task that stops with the daemon (first), under a name the log uses if it ends
@@ -621,6 +642,40 @@ impl Daemon {
         F: Future<Output = ()> + Send + 'static,
     {
         self.spawn_in(Tier::Added, name, f);
+    }
+
+    /// Stops camera `id`'s task (pipeline to Null, within the teardown deadline) and starts
+    /// `task` in its place, on the same slot and status. The old task's end is not a failure.
+    async fn replace_camera(
+        &mut self,
+        id: &str,
+        task: BoxFuture<'static, ()>,
+        cancel: CancellationToken,
+    ) {
+        let name = format!("camera/{id}");
+        if let Some(old) = self.feeds.remove(id) {
+            // Ending on purpose: out of the task list first, so that its end is no failure.
+            self.tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|t| t.name != name);
+            old.cancel.cancel();
+            if tokio::time::timeout(CAMERA_STOP_TIMEOUT, old.running)
+                .await
+                .is_err()
+            {
+                warn!(camera = %id, "the old pipeline did not stop in time; starting the new one anyway");
+            }
+            let running = self.spawn_in(Tier::Cameras, name, |_| task);
+            self.feeds.insert(
+                id.to_owned(),
+                CameraTask {
+                    cancel,
+                    running,
+                    feed: old.feed,
+                },
+            );
+        }
     }
 
     /// Applies a new config live, as `plan` says (see [`super::reload`]): refused whole when a key
@@ -637,6 +692,25 @@ impl Daemon {
                 "restart the service to apply changes to {}",
                 plan.restart.join(", ")
             );
+        }
+        // The cameras' new tasks first: a camera that cannot be set up (an unreadable password
+        // file) refuses the reload before anything changed.
+        let mut restarts = Vec::new();
+        for id in &plan.cameras {
+            let (Some(cam), Some(running), Some(source)) = (
+                new.cameras.iter().find(|c| &c.id == id),
+                self.feeds.get(id),
+                self.source.as_ref(),
+            ) else {
+                anyhow::bail!("restart the service to apply changes to cameras[{id}]");
+            };
+            let cancel = self.tiers[Tier::Cameras as usize].cancel.child_token();
+            let task = running
+                .feed
+                .clone()
+                .and_then(|feed| source.reopen(cam, &new.ingest, &self.stages, cancel.clone(), feed))
+                .with_context(|| format!("restart the service to apply changes to cameras[{id}] (its frame source cannot reopen)"))??;
+            restarts.push((id.clone(), task, cancel));
         }
         if plan.rules
             && let Some(tx) = &self.reload_tx
@@ -655,6 +729,10 @@ impl Daemon {
             .ok()
             .flatten()
             .context("the rules stage did not take the new rules")?;
+        }
+        for (id, task, cancel) in restarts {
+            info!(camera = %id, "camera restarted with its new config");
+            self.replace_camera(&id, task, cancel).await;
         }
         self.config = Arc::new(new);
         Ok(())
@@ -743,6 +821,9 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// How long a reload waits for a camera's old pipeline to stop (its teardown is bounded by 5 s).
+const CAMERA_STOP_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// How long a reload waits for the rules stage to take the new rules.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(5);

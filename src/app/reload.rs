@@ -2,9 +2,14 @@
 //! whether the daemon can apply it without a restart.
 //!
 //! The files are compared as TOML values, section by section (what is written, not the defaults
-//! it implies). Applied at once: the rules — `[[zones]]`, `[[rules]]`, a camera's
-//! `object_masks`, `site.time_zone` — compiled and handed to the rules stage, which keeps its
-//! tracks and the run-time arming. Anything else changed (a camera's stream, the detector, MQTT,
+//! it implies). Applied at once:
+//! - the rules — `[[zones]]`, `[[rules]]`, a camera's `object_masks`, `site.time_zone` — compiled
+//!   and handed to the rules stage, which keeps its tracks and the run-time arming;
+//! - a camera's stream — `url`, `username`, `password_file`, `password_env`, `transport`,
+//!   `latency`, `codec` — by restarting that camera's supervisor on the same frame slot; the other
+//!   cameras run on untouched.
+//!
+//! Anything else changed (a camera added or removed, its detect size or rate, the detector, MQTT,
 //! ...) needs a restart: the reload is refused whole, naming those keys, and the running config
 //! stays.
 
@@ -17,6 +22,8 @@ use toml::{Table, Value};
 pub struct ReloadPlan {
     /// The rules changed: the rules stage gets them compiled anew.
     pub rules: bool,
+    /// Cameras whose stream changed: their supervisors restart.
+    pub cameras: Vec<String>,
     /// Keys whose change needs a restart (`detector`, `cameras[gate]`, ...); none for a reload
     /// that can be applied.
     pub restart: Vec<String>,
@@ -53,8 +60,12 @@ impl ReloadPlan {
                                 let (x, masks_x) = without(Some(x), "object_masks");
                                 let (y, masks_y) = without(Some(y), "object_masks");
                                 plan.rules |= masks_x != masks_y;
+                                let (x, stream_x) = split(x, STREAM_KEYS);
+                                let (y, stream_y) = split(y, STREAM_KEYS);
                                 if x != y {
                                     plan.restart.push(format!("cameras[{id}]"));
+                                } else if stream_x != stream_y {
+                                    plan.cameras.push(id.clone());
                                 }
                             }
                             (None, None) => {}
@@ -70,7 +81,29 @@ impl ReloadPlan {
 
     /// Nothing to do: the files say the same.
     pub fn is_empty(&self) -> bool {
-        !self.rules && self.restart.is_empty()
+        !self.rules && self.cameras.is_empty() && self.restart.is_empty()
+    }
+}
+
+/// A camera's keys that its supervisor alone uses: a change restarts that camera only.
+const STREAM_KEYS: &[&str] = &[
+    "url",
+    "username",
+    "password_file",
+    "password_env",
+    "transport",
+    "latency",
+    "codec",
+];
+
+/// `value` (a table) without `keys`, and those keys' values.
+fn split(value: Option<Value>, keys: &[&str]) -> (Option<Value>, Vec<Option<Value>>) {
+    match value {
+        Some(Value::Table(mut t)) => {
+            let taken = keys.iter().map(|k| t.remove(*k)).collect();
+            (Some(Value::Table(t)), taken)
+        }
+        other => (other, Vec::new()),
     }
 }
 
@@ -151,6 +184,7 @@ line = [[0.0, 0.5], [1.0, 0.5]]
             moved,
             ReloadPlan {
                 rules: true,
+                cameras: vec![],
                 restart: vec![]
             }
         );
@@ -159,6 +193,7 @@ line = [[0.0, 0.5], [1.0, 0.5]]
             zone,
             ReloadPlan {
                 rules: true,
+                cameras: vec![],
                 restart: vec![]
             }
         );
@@ -167,6 +202,7 @@ line = [[0.0, 0.5], [1.0, 0.5]]
             tz,
             ReloadPlan {
                 rules: true,
+                cameras: vec![],
                 restart: vec![]
             }
         );
@@ -180,6 +216,7 @@ line = [[0.0, 0.5], [1.0, 0.5]]
             mask,
             ReloadPlan {
                 rules: true,
+                cameras: vec![],
                 restart: vec![]
             }
         );
@@ -187,9 +224,14 @@ line = [[0.0, 0.5], [1.0, 0.5]]
 
     #[test]
     fn anything_else_needs_a_restart_and_is_named() {
-        let url = plan(|t| t.replace("10.0.0.5", "10.0.0.9"));
-        assert_eq!(url.restart, ["cameras[gate]"]);
-        assert!(!url.rules);
+        let size = plan(|t| {
+            t.replace(
+                "url = \"rtsp://10.0.0.5/main\"",
+                "url = \"rtsp://10.0.0.5/main\"\ndetect_fps = 2",
+            )
+        });
+        assert_eq!(size.restart, ["cameras[gate]"]);
+        assert!(!size.rules && size.cameras.is_empty());
         let added =
             plan(|t| format!("{t}\n[[cameras]]\nid = \"hall\"\nurl = \"rtsp://10.0.0.7/x\"\n"));
         assert_eq!(added.restart, ["cameras[hall] (added)"]);
@@ -217,8 +259,30 @@ line = [[0.0, 0.5], [1.0, 0.5]]
             mixed,
             ReloadPlan {
                 rules: true,
+                cameras: vec![],
                 restart: vec!["detector".into()]
             }
         );
+    }
+
+    #[test]
+    fn a_cameras_stream_restarts_that_camera_only() {
+        let url = plan(|t| t.replace("10.0.0.5", "10.0.0.9"));
+        assert_eq!(
+            url,
+            ReloadPlan {
+                rules: false,
+                cameras: vec!["gate".into()],
+                restart: vec![]
+            }
+        );
+        let auth = plan(|t| {
+            t.replace(
+                "url = \"rtsp://10.0.0.6/main\"",
+                "url = \"rtsp://10.0.0.6/main\"\nusername = \"admin\"\npassword_env = \"YARD_PASSWORD\"\ntransport = \"udp\"",
+            )
+        });
+        assert_eq!(auth.cameras, ["yard"]);
+        assert!(auth.restart.is_empty() && !auth.rules);
     }
 }

@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::camera::supervisor::CameraSupervisor;
+use crate::camera::supervisor::{CameraFeed, CameraSupervisor};
 use crate::camera::{CameraHandle, CameraState, CameraStatus, Frame, FrameSlot, Pixels};
 use crate::config::{CameraConfig, IngestConfig};
 use crate::progress::Stages;
@@ -22,6 +22,8 @@ use crate::progress::Stages;
 pub struct OpenedCamera {
     pub handle: CameraHandle,
     pub task: Option<BoxFuture<'static, ()>>,
+    /// What the task feeds, for [`FrameSource::reopen`] (`None`: this source cannot reopen).
+    pub feed: Option<CameraFeed>,
 }
 
 /// Opens each configured camera. The task it returns stops when `cancel` is cancelled, leaving the
@@ -34,6 +36,19 @@ pub trait FrameSource: Send + Sync {
         stages: &Stages,
         cancel: CancellationToken,
     ) -> anyhow::Result<OpenedCamera>;
+
+    /// The task of `camera` again, after its stream's config changed (a live reload), feeding
+    /// the same slot and status. `None`: this source cannot; the change then needs a restart.
+    fn reopen(
+        &self,
+        _camera: &CameraConfig,
+        _ingest: &IngestConfig,
+        _stages: &Stages,
+        _cancel: CancellationToken,
+        _feed: CameraFeed,
+    ) -> Option<anyhow::Result<BoxFuture<'static, ()>>> {
+        None
+    }
 }
 
 /// The cameras themselves, over RTSP.
@@ -51,9 +66,25 @@ impl FrameSource for Rtsp {
             .map_err(|e| anyhow::anyhow!("camera {}: {e}", camera.id))?;
         Ok(OpenedCamera {
             handle,
+            feed: supervisor.as_ref().map(CameraSupervisor::feed),
             task: supervisor
                 .map(|s| -> BoxFuture<'static, ()> { Box::pin(s.report_progress(stages).run()) }),
         })
+    }
+
+    fn reopen(
+        &self,
+        camera: &CameraConfig,
+        ingest: &IngestConfig,
+        stages: &Stages,
+        cancel: CancellationToken,
+        feed: CameraFeed,
+    ) -> Option<anyhow::Result<BoxFuture<'static, ()>>> {
+        Some(
+            CameraSupervisor::resume(camera, ingest, cancel, feed)
+                .map(|s| -> BoxFuture<'static, ()> { Box::pin(s.report_progress(stages).run()) })
+                .map_err(|e| anyhow::anyhow!("camera {}: {e}", camera.id)),
+        )
     }
 }
 
@@ -97,7 +128,11 @@ impl FrameSource for Synthetic {
             status: status_rx,
         };
         if !camera.enabled {
-            return Ok(OpenedCamera { handle, task: None });
+            return Ok(OpenedCamera {
+                handle,
+                task: None,
+                feed: None,
+            });
         }
         let progress = stages.register(format!("camera/{id}"));
         let make = self.frame.clone();
@@ -145,6 +180,7 @@ impl FrameSource for Synthetic {
         Ok(OpenedCamera {
             handle,
             task: Some(Box::pin(task)),
+            feed: None,
         })
     }
 }
@@ -185,7 +221,11 @@ impl FrameSource for Clip {
             status: status_rx,
         };
         if !camera.enabled {
-            return Ok(OpenedCamera { handle, task: None });
+            return Ok(OpenedCamera {
+                handle,
+                task: None,
+                feed: None,
+            });
         }
         anyhow::ensure!(
             self.path.is_file(),
@@ -304,6 +344,7 @@ impl FrameSource for Clip {
         Ok(OpenedCamera {
             handle,
             task: Some(Box::pin(task)),
+            feed: None,
         })
     }
 }

@@ -36,6 +36,14 @@ pub enum CameraSetupError {
     Credentials(#[from] super::config::CredentialsError),
 }
 
+/// What a camera's supervisor feeds: its frame slot, its frame numbers and its status.
+#[derive(Clone)]
+pub struct CameraFeed {
+    pub slot: Arc<FrameSlot>,
+    pub seq: Arc<AtomicU64>,
+    pub status: watch::Sender<CameraStatus>,
+}
+
 pub struct CameraSupervisor {
     spec: PipelineSpec,
     ingest: IngestConfig,
@@ -84,8 +92,24 @@ impl CameraSupervisor {
         if !camera.enabled {
             return Ok((None, handle));
         }
+        let feed = CameraFeed {
+            slot,
+            seq: Arc::new(AtomicU64::new(0)),
+            status,
+        };
+        Ok((Some(Self::resume(camera, ingest, cancel, feed)?), handle))
+    }
+
+    /// A supervisor for `camera` that feeds an existing camera's slot and status (a live reload
+    /// with a new URL, credentials or transport): frame numbers and counters go on from there.
+    pub fn resume(
+        camera: &CameraConfig,
+        ingest: &IngestConfig,
+        cancel: CancellationToken,
+        feed: CameraFeed,
+    ) -> Result<Self, CameraSetupError> {
         let spec = PipelineSpec {
-            camera: id,
+            camera: camera.id.as_str().into(),
             url: camera.rtsp_url()?,
             credentials: camera.credentials()?,
             // `auto` starts with TCP (see `run`).
@@ -100,21 +124,30 @@ impl CameraSupervisor {
             size: Some((camera.detect_width, camera.detect_height)),
             max_fps: Some(camera.detect_fps),
         };
-        let sup = Self {
+        let frames_before = feed.status.borrow().frames_received;
+        Ok(Self {
             spec,
             ingest: ingest.clone(),
             output: FrameOutput {
-                slot,
-                seq: Arc::new(AtomicU64::new(0)),
+                slot: feed.slot,
+                seq: feed.seq,
             },
-            status,
+            status: feed.status,
             cancel,
-            frames_before: 0,
+            frames_before,
             last_logged_fault: None,
             auto_transport: camera.transport == Transport::Auto,
             progress: None,
-        };
-        Ok((Some(sup), handle))
+        })
+    }
+
+    /// What this supervisor feeds, for a successor ([`Self::resume`]).
+    pub fn feed(&self) -> CameraFeed {
+        CameraFeed {
+            slot: self.output.slot.clone(),
+            seq: self.output.seq.clone(),
+            status: self.status.clone(),
+        }
     }
 
     /// Reports this supervisor's progress as stage `camera/<id>`.
