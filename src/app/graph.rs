@@ -644,35 +644,48 @@ impl Daemon {
         self.spawn_in(Tier::Added, name, f);
     }
 
-    /// Stops camera `id`'s task (pipeline to Null, within the teardown deadline) and starts
-    /// `task` in its place, on the same slot and status. The old task's end is not a failure.
-    async fn replace_camera(
+    /// Stops the tasks of these cameras (pipelines to Null, within the teardown deadline, all at
+    /// once) and starts their new tasks in their place, on the same slots and statuses. The old
+    /// tasks leave the task list first: their end is no failure.
+    async fn replace_cameras(
         &mut self,
-        id: &str,
-        task: BoxFuture<'static, ()>,
-        cancel: CancellationToken,
+        restarts: Vec<(String, BoxFuture<'static, ()>, CancellationToken)>,
     ) {
-        let name = format!("camera/{id}");
-        if let Some(old) = self.feeds.remove(id) {
-            // Ending on purpose: out of the task list first, so that its end is no failure.
+        let mut stopping = Vec::new();
+        for (id, _, _) in &restarts {
+            let name = format!("camera/{id}");
             self.tasks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .retain(|t| t.name != name);
-            old.cancel.cancel();
+            if let Some(old) = self.feeds.remove(id) {
+                old.cancel.cancel();
+                stopping.push((id.clone(), old));
+            }
+        }
+        let mut feeds = std::collections::HashMap::new();
+        let ends = stopping.into_iter().map(|(id, old)| async move {
             if tokio::time::timeout(CAMERA_STOP_TIMEOUT, old.running)
                 .await
                 .is_err()
             {
                 warn!(camera = %id, "the old pipeline did not stop in time; starting the new one anyway");
             }
-            let running = self.spawn_in(Tier::Cameras, name, |_| task);
+            (id, old.feed)
+        });
+        for (id, feed) in futures_util::future::join_all(ends).await {
+            feeds.insert(id, feed);
+        }
+        for (id, task, cancel) in restarts {
+            info!(camera = %id, "camera restarted with its new config");
+            let running = self.spawn_in(Tier::Cameras, format!("camera/{id}"), |_| task);
+            let feed = feeds.remove(&id).flatten();
             self.feeds.insert(
-                id.to_owned(),
+                id,
                 CameraTask {
                     cancel,
                     running,
-                    feed: old.feed,
+                    feed,
                 },
             );
         }
@@ -730,10 +743,7 @@ impl Daemon {
             .flatten()
             .context("the rules stage did not take the new rules")?;
         }
-        for (id, task, cancel) in restarts {
-            info!(camera = %id, "camera restarted with its new config");
-            self.replace_camera(&id, task, cancel).await;
-        }
+        self.replace_cameras(restarts).await;
         self.config = Arc::new(new);
         Ok(())
     }

@@ -80,9 +80,14 @@ impl FrameSource for Rtsp {
         cancel: CancellationToken,
         feed: CameraFeed,
     ) -> Option<anyhow::Result<BoxFuture<'static, ()>>> {
+        // The stage registers when the task starts: a reload refused after this leaves no stage
+        // behind that never beats.
+        let stages = stages.clone();
         Some(
             CameraSupervisor::resume(camera, ingest, cancel, feed)
-                .map(|s| -> BoxFuture<'static, ()> { Box::pin(s.report_progress(stages).run()) })
+                .map(|s| -> BoxFuture<'static, ()> {
+                    Box::pin(async move { s.report_progress(&stages).run().await })
+                })
                 .map_err(|e| anyhow::anyhow!("camera {}: {e}", camera.id)),
         )
     }
