@@ -221,6 +221,28 @@ fn thick_line(img: &mut RgbImage, a: (f32, f32), b: (f32, f32), colour: Rgb<u8>)
 /// A frame kept for snapshots (cheap to clone).
 pub type SnapshotFrame = Arc<Frame>;
 
+/// An event and its JPEG snapshot.
+#[derive(Debug, Clone)]
+pub struct RecordedEvent {
+    pub event: Event,
+    pub snapshot: Option<Vec<u8>>,
+}
+
+/// Hands `recorded` to the recorder's queue without waiting: the one way rule and health events
+/// reach the recorder. One the queue cannot take is counted
+/// (`kinderwatch_events_dropped_total{camera, reason}`) and its reason returned for the caller's log.
+pub fn offer(
+    queue: &mpsc::Sender<RecordedEvent>,
+    recorded: RecordedEvent,
+) -> Result<(), EventDrop> {
+    queue.try_send(recorded).map_err(|e| {
+        let why = EventDrop::from(&e);
+        let camera = e.into_inner().event.camera.unwrap_or_default();
+        telemetry::event_dropped(&camera, why);
+        why
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,26 +340,4 @@ mod tests {
         let closed = [("camera", "yard"), ("reason", "closed")];
         assert_eq!(counter(&values, name, &closed), Some(1), "{values:?}");
     }
-}
-
-/// An event and its JPEG snapshot.
-#[derive(Debug, Clone)]
-pub struct RecordedEvent {
-    pub event: Event,
-    pub snapshot: Option<Vec<u8>>,
-}
-
-/// Hands `recorded` to the recorder's queue without waiting: the one way rule and health events
-/// reach the recorder. One the queue cannot take is counted
-/// (`kinderwatch_events_dropped_total{camera, reason}`) and its reason returned for the caller's log.
-pub fn offer(
-    queue: &mpsc::Sender<RecordedEvent>,
-    recorded: RecordedEvent,
-) -> Result<(), EventDrop> {
-    queue.try_send(recorded).map_err(|e| {
-        let why = EventDrop::from(&e);
-        let camera = e.into_inner().event.camera.unwrap_or_default();
-        telemetry::event_dropped(&camera, why);
-        why
-    })
 }
