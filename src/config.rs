@@ -334,23 +334,30 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// For the config tests of every section: parse a text, the smallest valid config.
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
+pub(crate) mod test_support {
     use super::*;
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("test.toml"), Path::new("."))
     }
 
-    const MINIMAL: &str = r#"
+    pub const MINIMAL: &str = r#"
         [site]
         id = "kg-1"
         [[cameras]]
         id = "gate"
         url = "rtsp://10.0.0.5/stream1"
     "#;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::test_support::{MINIMAL, parse};
+    use super::*;
 
     #[test]
     fn minimal_config_gets_defaults() {

@@ -9,11 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::camera::supervisor::{CameraFeed, CameraSupervisor};
-use crate::camera::{CameraHandle, CameraState, CameraStatus, Frame, FrameSlot, Pixels};
+use crate::camera::{CameraHandle, CameraState, Frame, Pixels};
 use crate::config::{CameraConfig, IngestConfig};
 use crate::progress::Stages;
 
@@ -119,19 +118,8 @@ impl FrameSource for Synthetic {
         stages: &Stages,
         cancel: CancellationToken,
     ) -> anyhow::Result<OpenedCamera> {
-        let id: Arc<str> = camera.id.as_str().into();
-        let slot = Arc::new(FrameSlot::default());
-        let initial = match camera.enabled {
-            true => CameraState::Streaming,
-            false => CameraState::Disabled,
-        };
-        let (status, status_rx) = watch::channel(CameraStatus::new(initial));
-        let handle = CameraHandle {
-            id: id.clone(),
-            name: camera.display_name().to_owned(),
-            slot: slot.clone(),
-            status: status_rx,
-        };
+        let (handle, status) = CameraHandle::for_camera(camera, CameraState::Streaming);
+        let (id, slot) = (handle.id.clone(), handle.slot.clone());
         if !camera.enabled {
             return Ok(OpenedCamera {
                 handle,
@@ -213,18 +201,8 @@ impl FrameSource for Clip {
         use gstreamer as gst;
         use gstreamer::prelude::*;
 
-        let id: Arc<str> = camera.id.as_str().into();
-        let slot = Arc::new(FrameSlot::default());
-        let (status, status_rx) = watch::channel(CameraStatus::new(match camera.enabled {
-            true => CameraState::Connecting,
-            false => CameraState::Disabled,
-        }));
-        let handle = CameraHandle {
-            id: id.clone(),
-            name: camera.display_name().to_owned(),
-            slot: slot.clone(),
-            status: status_rx,
-        };
+        let (handle, status) = CameraHandle::for_camera(camera, CameraState::Connecting);
+        let (id, slot) = (handle.id.clone(), handle.slot.clone());
         if !camera.enabled {
             return Ok(OpenedCamera {
                 handle,

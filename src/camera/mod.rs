@@ -273,6 +273,28 @@ pub struct CameraHandle {
     pub status: tokio::sync::watch::Receiver<CameraStatus>,
 }
 
+impl CameraHandle {
+    /// A fresh handle for `camera` (an empty slot), and the sender of its status: `initial`
+    /// for an enabled camera, `disabled` otherwise.
+    pub fn for_camera(
+        camera: &config::CameraConfig,
+        initial: CameraState,
+    ) -> (Self, tokio::sync::watch::Sender<CameraStatus>) {
+        let state = match camera.enabled {
+            true => initial,
+            false => CameraState::Disabled,
+        };
+        let (status, status_rx) = tokio::sync::watch::channel(CameraStatus::new(state));
+        let handle = Self {
+            id: camera.id.as_str().into(),
+            name: camera.display_name().to_owned(),
+            slot: Arc::new(FrameSlot::default()),
+            status: status_rx,
+        };
+        (handle, status)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,20 +75,8 @@ impl CameraSupervisor {
         ingest: &IngestConfig,
         cancel: CancellationToken,
     ) -> Result<(Option<Self>, CameraHandle), CameraSetupError> {
-        let id: Arc<str> = camera.id.as_str().into();
-        let slot = Arc::new(FrameSlot::default());
-        let initial = if camera.enabled {
-            CameraState::Connecting
-        } else {
-            CameraState::Disabled
-        };
-        let (status, status_rx) = watch::channel(CameraStatus::new(initial));
-        let handle = CameraHandle {
-            id: id.clone(),
-            name: camera.display_name().to_owned(),
-            slot: slot.clone(),
-            status: status_rx,
-        };
+        let (handle, status) = CameraHandle::for_camera(camera, CameraState::Connecting);
+        let slot = handle.slot.clone();
         if !camera.enabled {
             return Ok((None, handle));
         }

@@ -348,19 +348,8 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::{Config, ConfigError};
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::from_toml(text, Path::new("test.toml"), Path::new("."))
-    }
-
-    const MINIMAL: &str = r#"
-        [site]
-        id = "kg-1"
-        [[cameras]]
-        id = "gate"
-        url = "rtsp://10.0.0.5/stream1"
-    "#;
+    use crate::config::Config;
+    use crate::config::test_support::{MINIMAL, parse};
 
     /// The schedule validation checks is the one the rules stage runs: an exception alone
     /// disarms its day of an otherwise always-armed week.
