@@ -3,7 +3,8 @@
 #
 # Installs (only what is missing):
 #   * Debian packages: build (GStreamer dev headers), runtime (GStreamer plugins), tests (RTSP server,
-#     x264 encoder, mosquitto, VLC as a foreign RTSP camera, systemd-analyze for the unit checks);
+#     x264 encoder, mosquitto, VLC as a foreign RTSP camera, systemd-analyze for the unit checks,
+#     headless Chromium and its WebDriver for the console tests);
 #   * the ONNX Runtime shared library, unpacked from the PyPI `onnxruntime` wheel, sha256-checked;
 #   * sample media: Debian opencv-doc's vtest.avi (transcoded once to H.264 for the RTSP test server)
 #     and its still photos; photos from the PyPI scikit-image wheel (with and without people).
@@ -36,7 +37,8 @@ fi
 BUILD_PKGS=(pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev)
 RUNTIME_PKGS=(gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-libav)
 TEST_PKGS=(libgstrtspserver-1.0-dev gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-tools
-           mosquitto mosquitto-clients systemd util-linux vlc-bin vlc-plugin-base)
+           mosquitto mosquitto-clients systemd util-linux vlc-bin vlc-plugin-base
+           chromium chromium-driver)
 TOOL_PKGS=(python3 python3-pip ca-certificates)
 
 install_debian_packages() {

@@ -29,10 +29,17 @@ pub enum SetArmedError {
     NotSaved(Box<dyn std::error::Error + Send + Sync>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RuleStatus {
     pub id: String,
     pub camera: String,
+    /// `tripwire`, `zone` or `loitering`.
+    pub kind: &'static str,
+    /// Its line or polygon, [x, y] fractions of the frame (what the console draws).
+    pub shape: Vec<[f32; 2]>,
+    /// A tripwire's crossing direction (`left`, `right`, `any`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<&'static str>,
     pub armed: bool,
     /// Armed and inside its schedule right now.
     pub active: bool,

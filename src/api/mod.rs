@@ -7,7 +7,9 @@
 //! rule commands to the perimeter stage.
 
 pub mod auth;
+pub mod preview;
 mod routes;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,6 +108,17 @@ pub struct ApiState {
     pub request_timeout: Duration,
     /// The daemon's stages, for `/healthz` (the accept loop is one of them, `api`).
     pub stages: crate::progress::Stages,
+    /// The site's time zone (the console shows times in it).
+    pub time_zone: Arc<str>,
+    /// Console sign-ins.
+    pub sessions: crate::console::Sessions,
+    /// Each stored event, for the live event streams (link `recorded`); `None` without a
+    /// recorder.
+    pub recorded: Option<tokio::sync::broadcast::Sender<Arc<crate::store::StoredEvent>>>,
+    /// The cameras' last live pictures.
+    pub previews: preview::Previews,
+    /// Cancelled when the API stops: long answers (event streams) end with it.
+    pub shutdown: CancellationToken,
 }
 
 /// An error answer: `{"error": code, "reason": words, "parameter": name?}`.
@@ -237,6 +250,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     info!(%addr, max_connections = MAX_CONNECTIONS, "HTTP API listening");
     let progress = state.stages.register("api");
+    let streams = state.shutdown.clone();
     let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
     let app = routes::router(state);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -290,6 +304,7 @@ pub async fn serve(
         });
     }
     progress.retire();
+    streams.cancel();
     connections.close();
     let _ = tokio::time::timeout(Duration::from_secs(3), connections.wait()).await;
     Ok(())

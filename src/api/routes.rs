@@ -27,13 +27,18 @@ pub(super) fn router(state: ApiState) -> Router {
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/events/{id}", get(get_event))
         .route("/api/v1/events/{id}/snapshot.jpg", get(get_snapshot))
+        .route("/api/v1/events/stream", get(super::stream::events_stream))
         .route("/api/v1/cameras", get(cameras))
+        .route(
+            "/api/v1/cameras/{id}/frame.jpg",
+            get(super::preview::frame_jpg),
+        )
         .route("/api/v1/rules", get(list_rules))
         .route("/api/v1/store", get(store_stats))
         .route("/api/v1/outbox/dead-letters", get(dead_letters))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
-            (state.tokens.clone(), Role::Read),
+            gate(&state, Role::Read),
             auth::require,
         ));
     let admin = Router::new()
@@ -43,12 +48,13 @@ pub(super) fn router(state: ApiState) -> Router {
         .route("/api/v1/outbox/dead-letters/requeue", post(requeue_all))
         .route("/api/v1/outbox/dead-letters/{id}/requeue", post(requeue))
         .route_layer(middleware::from_fn_with_state(
-            (state.tokens.clone(), Role::Admin),
+            gate(&state, Role::Admin),
             auth::require,
         ));
     let timeout = state.request_timeout;
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(crate::console::router())
         .merge(read)
         .merge(admin)
         .fallback(|| async { ApiError::not_found("no such route; see docs/api.md") })
@@ -59,7 +65,34 @@ pub(super) fn router(state: ApiState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
+        .layer(middleware::from_fn(common_headers))
         .layer(middleware::from_fn(log_request))
+}
+
+fn gate(state: &ApiState, need: Role) -> auth::Gate {
+    auth::Gate {
+        tokens: state.tokens.clone(),
+        sessions: state.sessions.clone(),
+        need,
+    }
+}
+
+/// Adds the headers every answer carries: no MIME sniffing, and no caching of the API's
+/// answers unless a handler says otherwise (snapshots are immutable).
+async fn common_headers(req: Request, next: Next) -> Response {
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+    }
+    r
 }
 
 /// Logs method, path (never the query or headers: no tokens in logs), status and duration.

@@ -194,6 +194,9 @@ impl DaemonBuilder {
         d.rule_commands = Some(rule_tx);
         let tokens = crate::auth::Tokens::new(&config.api.tokens);
         let readers = crate::store::reader::Readers::new();
+        // Stored events, for the console's live streams (only with the API and a recorder).
+        let recorded = (self.listener.is_some() && self.store.is_some())
+            .then(|| tokio::sync::broadcast::channel(links::RECORDED.capacity).0);
 
         // Publisher, then recorder and retention.
         let (store_status_tx, store_status) = watch::channel(StoreStatus::Ok);
@@ -233,6 +236,7 @@ impl DaemonBuilder {
                     outbox: config.mqtt.is_some(),
                     live: live_tx,
                     progress: Some(d.stages.register("recorder")),
+                    recorded: recorded.clone(),
                 };
                 let (s, fatal) = (store.clone(), fatal_tx.clone());
                 d.spawn_in(Tier::Recorder, "recorder", |cancel| async move {
@@ -322,6 +326,11 @@ impl DaemonBuilder {
                 readers,
                 request_timeout: config.api.request_timeout,
                 stages: d.stages.clone(),
+                time_zone: config.site.time_zone.as_str().into(),
+                sessions: crate::console::Sessions::default(),
+                recorded,
+                previews: crate::api::preview::Previews::default(),
+                shutdown: CancellationToken::new(),
             };
             if config.api.tokens.is_empty() {
                 warn!(

@@ -102,6 +102,17 @@ pub const RULES_RELOAD: Link = Link {
     drops: None,
 };
 
+/// Events once stored, to the console's live event streams (a broadcast: a stream that falls
+/// behind skips the oldest and reloads its list).
+pub const RECORDED: Link = Link {
+    name: "recorded",
+    from: "recorder",
+    to: "api (event streams)",
+    capacity: 256,
+    when_full: WhenFull::ReplaceOldest,
+    drops: Some("kinderwatch_console_stream_skipped_total"),
+};
+
 /// Why a stage cannot go on, to the main loop, which stops the daemon with that error.
 pub const FATAL: Link = Link {
     name: "fatal",
@@ -113,12 +124,14 @@ pub const FATAL: Link = Link {
 };
 
 /// Every link, in data-flow order.
-pub const ALL: [Link; 6] = [
+pub const ALL: [Link; 8] = [
     FRAMES,
     DETECTIONS,
     EVENTS,
     LIVE_ALERTS,
+    RECORDED,
     RULE_COMMANDS,
+    RULES_RELOAD,
     FATAL,
 ];
 

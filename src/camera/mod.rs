@@ -75,6 +75,8 @@ pub type AdmitFn = Box<dyn Fn(&Frame) -> bool + Send + Sync>;
 /// `put` replaces the previous frame, which counts as overwritten if nobody took it.
 pub struct FrameSlot {
     latest: Mutex<Option<Arc<Frame>>>,
+    /// The last frame offered, admitted or not: the console's live picture.
+    shown: Mutex<Option<Arc<Frame>>>,
     notify: tokio::sync::Notify,
     overwritten: AtomicU64,
     /// Called after each `put`, for consumers on OS threads (the detector pool). Must not block.
@@ -91,6 +93,7 @@ impl Default for FrameSlot {
     fn default() -> Self {
         Self {
             latest: Mutex::new(None),
+            shown: Mutex::new(None),
             notify: tokio::sync::Notify::new(),
             overwritten: AtomicU64::new(0),
             listener: OnceLock::new(),
@@ -105,6 +108,7 @@ impl FrameSlot {
     /// Offers a frame: the admission filter (if any) decides (and counts what it turns away),
     /// then it replaces the waiting one. Returns whether the frame entered the slot.
     pub fn put(&self, frame: Arc<Frame>) -> bool {
+        *self.shown.lock().unwrap_or_else(|e| e.into_inner()) = Some(frame.clone());
         if let Some(admit) = self.admit.get()
             && !admit(&frame)
         {
@@ -133,6 +137,11 @@ impl FrameSlot {
     /// Registers the one admission filter; false if one was already set.
     pub fn set_admit(&self, admit: AdmitFn) -> bool {
         self.admit.set(admit).is_ok()
+    }
+
+    /// The last frame offered (also one the motion gate turned away), for the live picture.
+    pub fn shown(&self) -> Option<Arc<Frame>> {
+        self.shown.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Takes the latest frame, leaving the slot empty.

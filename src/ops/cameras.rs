@@ -15,6 +15,8 @@ pub struct CameraView {
     pub id: Arc<str>,
     pub name: String,
     pub status: watch::Receiver<CameraStatus>,
+    /// Its frames, for the live picture.
+    pub slot: Arc<crate::camera::FrameSlot>,
 }
 
 impl From<&CameraHandle> for CameraView {
@@ -23,6 +25,7 @@ impl From<&CameraHandle> for CameraView {
             id: h.id.clone(),
             name: h.name.clone(),
             status: h.status.clone(),
+            slot: h.slot.clone(),
         }
     }
 }

@@ -260,6 +260,9 @@ fn handle_command(
                     c.engine.rules().iter().map(move |r| RuleStatus {
                         id: r.id.to_string(),
                         camera: camera.to_string(),
+                        kind: r.trigger.kind(),
+                        shape: r.shape.points().iter().map(|&(x, y)| [x, y]).collect(),
+                        direction: r.trigger.direction(),
                         armed: c.engine.is_armed(r),
                         active: c.engine.is_active(r, now),
                     })

@@ -38,6 +38,15 @@ pub enum RuleShape {
     Polygon(Vec<(f32, f32)>),
 }
 
+impl RuleShape {
+    /// The line's or polygon's points.
+    pub fn points(&self) -> &[(f32, f32)] {
+        match self {
+            Self::Line(p) | Self::Polygon(p) => p,
+        }
+    }
+}
+
 /// What makes a rule hit: a line crossed, a zone entered or left, a zone loitered in.
 pub enum Trigger {
     Tripwire {
@@ -51,6 +60,29 @@ pub enum Trigger {
     Loitering {
         zone: Zone,
     },
+}
+
+impl Trigger {
+    /// `tripwire`, `zone` or `loitering` (the config's `kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Tripwire { .. } => "tripwire",
+            Self::Zone { .. } => "zone",
+            Self::Loitering { .. } => "loitering",
+        }
+    }
+
+    /// A tripwire's direction as the config spells it.
+    pub fn direction(&self) -> Option<&'static str> {
+        match self {
+            Self::Tripwire { direction, .. } => Some(match direction {
+                Direction::Left => "left",
+                Direction::Right => "right",
+                Direction::Any => "any",
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Which objects a rule looks at.

@@ -66,6 +66,8 @@ pub struct RecorderSettings {
     pub live: Option<mpsc::Sender<LiveEvent>>,
     /// Beaten each time the recorder's loop turns (stage `recorder`).
     pub progress: Option<crate::progress::Progress>,
+    /// Each event, once stored, for the console's live streams (link `recorded`).
+    pub recorded: Option<tokio::sync::broadcast::Sender<Arc<super::StoredEvent>>>,
 }
 
 /// An event sent to the publisher while the store cannot write.
@@ -282,6 +284,13 @@ impl Recorder {
                 telemetry::events_recorded(batch.len() as u64);
                 for r in &batch {
                     tracing::debug!(event_id = %r.event.id, kind = r.event.kind.as_str(), "event recorded");
+                    if let Some(tx) = &self.settings.recorded {
+                        // No receiver (no console open) is not an error.
+                        let _ = tx.send(Arc::new(super::StoredEvent {
+                            event: r.event.clone(),
+                            snapshot_len: r.snapshot.as_ref().map_or(0, Vec::len),
+                        }));
+                    }
                 }
                 if f.stalled {
                     info!(

@@ -3,6 +3,7 @@
 //! `sample_camera` example (`make demo`).
 #![allow(dead_code)]
 
+pub mod api_site;
 pub mod bench;
 
 use std::io::Write;

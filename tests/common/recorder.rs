@@ -38,6 +38,7 @@ pub fn start(store: &Store, config: StoreConfig) -> Running {
         outbox: true,
         live: Some(live_tx),
         progress: None,
+        recorded: None,
     };
     let task = tokio::spawn(recorder::run(
         store.clone(),

@@ -1,0 +1,122 @@
+//! `GET /api/v1/cameras/{id}/frame.jpg`: a camera's live picture, the last frame it decoded, as
+//! a JPEG (what the console's camera tiles show, refreshed about once a second).
+//!
+//! Encoding runs on the blocking pool, at most [`MAX_ENCODING`] at once (more is 503 `busy`,
+//! never a queue behind detection); each camera's last JPEG is kept with its frame number, so
+//! many viewers of one camera cost one encoding per frame.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+
+use super::{ApiError, ApiState};
+use crate::camera::Frame;
+use crate::telemetry::api::{Preview, preview};
+
+/// Pictures encoded at once.
+pub const MAX_ENCODING: usize = 2;
+/// JPEG quality of a live picture (a thumbnail on a tile, not evidence).
+const QUALITY: u8 = 70;
+
+/// Per camera: the frame number last encoded and its JPEG.
+type LastPictures = HashMap<Arc<str>, (u64, Arc<Vec<u8>>)>;
+
+/// Each camera's last encoded picture (cheap to clone).
+#[derive(Clone)]
+pub struct Previews {
+    last: Arc<Mutex<LastPictures>>,
+    encoding: Arc<Semaphore>,
+}
+
+impl Default for Previews {
+    fn default() -> Self {
+        Self {
+            last: Arc::default(),
+            encoding: Arc::new(Semaphore::new(MAX_ENCODING)),
+        }
+    }
+}
+
+/// The frame as a JPEG; `None` if it cannot be encoded.
+pub fn encode(frame: &Frame) -> Option<Vec<u8>> {
+    let rgb = frame.rgb();
+    let (w, h) = (
+        u16::try_from(frame.width).ok()?,
+        u16::try_from(frame.height).ok()?,
+    );
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, QUALITY)
+        .encode(&rgb, w, h, jpeg_encoder::ColorType::Rgb)
+        .ok()?;
+    Some(out)
+}
+
+pub(super) async fn frame_jpg(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let camera = state
+        .cameras
+        .iter()
+        .find(|c| *c.id == *id)
+        .ok_or_else(|| ApiError::not_found(format!("no camera {id:?}")))?;
+    let Some(frame) = camera.slot.shown() else {
+        preview(Preview::None);
+        return Err(ApiError::not_found(format!(
+            "camera {id:?} has no picture yet (state: {})",
+            camera.status.borrow().state
+        )));
+    };
+    let previews = &state.previews;
+    let cached = previews
+        .last
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&camera.id)
+        .filter(|(seq, _)| *seq == frame.seq)
+        .map(|(_, jpeg)| jpeg.clone());
+    let jpeg = match cached {
+        Some(jpeg) => {
+            preview(Preview::Cached);
+            jpeg
+        }
+        None => {
+            let Ok(_permit) = previews.encoding.clone().try_acquire_owned() else {
+                preview(Preview::Busy);
+                return Err(ApiError::busy("live pictures are being encoded; try again"));
+            };
+            let f = frame.clone();
+            let jpeg = tokio::task::spawn_blocking(move || encode(&f))
+                .await
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| ApiError::internal("live picture not encoded"))?;
+            let jpeg = Arc::new(jpeg);
+            previews
+                .last
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(camera.id.clone(), (frame.seq, jpeg.clone()));
+            preview(Preview::Encoded);
+            jpeg
+        }
+    };
+    let captured = jiff::Timestamp::try_from(frame.captured_at)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg".to_owned()),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+            (
+                header::HeaderName::from_static("x-frame-captured"),
+                captured,
+            ),
+        ],
+        jpeg.to_vec(),
+    )
+        .into_response())
+}
