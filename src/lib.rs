@@ -10,7 +10,6 @@ pub mod app;
 pub mod auth;
 pub mod camera;
 pub mod config;
-pub mod console;
 pub mod control;
 pub mod detect;
 pub mod events;

@@ -1,5 +1,5 @@
 //! The HTTP side of the tokens ([`crate::auth`]): the middleware that lets a request in with a
-//! bearer token or a console session cookie ([`crate::console::session`]).
+//! bearer token or a console session cookie ([`crate::api::console::session`]).
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -7,8 +7,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
+use crate::api::console::session::{self, Sessions};
 pub use crate::auth::{Caller, Role, TokenConfig, Tokens, is_sha256_hex, new_token};
-use crate::console::session::{self, Sessions};
 
 /// What the middleware checks a request against.
 #[derive(Clone)]

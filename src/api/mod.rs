@@ -7,6 +7,7 @@
 //! rule commands to the perimeter stage.
 
 pub mod auth;
+pub mod console;
 pub mod preview;
 mod routes;
 mod stream;
@@ -111,7 +112,7 @@ pub struct ApiState {
     /// The site's time zone (the console shows times in it).
     pub time_zone: Arc<str>,
     /// Console sign-ins.
-    pub sessions: crate::console::Sessions,
+    pub sessions: crate::api::console::Sessions,
     /// Each stored event, for the live event streams (link `recorded`); `None` without a
     /// recorder.
     pub recorded: Option<tokio::sync::broadcast::Sender<Arc<crate::store::StoredEvent>>>,

@@ -54,7 +54,7 @@ pub(super) fn router(state: ApiState) -> Router {
     let timeout = state.request_timeout;
     Router::new()
         .route("/healthz", get(healthz))
-        .merge(crate::console::router())
+        .merge(crate::api::console::router())
         .merge(read)
         .merge(admin)
         .fallback(|| async { ApiError::not_found("no such route; see docs/api.md") })

@@ -327,7 +327,7 @@ impl DaemonBuilder {
                 request_timeout: config.api.request_timeout,
                 stages: d.stages.clone(),
                 time_zone: config.site.time_zone.as_str().into(),
-                sessions: crate::console::Sessions::default(),
+                sessions: crate::api::console::Sessions::default(),
                 recorded,
                 previews: crate::api::preview::Previews::default(),
                 shutdown: CancellationToken::new(),
