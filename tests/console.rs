@@ -440,6 +440,16 @@ async fn until(c: &Client, what: &str, script: &str) {
     }
 }
 
+/// Types `keys` into the focused element (WebDriver key codes allowed: Tab \u{E004}, Enter \u{E007}).
+async fn press(c: &Client, keys: &str) {
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(keys)
+        .await
+        .unwrap();
+}
+
 async fn js(c: &Client, script: &str) -> Value {
     c.execute(script, vec![]).await.unwrap()
 }
@@ -455,12 +465,7 @@ async fn tab_to(c: &Client, selector: &str) {
         if hit == Value::Bool(true) {
             return;
         }
-        c.active_element()
-            .await
-            .unwrap()
-            .send_keys("\u{E004}")
-            .await
-            .unwrap();
+        press(c, "\u{E004}").await;
     }
     panic!("Tab never reached {selector}");
 }
@@ -473,12 +478,7 @@ async fn sign_in_by_keyboard(c: &Client, token: &str) {
         "document.activeElement.id === 'token'",
     )
     .await;
-    c.active_element()
-        .await
-        .unwrap()
-        .send_keys(&format!("{token}\u{E007}"))
-        .await
-        .unwrap();
+    press(c, &format!("{token}\u{E007}")).await;
     until(c, "signed in", "!document.querySelector('#nav').hidden").await;
 }
 
@@ -538,12 +538,7 @@ fn the_console_in_a_real_browser() {
 
         // Events, reached by keyboard: the recorded event with its snapshot.
         tab_to(&c, "nav a[href='#events']").await;
-        c.active_element()
-            .await
-            .unwrap()
-            .send_keys("\u{E007}")
-            .await
-            .unwrap();
+        press(&c, "\u{E007}").await;
         let item = format!("li[data-event='{first_id}']");
         until(&c, "the recorded event", &format!("document.querySelector({item:?})")).await;
         until(
@@ -635,12 +630,7 @@ async fn sign_in_fails(c: &Client) {
         "document.activeElement.id === 'token'",
     )
     .await;
-    c.active_element()
-        .await
-        .unwrap()
-        .send_keys("kw_wrong\u{E007}")
-        .await
-        .unwrap();
+    press(c, "kw_wrong\u{E007}").await;
     until(
         c,
         "the refusal",

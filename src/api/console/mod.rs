@@ -145,12 +145,7 @@ async fn sign_out(State(state): State<ApiState>, req: Request) -> Response {
     if let Some(id) = crate::api::auth::session_cookie(&req)
         && let Some(info) = state.sessions.check(id)
     {
-        let sent = req
-            .headers()
-            .get(session::CSRF_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !session::same_token(sent, &info.csrf) {
+        if !info.csrf_sent_in(req.headers()) {
             return ApiError::forbidden("signing out needs the session's X-CSRF-Token header")
                 .into_response();
         }

@@ -123,6 +123,17 @@ fn expired(s: &Session, now: Instant) -> bool {
     now.duration_since(s.last_used) >= IDLE_TIMEOUT || now.duration_since(s.opened) >= MAX_AGE
 }
 
+impl SessionInfo {
+    /// Whether a request's `X-CSRF-Token` header is this session's CSRF token.
+    pub fn csrf_sent_in(&self, headers: &axum::http::HeaderMap) -> bool {
+        let sent = headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        same_token(sent, &self.csrf)
+    }
+}
+
 /// Constant-time comparison of two tokens of any length.
 pub fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len()
