@@ -44,3 +44,69 @@ pub struct RuleStatus {
     /// Armed and inside its schedule right now.
     pub active: bool,
 }
+
+/// A request to the owner of the config file (the daemon's main loop) from the console's rule
+/// editor: read a camera's perimeter, or save a new one into the file and apply it live.
+#[derive(Debug)]
+pub enum ConfigCommand {
+    GetPerimeter {
+        camera: String,
+        reply: oneshot::Sender<Result<PerimeterView, EditError>>,
+    },
+    SavePerimeter {
+        camera: String,
+        /// The [`PerimeterView::version`] the editor started from.
+        version: String,
+        perimeter: Perimeter,
+        reply: oneshot::Sender<Result<Saved, EditError>>,
+    },
+}
+
+/// A camera's perimeter and the version of the file it was read from (the SHA-256 of the running
+/// config file's text): a save names it, so that two editors cannot overwrite each other.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PerimeterView {
+    pub version: String,
+    #[serde(flatten)]
+    pub perimeter: Perimeter,
+}
+
+/// A save that went through.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Saved {
+    /// The file's new version.
+    pub version: String,
+    /// False when the perimeter was already what the file says (nothing written).
+    pub changed: bool,
+}
+
+/// A config problem, and the edited camera's shape it belongs to (if it is one of them).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ShapeProblem {
+    /// The key path (`rules[3].line`).
+    pub path: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Shape>,
+}
+
+/// Why a perimeter could not be read or saved.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EditError {
+    #[error("no camera {0:?} in the config")]
+    NoSuchCamera(String),
+    /// The file or the running config moved on since the editor read it.
+    #[error("{0}")]
+    Conflict(String),
+    /// The new file would not pass `check-config`: nothing was written.
+    #[error("the config would have {} problem(s)", .0.len())]
+    Invalid(Vec<ShapeProblem>),
+    /// The file also holds changes that need a restart: nothing was written.
+    #[error("the config file also changes {}, which needs a restart; restart the service, then edit again", .0.join(", "))]
+    NeedsRestart(Vec<String>),
+    /// The file could not be written, or the change not applied (the previous file is back).
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub use crate::rules::edit::{Perimeter, Shape};

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod console;
+mod perimeter;
 pub mod preview;
 mod routes;
 mod stream;
@@ -120,6 +121,9 @@ pub struct ApiState {
     pub previews: preview::Previews,
     /// Cancelled when the API stops: long answers (event streams) end with it.
     pub shutdown: CancellationToken,
+    /// The owner of the config file, for the console's rule editor (link `config_commands`);
+    /// `None` when the daemon runs without a file (the demo) or a test says so.
+    pub config: Option<mpsc::Sender<crate::control::ConfigCommand>>,
 }
 
 /// An error answer: `{"error": code, "reason": words, "parameter": name?}`.

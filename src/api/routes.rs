@@ -34,6 +34,10 @@ pub(super) fn router(state: ApiState) -> Router {
             get(super::preview::frame_jpg),
         )
         .route("/api/v1/rules", get(list_rules))
+        .route(
+            "/api/v1/cameras/{id}/perimeter",
+            get(super::perimeter::get_perimeter),
+        )
         .route("/api/v1/store", get(store_stats))
         .route("/api/v1/outbox/dead-letters", get(dead_letters))
         .route("/metrics", get(metrics))
@@ -44,6 +48,10 @@ pub(super) fn router(state: ApiState) -> Router {
     let admin = Router::new()
         .route("/api/v1/rules/{id}/arm", post(arm))
         .route("/api/v1/rules/{id}/disarm", post(disarm))
+        .route(
+            "/api/v1/cameras/{id}/perimeter",
+            axum::routing::put(super::perimeter::put_perimeter),
+        )
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/outbox/dead-letters/requeue", post(requeue_all))
         .route("/api/v1/outbox/dead-letters/{id}/requeue", post(requeue))

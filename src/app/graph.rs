@@ -66,6 +66,7 @@ pub struct DaemonBuilder {
     store: Option<Store>,
     listener: Option<tokio::net::TcpListener>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    config_editable: bool,
 }
 
 impl DaemonBuilder {
@@ -78,6 +79,7 @@ impl DaemonBuilder {
             store: None,
             listener: None,
             metrics: None,
+            config_editable: false,
         }
     }
 
@@ -117,6 +119,13 @@ impl DaemonBuilder {
         handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Self {
         self.metrics = handle;
+        self
+    }
+
+    /// The config came from a file whose owner answers the console's editor
+    /// ([`Daemon::take_config_commands`]); without it the editor is refused.
+    pub fn config_editable(mut self) -> Self {
+        self.config_editable = true;
         self
     }
 
@@ -164,6 +173,7 @@ impl DaemonBuilder {
             load_tx: None,
             api_state: None,
             reload_tx: None,
+            config_commands: None,
             feeds: Default::default(),
             source: None,
         };
@@ -331,11 +341,18 @@ impl DaemonBuilder {
                 recorded,
                 previews: crate::api::preview::Previews::default(),
                 shutdown: CancellationToken::new(),
+                config: None,
             };
             if config.api.tokens.is_empty() {
                 warn!(
                     "no [[api.tokens]] configured: the HTTP API answers only /healthz; `kinderwatch token` makes one"
                 );
+            }
+            let mut state = state;
+            if self.config_editable {
+                let (tx, rx) = links::CONFIG_COMMANDS.channel();
+                state.config = Some(tx);
+                d.config_commands = Some(rx);
             }
             d.api_state = Some(state.clone());
             d.spawn_in(Tier::Api, "api", |cancel| async move {
@@ -495,6 +512,7 @@ pub struct Daemon {
     load_tx: Option<watch::Sender<DetectorLoad>>,
     api_state: Option<crate::api::ApiState>,
     reload_tx: Option<mpsc::Sender<crate::perimeter::RulesReload>>,
+    config_commands: Option<mpsc::Receiver<crate::control::ConfigCommand>>,
     /// Each running camera's task, for a live reload that restarts it.
     feeds: std::collections::HashMap<String, CameraTask>,
     source: Option<Arc<dyn FrameSource>>,
@@ -603,6 +621,12 @@ impl Daemon {
     }
 
     /// What the HTTP API serves from (with [`DaemonBuilder::api`]), for a router of its own.
+    /// The console editor's requests, for the owner of the config file (given once; only with
+    /// [`DaemonBuilder::config_editable`] and the API).
+    pub fn take_config_commands(&mut self) -> Option<mpsc::Receiver<crate::control::ConfigCommand>> {
+        self.config_commands.take()
+    }
+
     pub fn api_state(&self) -> Option<&crate::api::ApiState> {
         self.api_state.as_ref()
     }

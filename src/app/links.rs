@@ -102,6 +102,17 @@ pub const RULES_RELOAD: Link = Link {
     drops: None,
 };
 
+/// The console's rule editor, to the owner of the config file (the main loop, which reads and
+/// saves it and applies the change; the API waits for each answer up to its request timeout).
+pub const CONFIG_COMMANDS: Link = Link {
+    name: "config_commands",
+    from: "api (console editor)",
+    to: "main",
+    capacity: 4,
+    when_full: WhenFull::Wait,
+    drops: None,
+};
+
 /// Events once stored, to the console's live event streams (a broadcast: a stream that falls
 /// behind skips the oldest and reloads its list).
 pub const RECORDED: Link = Link {
@@ -124,7 +135,7 @@ pub const FATAL: Link = Link {
 };
 
 /// Every link, in data-flow order.
-pub const ALL: [Link; 8] = [
+pub const ALL: [Link; 9] = [
     FRAMES,
     DETECTIONS,
     EVENTS,
@@ -132,6 +143,7 @@ pub const ALL: [Link; 8] = [
     RECORDED,
     RULE_COMMANDS,
     RULES_RELOAD,
+    CONFIG_COMMANDS,
     FATAL,
 ];
 

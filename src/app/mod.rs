@@ -8,6 +8,7 @@
 //! and stops the systemd watchdog feed, as a stage that stops making progress does
 //! ([`crate::progress`]).
 
+pub mod config_file;
 pub mod graph;
 pub mod links;
 pub mod reload;
@@ -16,7 +17,7 @@ pub mod source;
 pub use graph::{Daemon, DaemonBuilder, Detections, ShutdownReport};
 pub use source::{Clip, FrameSource, OpenedCamera, Rtsp, Synthetic};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -151,6 +152,9 @@ pub async fn run(
     if let Some(listener) = listener {
         builder = builder.api(listener);
     }
+    if config_file.is_some() {
+        builder = builder.config_editable();
+    }
     let mut daemon = builder.start().await?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
@@ -164,8 +168,9 @@ pub async fn run(
             "systemd watchdog: fed while every stage makes progress"
         );
     }
-    // The running file as TOML, to see what a reload changes.
-    let mut running_file = config_file.as_deref().and_then(|f| read_table(f).ok());
+    // The running file, to see what a reload or an edit changes.
+    let mut file = config_file.as_deref().map(config_file::ConfigFile::open);
+    let mut config_commands = daemon.take_config_commands();
     let main_progress = daemon.stages().register("main");
     let monitor = Monitor::start(daemon.stages().clone(), watchdog, daemon.liveness());
     let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
@@ -182,7 +187,15 @@ pub async fn run(
             _ = &mut deadline, if stop_after.is_some() => { info!("run time over: stopping"); break; }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = sighup.recv() => reload_from_file(&mut daemon, config_file.as_deref(), &mut running_file).await,
+            _ = sighup.recv() => match &mut file {
+                Some(file) => file.reload(&mut daemon).await,
+                None => warn!("SIGHUP: the built-in demo config cannot be reloaded"),
+            },
+            Some(command) = next(&mut config_commands) => {
+                if let Some(file) = &mut file {
+                    file.handle(&mut daemon, command).await;
+                }
+            }
             Some(why) = fatal.recv() => {
                 tracing::error!(error = %why, "stopping: a stage cannot go on");
                 failure = Some(why);
@@ -224,68 +237,14 @@ pub async fn run(
     }
 }
 
-/// SIGHUP: reads the config file again and applies what can be applied live
-/// ([`reload::ReloadPlan`]); an invalid file, or one that changes what needs a restart, is
-/// refused with its reasons and the running config stays. Counted in
-/// `kinderwatch_config_reloads_total{result}`.
-async fn reload_from_file(
-    daemon: &mut Daemon,
-    file: Option<&Path>,
-    running: &mut Option<toml::Table>,
-) {
-    use crate::telemetry::config::{ReloadResult, reloaded};
-    let Some(file) = file else {
-        warn!("SIGHUP: the built-in demo config cannot be reloaded");
-        return;
-    };
-    info!(file = %file.display(), "SIGHUP: reloading the config");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-    let result = async {
-        let new = Config::load(file)?;
-        let table = read_table(file)?;
-        let plan = match running.as_ref() {
-            Some(old) => reload::ReloadPlan::between(old, &table),
-            None => anyhow::bail!("the running file could not be read at the start; restart the service to apply changes"),
-        };
-        if plan.is_empty() {
-            return Ok((table, plan));
-        }
-        daemon.reload(new, &plan).await?;
-        Ok((table, plan))
+/// The next request from the console's editor (never, without an editable config file).
+async fn next(
+    commands: &mut Option<tokio::sync::mpsc::Receiver<crate::control::ConfigCommand>>,
+) -> Option<crate::control::ConfigCommand> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
-    .await;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    match result {
-        Ok((table, plan)) if plan.is_empty() => {
-            info!("config reloaded: nothing changed");
-            *running = Some(table);
-            reloaded(ReloadResult::Unchanged);
-        }
-        Ok((table, plan)) => {
-            info!(rules = plan.rules, "config reloaded and applied");
-            *running = Some(table);
-            reloaded(ReloadResult::Applied);
-        }
-        Err(e) => {
-            // An invalid file: each problem on a line of its own, with its key path.
-            if let Some(invalid) = e.downcast_ref::<crate::config::ConfigError>() {
-                for p in &invalid.problems {
-                    tracing::error!(file = %file.display(), problem = %p, "config reload refused; the running config stays");
-                }
-            } else {
-                tracing::error!(file = %file.display(), error = %e, "config reload refused; the running config stays");
-            }
-            reloaded(ReloadResult::Refused);
-        }
-    }
-}
-
-/// The config file as a TOML table.
-fn read_table(file: &Path) -> anyhow::Result<toml::Table> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("{}: cannot read", file.display()))?;
-    text.parse()
-        .with_context(|| format!("{}: not valid TOML", file.display()))
 }
 
 /// Logs every state change of one camera (the supervisor logs the faults themselves).

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use jiff::tz::TimeZone;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::engine::ObjectFilter;
 use super::geometry::{polygon, polygon_problem};
@@ -32,7 +32,7 @@ pub struct ZoneConfig {
 }
 
 /// What a rule detects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleKind {
     /// A person's feet cross a line (`line`, `direction`): event `line_crossed`.
@@ -141,13 +141,13 @@ fn default_min_frames() -> u32 {
 fn default_classes() -> Vec<String> {
     vec!["person".into()]
 }
-fn default_rule_min_score() -> f32 {
+pub(super) fn default_rule_min_score() -> f32 {
     0.5
 }
 fn default_true() -> bool {
     true
 }
-fn default_cooldown() -> Duration {
+pub(super) fn default_cooldown() -> Duration {
     Duration::from_secs(60)
 }
 

@@ -9,11 +9,14 @@
 //! - [`schedule`]: weekly arming windows in the site's time zone, with dated exceptions;
 //! - [`engine`]: rules per camera (filters, masks, arming, schedules, cooldowns) → rule hits;
 //! - [`config`]: the `[[zones]]` and `[[rules]]` sections, compiled into [`spec`]: each camera's
-//!   checked rules, which its engine is built from.
+//!   checked rules, which its engine is built from;
+//! - [`edit`]: a camera's zones, masks and rules as the console's editor reads them and writes
+//!   them back into the config file (`toml_edit`, comments kept).
 
 pub use crate::geometry;
 
 pub mod config;
+pub mod edit;
 pub mod engine;
 pub mod schedule;
 pub mod spec;

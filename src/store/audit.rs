@@ -32,6 +32,8 @@ pub enum AuditAction {
     ReadAudit,
     /// Dead letters put back into the outbox.
     Requeue,
+    /// A camera's zones, masks and rules saved from the console's editor.
+    EditPerimeter,
 }
 
 /// One audit record.

@@ -5,6 +5,7 @@
 
 pub mod api_site;
 pub mod bench;
+pub mod browser;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -26,6 +26,7 @@ pub use session::Sessions;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
+const EDITOR_JS: &str = include_str!("assets/editor.js");
 const I18N_JS: &str = include_str!("assets/i18n.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 
@@ -38,6 +39,10 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 pub fn router() -> axum::Router<ApiState> {
     axum::Router::new()
         .route("/", get(|| asset(INDEX_HTML, "text/html; charset=utf-8")))
+        .route(
+            "/console/editor.js",
+            get(|| asset(EDITOR_JS, "text/javascript; charset=utf-8")),
+        )
         .route(
             "/console/app.js",
             get(|| asset(APP_JS, "text/javascript; charset=utf-8")),

@@ -159,7 +159,8 @@
   function show(page) {
     for (const s of document.querySelectorAll("main > section")) s.hidden = s.id !== "page-" + page;
     for (const a of document.querySelectorAll("nav a")) {
-      if (a.getAttribute("href") === "#" + page || (page === "event" && a.getAttribute("href") === "#events")) {
+      const owner = { event: "#events", edit: "#cameras" }[page];
+      if (a.getAttribute("href") === "#" + page || a.getAttribute("href") === owner) {
         a.setAttribute("aria-current", "page");
       } else {
         a.removeAttribute("aria-current");
@@ -185,7 +186,8 @@
     stopPage();
     const hash = location.hash.replace(/^#/, "") || "cameras";
     const [page, arg] = hash.split("/");
-    if (page === "events") eventsPage();
+    if (page === "edit" && arg && state.me.role === "admin") editPage(decodeURIComponent(arg));
+    else if (page === "events") eventsPage();
     else if (page === "event" && arg) eventPage(decodeURIComponent(arg));
     else if (page === "health") healthPage();
     else camerasPage();
@@ -290,6 +292,9 @@
       cam.last_error ? el("div", { class: "last-error", text: cam.last_error }) : null,
       el("h3", { class: "sub", text: t("cameras.rules") }),
       rules.length ? el("ul", { class: "rules" }, ...rules.map(ruleItem)) : el("p", { class: "help", text: t("cameras.no_rules") }),
+      state.me.role === "admin"
+        ? el("p", {}, el("a", { href: "#edit/" + encodeURIComponent(cam.id), class: "edit-link", text: t("cameras.edit") }))
+        : null,
       el("h3", { class: "sub", text: t("cameras.last_event") }),
       el("p", { class: "last-event", "data-camera": cam.id, text: "…" }));
     const section = el("article", { class: "tile", "data-camera": cam.id },
@@ -509,6 +514,13 @@
     renderHealth();
     every(HEALTH_EVERY_MS, () => { if (!document.hidden) renderHealth(); });
   }
+
+  // --- the rule editor (editor.js) ------------------------------------------------------
+  async function editPage(camera) {
+    if (!state.cameras.length) await loadCameras().catch(() => {});
+    await editor(camera);
+  }
+  const editor = window.KW_EDITOR({ t, el, api, notice, every, SVG, arrows, show, state });
 
   // --- start -----------------------------------------------------------------------------
   document.addEventListener("DOMContentLoaded", async () => {
