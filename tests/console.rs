@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 mod common;
 
 use common::api_site::{Harness, json, start, wait_events, walk_across};
-use common::browser::{browser, chromedriver, js, press, screenshot, screenshots, sign_in_by_keyboard, tab_to, until};
+use common::browser::{
+    browser, chromedriver, js, press, screenshot, screenshots, sign_in_by_keyboard, tab_to, until,
+};
 
 /// A request with optional cookie and CSRF headers: (status, headers we look at, body).
 fn request(

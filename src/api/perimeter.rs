@@ -154,10 +154,18 @@ mod tests {
         assert_eq!(err.parameter.as_deref(), Some("version"));
         let err = parse_body(br#"{"version": "v", "rules": [{"id": "a", "kind": "fence"}]}"#)
             .unwrap_err();
-        assert_eq!(err.parameter.as_deref(), Some("rules[0].kind"), "{}", err.reason);
+        assert_eq!(
+            err.parameter.as_deref(),
+            Some("rules[0].kind"),
+            "{}",
+            err.reason
+        );
         let err = parse_body(br#"{"version": "v", "colour": 1}"#).unwrap_err();
         assert!(err.reason.contains("colour"), "{}", err.reason);
-        let (v, p) = parse_body(br#"{"version": "v1", "zones": [{"id": "z", "polygon": [[0,0],[1,0],[1,1]]}]}"#).unwrap();
+        let (v, p) = parse_body(
+            br#"{"version": "v1", "zones": [{"id": "z", "polygon": [[0,0],[1,0],[1,1]]}]}"#,
+        )
+        .unwrap();
         assert_eq!(v, "v1");
         assert_eq!(p.zones[0].polygon.len(), 3);
     }

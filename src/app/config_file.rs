@@ -162,9 +162,8 @@ impl ConfigFile {
         if !daemon.config().cameras.iter().any(|c| c.id == camera) {
             return Err(EditError::NoSuchCamera(camera.to_owned()));
         }
-        let on_disk = std::fs::read_to_string(&self.path).map_err(|e| {
-            EditError::Failed(format!("cannot read {}: {e}", self.path.display()))
-        })?;
+        let on_disk = std::fs::read_to_string(&self.path)
+            .map_err(|e| EditError::Failed(format!("cannot read {}: {e}", self.path.display())))?;
         if on_disk != running {
             return Err(EditError::Conflict(format!(
                 "{} was changed on disk and not reloaded; reload it (systemctl reload kinderwatch) or undo that change, then edit again",
@@ -190,16 +189,16 @@ impl ConfigFile {
             });
         }
         let base = self.path.parent().unwrap_or(Path::new("."));
-        let new = Config::from_toml(&text, &self.path, base)
-            .map_err(|e| invalid(&e, &text, camera))?;
+        let new =
+            Config::from_toml(&text, &self.path, base).map_err(|e| invalid(&e, &text, camera))?;
         let plan = self
             .plan(&text)
             .map_err(|e| EditError::Failed(e.to_string()))?;
         if !plan.restart.is_empty() {
             return Err(EditError::NeedsRestart(plan.restart));
         }
-        let backup = write_atomically(&self.path, &text)
-            .map_err(|e| EditError::Failed(format!("{e:#}")))?;
+        let backup =
+            write_atomically(&self.path, &text).map_err(|e| EditError::Failed(format!("{e:#}")))?;
         if let Err(e) = daemon.reload(new, &plan).await {
             let restored = std::fs::rename(&backup, &self.path);
             error!(file = %self.path.display(), error = %e, restored = restored.is_ok(), "the saved perimeter could not be applied; the previous file is back");
@@ -245,7 +244,12 @@ fn write_atomically(file: &Path, text: &str) -> anyhow::Result<PathBuf> {
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let backup = dir.join(format!("{name}.bak"));
-    let cannot = |what: &str| format!("cannot {what} in {} (the service user needs write access to that directory to save from the console)", dir.display());
+    let cannot = |what: &str| {
+        format!(
+            "cannot {what} in {} (the service user needs write access to that directory to save from the console)",
+            dir.display()
+        )
+    };
     let permissions = std::fs::metadata(file)
         .with_context(|| format!("cannot read {}", file.display()))?
         .permissions();
@@ -260,7 +264,9 @@ fn write_atomically(file: &Path, text: &str) -> anyhow::Result<PathBuf> {
         return Err(e).with_context(|| cannot("write a temporary file"));
     }
     let _ = std::fs::remove_file(&backup);
-    if let Err(e) = std::fs::hard_link(file, &backup).or_else(|_| std::fs::copy(file, &backup).map(|_| ())) {
+    if let Err(e) =
+        std::fs::hard_link(file, &backup).or_else(|_| std::fs::copy(file, &backup).map(|_| ()))
+    {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| cannot("keep the previous file as a backup"));
     }

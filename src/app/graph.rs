@@ -623,7 +623,9 @@ impl Daemon {
     /// What the HTTP API serves from (with [`DaemonBuilder::api`]), for a router of its own.
     /// The console editor's requests, for the owner of the config file (given once; only with
     /// [`DaemonBuilder::config_editable`] and the API).
-    pub fn take_config_commands(&mut self) -> Option<mpsc::Receiver<crate::control::ConfigCommand>> {
+    pub fn take_config_commands(
+        &mut self,
+    ) -> Option<mpsc::Receiver<crate::control::ConfigCommand>> {
         self.config_commands.take()
     }
 

@@ -124,7 +124,7 @@ impl Perimeter {
             &self.zones,
             |z| &z.id,
             |t, z| {
-                set(t, "polygon", polyline(&z.polygon).into());
+                set(t, "polygon", polyline(&z.polygon));
             },
         );
         let rules = ensure_tables(doc, "rules")?;
@@ -152,7 +152,7 @@ fn write_rule(t: &mut Table, r: &RuleEdit) {
     set(t, "kind", kind.into());
     match r.kind {
         RuleKind::Tripwire => {
-            set(t, "line", polyline(&r.line).into());
+            set(t, "line", polyline(&r.line));
             match r.direction {
                 // "any" is the default: written only if the file already says a direction.
                 Some(Direction::Any) | None if !t.contains_key("direction") => {}

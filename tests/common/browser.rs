@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -63,7 +62,9 @@ pub async fn browser(driver: &Driver) -> Client {
 }
 
 pub fn screenshots() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
+    // Examples share `tests/common` without a target tmpdir.
+    let dir =
+        PathBuf::from(option_env!("CARGO_TARGET_TMPDIR").unwrap_or("target/tmp")).join("console");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -130,4 +131,3 @@ pub async fn sign_in_by_keyboard(c: &Client, token: &str) {
     press(c, &format!("{token}\u{E007}")).await;
     until(c, "signed in", "!document.querySelector('#nav').hidden").await;
 }
-
