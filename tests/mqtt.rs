@@ -138,6 +138,13 @@ async fn a_broker_outage_loses_nothing_and_order_is_kept() {
         is_event,
     )
     .await;
+    let health = site.health().await;
+    assert_eq!(health["mqtt"]["connected"], true, "{health}");
+    assert_eq!(health["mqtt"]["configured"], true, "{health}");
+    assert!(
+        health["disk"]["free_bytes"].as_u64().unwrap() > 0,
+        "{health}"
+    );
 
     broker.stop();
     let mut sent = Vec::new();
@@ -155,6 +162,19 @@ async fn a_broker_outage_loses_nothing_and_order_is_kept() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // The health panel says the broker is away, why, and what waits.
+    let health = site.health().await;
+    assert_eq!(health["mqtt"]["connected"], false, "{health}");
+    assert!(
+        health["mqtt"]["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{health}"
+    );
+    assert!(
+        health["mqtt"]["outbox"].as_u64().unwrap() >= 100,
+        "{health}"
+    );
     broker.restart();
 
     let mut got: Vec<String> = Vec::new();
@@ -192,6 +212,8 @@ async fn a_broker_outage_loses_nothing_and_order_is_kept() {
         store.outbox_len() == 0
     })
     .await;
+    let health = site.health().await;
+    assert_eq!(health["mqtt"]["connected"], true, "{health}");
     site.stop().await;
 }
 

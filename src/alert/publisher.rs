@@ -31,7 +31,7 @@ use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PubAckReason, PublishProperti
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use tokio::sync::Semaphore;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
@@ -69,6 +69,40 @@ pub struct PublisherSettings {
     /// Progress reports: stage `publisher` (this task's loop) and `mqtt_eventloop` (the client's
     /// event loop: an event at least every keep-alive while connected).
     pub stages: Option<crate::progress::Stages>,
+    /// The broker connection as the health panel shows it.
+    pub link: Option<watch::Sender<MqttLink>>,
+}
+
+/// The connection to the broker, for `/healthz` and the console's health panel.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct MqttLink {
+    pub connected: bool,
+    /// Since when it is connected, or not (RFC 3339); `None` before the first attempt ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<jiff::Timestamp>,
+    /// Why the last attempt or connection failed (no credentials in it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl PublisherSettings {
+    /// The connection is now `connected` (or lost, with `error`): the metric and the watch.
+    fn report(&self, connected: bool, error: Option<&str>) {
+        telemetry::connected(connected);
+        if let Some(link) = &self.link {
+            link.send_if_modified(|l| {
+                let changed = l.connected != connected || l.since.is_none();
+                if changed {
+                    l.since = Some(jiff::Timestamp::now());
+                }
+                l.connected = connected;
+                if let Some(e) = error {
+                    l.last_error = Some(e.to_owned());
+                }
+                changed || error.is_some()
+            });
+        }
+    }
 }
 
 /// The publisher's two stages.
@@ -241,7 +275,10 @@ async fn publish_until_stopped(
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let mut session = Session::new(store, settings, &topics, client, &mut delivery);
         let outcome = session.run(eventloop, live, beats, cancel).await;
-        telemetry::connected(false);
+        match &outcome {
+            Outcome::Lost { error, .. } => settings.report(false, Some(error)),
+            Outcome::Stopped => settings.report(false, None),
+        }
         match outcome {
             Outcome::Stopped => return,
             Outcome::Lost {
@@ -480,7 +517,7 @@ impl<'a> Session<'a> {
                     .as_ref()
                     .and_then(|p| p.max_packet_size)
                     .map(|m| m as usize);
-                telemetry::connected(true);
+                self.settings.report(true, None);
                 info!(host = %self.settings.config.host, port = self.settings.config.port(),
                       session_present = ack.session_present, outbox = self.store.outbox_len(),
                       broker_max_packet = self.max_packet, "MQTT connected");

@@ -124,6 +124,8 @@ pub struct ApiState {
     /// The owner of the config file, for the console's rule editor (link `config_commands`);
     /// `None` when the daemon runs without a file (the demo) or a test says so.
     pub config: Option<mpsc::Sender<crate::control::ConfigCommand>>,
+    /// The publisher's connection to the broker; `None` without `[mqtt]`.
+    pub mqtt: Option<watch::Receiver<crate::alert::publisher::MqttLink>>,
 }
 
 /// An error answer: `{"error": code, "reason": words, "parameter": name?}`.

@@ -407,6 +407,10 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
+/// How long the broker may be unreachable before `/healthz` says `degraded` (reconnects and a
+/// broker restart take less).
+const BROKER_AWAY: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn healthz(State(state): State<ApiState>) -> Response {
     let store = state.store_status.borrow().clone();
     let load = state.detector_load.borrow().clone();
@@ -425,9 +429,17 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     let stages = state.stages.report();
     let stuck: Vec<&crate::progress::StageReport> = stages.iter().filter(|s| s.stuck).collect();
     let ok = ok && stuck.is_empty();
+    // Alerts wait in the outbox while the broker is away: degraded once that lasts.
+    let mqtt = state.mqtt.as_ref().map(|l| l.borrow().clone());
+    let broker_away = mqtt.as_ref().is_some_and(|l| {
+        !l.connected
+            && l.since.is_some_and(|t| {
+                jiff::Timestamp::now().duration_since(t).as_secs() > BROKER_AWAY.as_secs() as i64
+            })
+    });
     let status = if !stuck.is_empty() {
         "failing"
-    } else if ok && !load.is_overloaded() && dead_letters == 0 {
+    } else if ok && !load.is_overloaded() && dead_letters == 0 && !broker_away {
         "ok"
     } else {
         "degraded"
@@ -445,6 +457,17 @@ async fn healthz(State(state): State<ApiState>) -> Response {
             "behind": load.behind,
         },
         "cameras": { "total": state.cameras.len(), "streaming": streaming },
+        "mqtt": match mqtt {
+            Some(link) => json!({
+                "configured": true,
+                "connected": link.connected,
+                "since": link.since,
+                "last_error": link.last_error,
+                "outbox": state.store.outbox_len(),
+            }),
+            None => json!({ "configured": false }),
+        },
+        "disk": { "free_bytes": crate::store::free_bytes(state.store.dir()).ok() },
     });
     let code = if ok {
         StatusCode::OK

@@ -210,6 +210,7 @@ impl DaemonBuilder {
 
         // Publisher, then recorder and retention.
         let (store_status_tx, store_status) = watch::channel(StoreStatus::Ok);
+        let mut mqtt_link = None;
         match &self.store {
             Some(store) => {
                 let (live_tx, live_rx) = match config.mqtt.is_some() {
@@ -221,6 +222,8 @@ impl DaemonBuilder {
                     false => (None, None),
                 };
                 if let Some(mqtt) = &config.mqtt {
+                    let (link_tx, link_rx) = watch::channel(Default::default());
+                    mqtt_link = Some(link_rx);
                     let settings = crate::alert::publisher::PublisherSettings {
                         config: mqtt.clone(),
                         site: config.site.id.clone(),
@@ -234,6 +237,7 @@ impl DaemonBuilder {
                         },
                         live: live_rx,
                         stages: Some(d.stages.clone()),
+                        link: Some(link_tx),
                     };
                     let s = store.clone();
                     d.spawn_in(Tier::Publisher, "publisher", |cancel| {
@@ -342,6 +346,7 @@ impl DaemonBuilder {
                 previews: crate::api::preview::Previews::default(),
                 shutdown: CancellationToken::new(),
                 config: None,
+                mqtt: mqtt_link.clone(),
             };
             if config.api.tokens.is_empty() {
                 warn!(

@@ -37,6 +37,8 @@ pub struct Site {
     pub admin_token: String,
     pub read_token: String,
     pub daemon: Daemon,
+    /// The site's HTTP API (`http://127.0.0.1:<port>`).
+    pub api: String,
     _dir: tempfile::TempDir,
 }
 
@@ -78,10 +80,15 @@ pub async fn start_site_with(
         },
     ];
     let store = Store::open(&dir.path().join("events.db"), &config.store).unwrap();
+    let listener = kinderwatch::api::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
     let daemon = Daemon::builder(&config)
         .frames(Synthetic::new(|_, _| None))
         .detections(Detections::Caller)
         .store(store.clone())
+        .api(listener)
         .start()
         .await
         .unwrap();
@@ -91,11 +98,24 @@ pub async fn start_site_with(
         admin_token,
         read_token,
         daemon,
+        api,
         _dir: dir,
     }
 }
 
 impl Site {
+    /// `GET /healthz` (off the async workers).
+    pub async fn health(&self) -> Value {
+        let url = format!("{}/healthz", self.api);
+        tokio::task::spawn_blocking(move || match ureq::get(&url).call() {
+            Ok(r) => r.into_json::<Value>().unwrap(),
+            Err(ureq::Error::Status(_, r)) => r.into_json::<Value>().unwrap(),
+            Err(e) => panic!("{url}: {e}"),
+        })
+        .await
+        .unwrap()
+    }
+
     pub async fn stop(self) {
         let report = self.daemon.shutdown(Duration::from_secs(10)).await;
         assert!(report.clean, "the site stops: {report:?}");

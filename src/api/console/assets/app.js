@@ -497,6 +497,18 @@
         add("health.outbox", String(s.stats.outbox), s.stats.outbox > 0 ? "meh" : "good");
         add("health.disk", (s.stats.disk_bytes / 1048576).toFixed(1) + " MB");
       }
+      if (h.mqtt.configured) {
+        add("health.mqtt", h.mqtt.connected
+          ? t("health.mqtt.connected", { time: formatTime(h.mqtt.since) })
+          : t("health.mqtt.down", { time: formatTime(h.mqtt.since), reason: h.mqtt.last_error || "…" }),
+          h.mqtt.connected ? "good" : "bad");
+      } else {
+        add("health.mqtt", t("health.mqtt.none"), "meh");
+      }
+      if (h.disk.free_bytes !== null && h.disk.free_bytes !== undefined) {
+        add("health.disk_free", (h.disk.free_bytes / 1073741824).toFixed(1) + " GB",
+          h.disk.free_bytes < 1073741824 ? "meh" : "good");
+      }
       add("health.dead_letters", String(h.outbox.dead_letters), h.outbox.dead_letters > 0 ? "bad" : "good");
       add("health.detector", h.detector.overloaded
         ? t("health.detector.overloaded", { cameras: h.detector.behind.map((b) => b.camera).join(", ") })
