@@ -6,6 +6,8 @@
 #     x264 encoder, mosquitto, VLC as a foreign RTSP camera, systemd-analyze for the unit checks,
 #     headless Chromium and its WebDriver for the console tests);
 #   * the ONNX Runtime shared library, unpacked from the PyPI `onnxruntime` wheel, sha256-checked;
+#   * schemathesis (the API fuzzer of tests/openapi.rs) from PyPI into a virtual environment, its
+#     versions pinned in scripts/schemathesis-requirements.txt;
 #   * sample media: Debian opencv-doc's vtest.avi (transcoded once to H.264 for the RTSP test server)
 #     and its still photos; photos from the PyPI scikit-image wheel (with and without people).
 # Everything fetched lives in .deps/ (git-ignored). A second run only checks and takes about a second.
@@ -39,7 +41,7 @@ RUNTIME_PKGS=(gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-l
 TEST_PKGS=(libgstrtspserver-1.0-dev gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-tools
            mosquitto mosquitto-clients systemd util-linux vlc-bin vlc-plugin-base
            chromium chromium-driver)
-TOOL_PKGS=(python3 python3-pip ca-certificates)
+TOOL_PKGS=(python3 python3-pip python3-venv ca-certificates)
 
 install_debian_packages() {
   local missing=()
@@ -136,7 +138,29 @@ PY
   log "sample media: present ($media)"
 }
 
+# --- schemathesis (tests/openapi.rs) --------------------------------------------------------
+ST_VENV="$DEPS/schemathesis-venv"
+ST_REQUIREMENTS="$ROOT/scripts/schemathesis-requirements.txt"
+
+install_schemathesis() {
+  local want; want=$(sed -n 's/^schemathesis==//p' "$ST_REQUIREMENTS")
+  if [ -x "$ST_VENV/bin/schemathesis" ] && "$ST_VENV/bin/python" - "$want" <<'PY' 2>/dev/null
+import importlib.metadata as m, sys
+sys.exit(m.version("schemathesis") != sys.argv[1])
+PY
+  then
+    log "schemathesis $want: present ($ST_VENV)"
+    return
+  fi
+  log "schemathesis $want: installing from PyPI into $ST_VENV"
+  rm -rf "$ST_VENV"
+  python3 -m venv "$ST_VENV" || die "python3 -m venv failed (the python3-venv package is needed)"
+  "$ST_VENV/bin/pip" install -q --disable-pip-version-check -r "$ST_REQUIREMENTS" \
+    || { rm -rf "$ST_VENV"; die "pip could not install schemathesis $want from PyPI"; }
+}
+
 if [ "${KW_SETUP_SKIP_APT:-0}" != 1 ]; then install_debian_packages; fi
 install_onnxruntime
 install_media
+install_schemathesis
 log "done"

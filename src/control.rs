@@ -29,7 +29,7 @@ pub enum SetArmedError {
     NotSaved(Box<dyn std::error::Error + Send + Sync>),
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct RuleStatus {
     pub id: String,
     pub camera: String,
@@ -64,15 +64,27 @@ pub enum ConfigCommand {
 
 /// A camera's perimeter and the version of the file it was read from (the SHA-256 of the running
 /// config file's text): a save names it, so that two editors cannot overwrite each other.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct PerimeterView {
     pub version: String,
-    #[serde(flatten)]
-    pub perimeter: Perimeter,
+    pub zones: Vec<crate::rules::edit::ZoneEdit>,
+    pub object_masks: Vec<Vec<[f64; 2]>>,
+    pub rules: Vec<crate::rules::edit::RuleEdit>,
+}
+
+impl PerimeterView {
+    pub fn new(version: String, p: Perimeter) -> Self {
+        Self {
+            version,
+            zones: p.zones,
+            object_masks: p.object_masks,
+            rules: p.rules,
+        }
+    }
 }
 
 /// A save that went through.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Saved {
     /// The file's new version.
     pub version: String,
@@ -81,7 +93,7 @@ pub struct Saved {
 }
 
 /// A config problem, and the edited camera's shape it belongs to (if it is one of them).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct ShapeProblem {
     /// The key path (`rules[3].line`).
     pub path: String,

@@ -24,7 +24,7 @@ use crate::rules::tripwire::Crossing;
 use crate::telemetry::events::{self as telemetry, EventDrop};
 
 /// Every kind of event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     LineCrossed,
@@ -68,7 +68,7 @@ impl EventKind {
 }
 
 /// The object that fired a rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventObject {
     pub class: String,
     pub score: f32,
@@ -80,7 +80,7 @@ pub struct EventObject {
     pub crossing: Option<Crossing>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: Uuid,
     pub kind: EventKind,
@@ -93,8 +93,10 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<EventObject>,
     /// When the object was first seen (rule events) or the condition began (health events).
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: Timestamp,
     /// When the event happened.
+    #[schema(value_type = String, format = DateTime)]
     pub time: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,

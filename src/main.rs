@@ -134,6 +134,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "read")]
         role: CliRole,
     },
+    /// Print the HTTP API's OpenAPI document (what /api/v1/openapi.json serves; docs/openapi.json).
+    Openapi,
     /// Print the version.
     Version,
 }
@@ -240,6 +242,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::Openapi => {
+            println!("{}", kinderwatch::api::openapi::document());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Token { name, role } => {
             let (token, hash) = kinderwatch::api::auth::new_token();
             let role = match role {

@@ -91,7 +91,7 @@ pub struct Progress {
 }
 
 /// How one stage stands, for `/healthz`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct StageReport {
     pub stage: String,
     /// Seconds since its last beat.

@@ -74,11 +74,12 @@ pub struct PublisherSettings {
 }
 
 /// The connection to the broker, for `/healthz` and the console's health panel.
-#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct MqttLink {
     pub connected: bool,
     /// Since when it is connected, or not (RFC 3339); `None` before the first attempt ends.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub since: Option<jiff::Timestamp>,
     /// Why the last attempt or connection failed (no credentials in it).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod console;
+pub mod openapi;
 mod perimeter;
 pub mod preview;
 mod routes;

@@ -69,6 +69,10 @@ fn code_of(e: &EditError) -> &'static str {
 }
 
 /// `GET /api/v1/cameras/{id}/perimeter`: `{"version", "zones", "object_masks", "rules"}`.
+#[utoipa::path(get, path = "/api/v1/cameras/{id}/perimeter", security(("bearer" = [])), params(("id" = String, Path, description = "Camera id", example = "gate")),
+    responses((status = 200, description = "The camera's zones, masks and rules, and the file's version", body = crate::control::PerimeterView),
+        (status = 404, description = "No such camera", body = super::openapi::ErrorBody),
+        (status = 409, description = "No config file to edit", body = super::openapi::ErrorBody), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 pub(super) async fn get_perimeter(
     State(state): State<ApiState>,
     Path(camera): Path<String>,
@@ -84,6 +88,13 @@ pub(super) async fn get_perimeter(
 
 /// `PUT /api/v1/cameras/{id}/perimeter` (admin): the body is what `GET` answered, changed.
 /// Audited as `edit_perimeter`, refused attempts included.
+#[utoipa::path(put, path = "/api/v1/cameras/{id}/perimeter", security(("bearer" = [])), params(("id" = String, Path, description = "Camera id", example = "gate")),
+    request_body(content = PerimeterSave, description = "What GET answered, changed"),
+    responses((status = 200, description = "Saved and applied", body = crate::control::Saved),
+        (status = 400, description = "A malformed body (the field named)", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such camera", body = super::openapi::ErrorBody),
+        (status = 409, description = "The file changed since it was read, or needs a restart", body = super::openapi::ErrorBody),
+        (status = 422, description = "The config would not pass check-config", body = super::openapi::InvalidConfig), (status = 403, description = "A read token on an admin route", body = super::openapi::ErrorBody), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 pub(super) async fn put_perimeter(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -122,26 +133,42 @@ pub(super) async fn put_perimeter(
     .map_err(ApiError::internal)?
 }
 
-/// `{"version": "...", "zones": [...], "object_masks": [...], "rules": [...]}`; a wrong field is
-/// a 400 naming it.
+/// A save's body: what `GET` answered, changed, with the `version` it was read at.
+#[derive(Debug, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PerimeterSave {
+    /// The `version` the perimeter was read at.
+    pub version: String,
+    #[serde(default)]
+    pub zones: Vec<crate::rules::edit::ZoneEdit>,
+    #[serde(default)]
+    pub object_masks: Vec<Vec<[f64; 2]>>,
+    #[serde(default)]
+    pub rules: Vec<crate::rules::edit::RuleEdit>,
+}
+
+/// The body as a [`PerimeterSave`]; a wrong field is a 400 naming it.
 fn parse_body(body: &[u8]) -> Result<(String, Perimeter), ApiError> {
-    let mut value: Value = serde_json::from_slice(body)
+    let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_parameter("body", format!("not JSON: {e}")))?;
-    let version = value
-        .as_object_mut()
-        .and_then(|o| o.remove("version"))
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .ok_or_else(|| {
-            ApiError::bad_parameter(
-                "version",
-                "give the `version` the perimeter was read at (GET answers it)",
-            )
-        })?;
-    let perimeter: Perimeter = serde_path_to_error::deserialize(value).map_err(|e| {
+    if value.get("version").and_then(Value::as_str).is_none() {
+        return Err(ApiError::bad_parameter(
+            "version",
+            "give the `version` the perimeter was read at (GET answers it)",
+        ));
+    }
+    let save: PerimeterSave = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         ApiError::bad_parameter(&path, e.inner().to_string())
     })?;
-    Ok((version, perimeter))
+    Ok((
+        save.version,
+        Perimeter {
+            zones: save.zones,
+            object_masks: save.object_masks,
+            rules: save.rules,
+        },
+    ))
 }
 
 #[cfg(test)]

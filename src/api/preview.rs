@@ -55,6 +55,10 @@ pub fn encode(frame: &Frame) -> Option<Vec<u8>> {
     Some(out)
 }
 
+#[utoipa::path(get, path = "/api/v1/cameras/{id}/frame.jpg", security(("bearer" = [])), params(("id" = String, Path, description = "Camera id", example = "gate")),
+    responses((status = 200, description = "The camera's latest picture", content_type = "image/jpeg", body = Vec<u8>),
+        (status = 404, description = "No such camera, or no frame yet", body = super::openapi::ErrorBody),
+        (status = 503, description = "Too many pictures being encoded", body = super::openapi::ErrorBody), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 pub(super) async fn frame_jpg(
     State(state): State<ApiState>,
     Path(id): Path<String>,

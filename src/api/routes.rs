@@ -62,6 +62,7 @@ pub(super) fn router(state: ApiState) -> Router {
     let timeout = state.request_timeout;
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/api/v1/openapi.json", get(super::openapi::openapi_json))
         .merge(crate::api::console::router())
         .merge(read)
         .merge(admin)
@@ -182,6 +183,18 @@ pub fn parse_event_query(raw: Option<&str>, now: Timestamp) -> Result<EventQuery
     Ok(events::parse_filter(pairs, now)?)
 }
 
+#[utoipa::path(get, path = "/api/v1/events", security(("bearer" = [])), params(
+        ("camera" = Option<String>, Query, description = "Camera id"),
+        ("kind" = Option<crate::events::EventKind>, Query, description = "Event kind"),
+        ("rule" = Option<String>, Query, description = "Rule id"),
+        ("from" = Option<String>, Query, description = "RFC 3339 start (inclusive)"),
+        ("to" = Option<String>, Query, description = "RFC 3339 end (exclusive)"),
+        ("since" = Option<String>, Query, description = "A duration back from now, e.g. 2h"),
+        ("limit" = Option<u32>, Query, description = "1-500, default 50"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses((status = 200, description = "Events, newest first", body = super::openapi::EventPage),
+        (status = 400, description = "A bad parameter (named)", body = super::openapi::ErrorBody), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn list_events(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -219,6 +232,10 @@ fn found<T>(v: &Option<T>) -> String {
     if v.is_some() { "found" } else { "not found" }.into()
 }
 
+#[utoipa::path(get, path = "/api/v1/events/{id}", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "Event id")),
+    responses((status = 200, description = "The event", body = super::openapi::ApiEvent),
+        (status = 400, description = "Not a UUID", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such event", body = super::openapi::ErrorBody), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn get_event(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -232,6 +249,10 @@ async fn get_event(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/events/{id}/snapshot.jpg", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "Event id")),
+    responses((status = 200, description = "The event's snapshot", content_type = "image/jpeg", body = Vec<u8>),
+        (status = 400, description = "Not a UUID", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such event, or none with a snapshot", body = super::openapi::ErrorBody), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn get_snapshot(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -261,6 +282,8 @@ fn rfc3339(t: SystemTime) -> Option<String> {
     Timestamp::try_from(t).ok().map(|t| t.to_string())
 }
 
+#[utoipa::path(get, path = "/api/v1/cameras", security(("bearer" = [])),
+    responses((status = 200, description = "Every camera's state", body = super::openapi::CameraList), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn cameras(State(state): State<ApiState>) -> Json<Value> {
     Json(json!({ "cameras": cameras_json(&state.cameras) }))
 }
@@ -269,11 +292,17 @@ fn rules_sender(state: &ApiState) -> Result<tokio::sync::mpsc::Sender<RuleComman
     Ok(ops::rules::sender(state.rules.as_ref())?.clone())
 }
 
+#[utoipa::path(get, path = "/api/v1/rules", security(("bearer" = [])),
+    responses((status = 200, description = "Every rule with its state and shape", body = super::openapi::RuleList),
+        (status = 503, description = "The rules are not running", body = super::openapi::ErrorBody), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn list_rules(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let rules = ops::rules::list(&rules_sender(&state)?).await?;
     Ok(Json(json!({ "rules": rules })))
 }
 
+#[utoipa::path(post, path = "/api/v1/rules/{id}/arm", security(("bearer" = [])), params(("id" = String, Path, description = "Rule id", example = "fence")),
+    responses((status = 200, description = "Armed", body = super::openapi::Armed),
+        (status = 404, description = "No such rule", body = super::openapi::ErrorBody), (status = 403, description = "A read token on an admin route", body = super::openapi::ErrorBody), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn arm(
     state: State<ApiState>,
     caller: Extension<Caller>,
@@ -282,6 +311,9 @@ async fn arm(
     set_armed(state, caller, id, true).await
 }
 
+#[utoipa::path(post, path = "/api/v1/rules/{id}/disarm", security(("bearer" = [])), params(("id" = String, Path, description = "Rule id", example = "fence")),
+    responses((status = 200, description = "Disarmed", body = super::openapi::Armed),
+        (status = 404, description = "No such rule", body = super::openapi::ErrorBody), (status = 403, description = "A read token on an admin route", body = super::openapi::ErrorBody), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn disarm(
     state: State<ApiState>,
     caller: Extension<Caller>,
@@ -312,6 +344,16 @@ async fn set_armed(
 }
 
 /// `GET /api/v1/audit?from=&to=&since=&caller=&limit=&cursor=` (admin), newest first.
+#[utoipa::path(get, path = "/api/v1/audit", security(("bearer" = [])), params(
+        ("caller" = Option<String>, Query, description = "The token holder's name"),
+        ("from" = Option<String>, Query, description = "RFC 3339 start"),
+        ("to" = Option<String>, Query, description = "RFC 3339 end"),
+        ("since" = Option<String>, Query, description = "A duration back from now"),
+        ("limit" = Option<u32>, Query, description = "1-500"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses((status = 200, description = "Audit records, newest first", body = super::openapi::AuditPage),
+        (status = 400, description = "A bad parameter (named)", body = super::openapi::ErrorBody), (status = 403, description = "A read token on an admin route", body = super::openapi::ErrorBody), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn audit(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -345,6 +387,8 @@ pub fn parse_audit_query(raw: Option<&str>, now: Timestamp) -> Result<AuditQuery
 }
 
 /// `GET /api/v1/outbox/dead-letters`: alerts taken out of delivery, oldest first.
+#[utoipa::path(get, path = "/api/v1/outbox/dead-letters", security(("bearer" = [])),
+    responses((status = 200, description = "Alerts taken out of MQTT delivery, oldest first", body = super::openapi::DeadLetters), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn dead_letters(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
     Ok(Json(
@@ -353,6 +397,10 @@ async fn dead_letters(State(state): State<ApiState>) -> Result<Json<Value>, ApiE
 }
 
 /// `POST /api/v1/outbox/dead-letters/{event id}/requeue` (admin).
+#[utoipa::path(post, path = "/api/v1/outbox/dead-letters/{id}/requeue", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "Event id")),
+    responses((status = 200, description = "Put back into the outbox", body = super::openapi::Requeued),
+        (status = 400, description = "Not a UUID", body = super::openapi::ErrorBody),
+        (status = 404, description = "No dead letter for that event", body = super::openapi::ErrorBody), (status = 403, description = "A read token on an admin route", body = super::openapi::ErrorBody), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn requeue(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -372,6 +420,8 @@ async fn requeue(
 }
 
 /// `POST /api/v1/outbox/dead-letters/requeue` (admin): every dead letter.
+#[utoipa::path(post, path = "/api/v1/outbox/dead-letters/requeue", security(("bearer" = [])),
+    responses((status = 200, description = "Every dead letter put back", body = super::openapi::Requeued), (status = 403, description = "A read token on an admin route", body = super::openapi::ErrorBody), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn requeue_all(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -388,6 +438,8 @@ async fn requeue_all(
     Ok(Json(json!({ "requeued": n })))
 }
 
+#[utoipa::path(get, path = "/api/v1/store", security(("bearer" = [])),
+    responses((status = 200, description = "The store's state and size", body = super::openapi::StoreInfo), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn store_stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
     let stats = blocking(move || store.stats().map_err(ApiError::internal)).await?;
@@ -395,6 +447,8 @@ async fn store_stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiEr
     Ok(Json(json!({ "status": status, "stats": stats })))
 }
 
+#[utoipa::path(get, path = "/metrics", security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let handle = state
         .metrics
@@ -411,6 +465,9 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
 /// broker restart take less).
 const BROKER_AWAY: std::time::Duration = std::time::Duration::from_secs(60);
 
+#[utoipa::path(get, path = "/healthz",
+    responses((status = 200, description = "Working (ok or degraded)", body = super::openapi::Health),
+        (status = 503, description = "The store cannot write, or a stage is stuck", body = super::openapi::Health)))]
 async fn healthz(State(state): State<ApiState>) -> Response {
     let store = state.store_status.borrow().clone();
     let load = state.detector_load.borrow().clone();

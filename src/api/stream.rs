@@ -16,6 +16,9 @@ use super::{ApiError, ApiState, event_json};
 
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+#[utoipa::path(get, path = "/api/v1/events/stream", security(("bearer" = [])),
+    responses((status = 200, description = "Server-sent events: `recorded` (an event's JSON) and `skipped`", content_type = "text/event-stream", body = String),
+        (status = 503, description = "This daemon records no events", body = super::openapi::ErrorBody), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 pub(super) async fn events_stream(
     State(state): State<ApiState>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {

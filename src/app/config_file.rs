@@ -136,10 +136,10 @@ impl ConfigFile {
             .iter()
             .find(|c| c.id == camera)
             .ok_or_else(|| EditError::NoSuchCamera(camera.to_owned()))?;
-        Ok(PerimeterView {
-            version: version(text),
-            perimeter: Perimeter::of(&config.zones, &cam.object_masks, &config.rules, camera),
-        })
+        Ok(PerimeterView::new(
+            version(text),
+            Perimeter::of(&config.zones, &cam.object_masks, &config.rules, camera),
+        ))
     }
 
     fn running_text(&self) -> Result<&str, EditError> {

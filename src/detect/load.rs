@@ -23,8 +23,9 @@ const MIN_OVERWRITTEN: u64 = 3;
 const REPEAT_WARNING: Duration = Duration::from_secs(300);
 
 /// One camera the pool is not keeping up with.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BehindCamera {
+    #[schema(value_type = String)]
     pub camera: Arc<str>,
     /// Inferences per second over the last period.
     pub inferred_fps: f64,

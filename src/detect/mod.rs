@@ -31,7 +31,7 @@ pub use detector::{DetectError, Detector, OnnxDetector};
 pub use manifest::{ModelError, ModelManifest, VerifiedModel};
 
 /// A box in normalised frame coordinates: 0..1 of the frame's width and height, `x1 <= x2`, `y1 <= y2`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct BBox {
     pub x1: f32,
     pub y1: f32,

@@ -32,7 +32,7 @@ pub struct ZoneConfig {
 }
 
 /// What a rule detects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleKind {
     /// A person's feet cross a line (`line`, `direction`): event `line_crossed`.

@@ -21,7 +21,7 @@ pub use super::tripwire::Direction;
 const DECIMALS: f64 = 1e4;
 
 /// A camera's zones, object masks and rules, as the editor shows and sends them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Perimeter {
     #[serde(default)]
@@ -34,7 +34,7 @@ pub struct Perimeter {
 }
 
 /// A `[[zones]]` entry of the camera.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneEdit {
     pub id: String,
@@ -43,7 +43,7 @@ pub struct ZoneEdit {
 
 /// A `[[rules]]` entry of the camera: the keys the editor sets. Durations are the file's text
 /// ("60s", "2m"), checked with the rest of the file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleEdit {
     pub id: String,
@@ -324,7 +324,7 @@ fn points(p: &[[f32; 2]]) -> Vec<[f64; 2]> {
 }
 
 /// The shape a problem's key path belongs to, in the document that was checked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Shape {
     Zone(String),

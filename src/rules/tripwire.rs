@@ -13,7 +13,7 @@ use super::geometry::{Point, segments_intersect, signed_distance};
 
 /// Which crossings a rule reports, relative to the line's direction (first point → last point,
 /// on screen): `left` = from its right side to its left side, `right` = the other way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Left,
@@ -23,7 +23,7 @@ pub enum Direction {
 }
 
 /// The side an object crossed *to*.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Crossing {
     Left,

@@ -17,7 +17,7 @@ use crate::telemetry::store::{self as telemetry, Undecodable};
 pub const MAX_LIMIT: usize = 1000;
 
 /// What was done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditAction {
     /// A page of the event history.
@@ -37,9 +37,10 @@ pub enum AuditAction {
 }
 
 /// One audit record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub id: Uuid,
+    #[schema(value_type = String, format = DateTime)]
     pub time: Timestamp,
     /// `http` or `mqtt`.
     pub channel: String,

@@ -185,14 +185,16 @@ impl From<TransactionError<StoreError>> for StoreError {
 }
 
 /// What the store holds, for metrics and the API.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct StoreStats {
     pub events: u64,
     /// Bytes of event JSON and snapshots (what retention by size counts).
     pub stored_bytes: u64,
     /// The database files on disk.
     pub disk_bytes: u64,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub oldest: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub newest: Option<Timestamp>,
     pub outbox: u64,
     pub dead_letters: u64,

@@ -27,7 +27,7 @@ pub struct OutboxEntry {
 }
 
 /// Why an entry left delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeadLetterReason {
     /// The broker answered its PUBACK with an error reason (an ACL, a quota) too many times.
@@ -49,7 +49,7 @@ impl DeadLetterReason {
 }
 
 /// An outbox entry taken out of delivery.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub event_id: Uuid,
     /// Its outbox sequence when it was taken out.
@@ -60,6 +60,7 @@ pub struct DeadLetter {
     /// Delivery attempts made.
     pub attempts: u32,
     /// When it was taken out.
+    #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
 }
 

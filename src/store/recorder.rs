@@ -37,12 +37,13 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 const SHUTDOWN_WRITE_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Whether the store is writing, for `/healthz`, the API and the status line.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum StoreStatus {
     Ok,
     Failing {
         reason: String,
+        #[schema(value_type = String, format = DateTime)]
         since: Timestamp,
         pending: usize,
     },
