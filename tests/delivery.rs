@@ -696,3 +696,41 @@ async fn replies_go_only_to_allowed_response_topics() {
     );
     site.stop().await;
 }
+
+/// rumqttc numbers publishes 1..=receive-maximum (mosquitto: 20) and its SUBSCRIBE takes a number
+/// too, so after a connect with a backlog its counter comes round to a packet id still in flight
+/// and it holds that publish (and every request after it) until that id's PUBACK arrives *with
+/// success*. Here the PUBACKs come late (a slow uplink) and the broker refuses the first publish,
+/// the retained `online` (its ACL denies the status topic): rumqttc would wait until its
+/// collision time-out (two keep-alives) on every connection. Every alert must still arrive, in
+/// order, and soon.
+#[tokio::test]
+async fn a_packet_id_collision_behind_a_refused_puback_does_not_wedge_delivery() {
+    common::init_logs();
+    let acl_dir = tempfile::tempdir().unwrap();
+    let acl = acl_dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        format!(
+            "topic read kinderwatch/#\ntopic write kinderwatch/{SITE}/cameras/#\ntopic write kinderwatch/{SITE}/events/#\ntopic readwrite kinderwatch/{SITE}/commands/#\ntopic write kinderwatch/{SITE}/responses\n"
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start(&format!("acl_file {}", acl.display()));
+    let proxy =
+        common::proxy::Proxy::start_holding_acks(broker.port, Duration::from_millis(800)).await;
+    let (_c, mut rx) =
+        broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/events/#"), |_| {}).await;
+    // The backlog is there before the site connects.
+    let site = start_site(mqtt_config(proxy.port, "keep_alive = \"30s\"")).await;
+    let sent = send_all(&site, (0..40).map(crossing).collect()).await;
+    let mut other = Vec::new();
+    let got = alerts_until(&mut rx, sent.len(), Duration::from_secs(15), &mut other).await;
+    assert_in_order_once_each(&got, &sent);
+    let store = site.store.clone();
+    common::poll_until(Duration::from_secs(10), "an empty outbox", move || {
+        store.outbox_len() == 0
+    })
+    .await;
+    site.stop().await;
+}

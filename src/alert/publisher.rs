@@ -18,7 +18,12 @@
 //! an alert that cannot fit goes to the dead letters); an alert the broker refuses in its PUBACK is
 //! retried a few times on the same connection, then moved to the dead letters, and the entries
 //! behind it go on. Retained command messages are ignored, commands run a few at a time, and
-//! replies go only to allowed response topics.
+//! replies go only to allowed response topics. rumqttc numbers publishes 1..=the broker's receive
+//! maximum and holds every request behind a publish whose number is still in flight until that
+//! number's PUBACK comes back *with success*: the outbox keeps at most receive-maximum − 2
+//! publishes in the client's hands so that its counter never comes round to one in flight, and a
+//! collision that happens anyway (a refused PUBACK under it, or one held over 5 s) starts the
+//! connection over instead of waiting for rumqttc's two-keep-alive time-out.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -58,6 +63,10 @@ const FULL_QUEUE_PAUSE: Duration = Duration::from_millis(100);
 /// `busy` replies sent per second at most; beyond that a flood's requests are dropped (counted)
 /// so that its replies cannot crowd the alerts out of the client's queue.
 pub const BUSY_REPLIES_PER_S: u32 = 20;
+
+/// How long a publish rumqttc holds back for a packet id collision may wait before the connection
+/// starts over (a PUBACK on a working link takes milliseconds).
+const COLLISION_GRACE: Duration = Duration::from_secs(5);
 
 pub struct PublisherSettings {
     pub config: MqttConfig,
@@ -380,6 +389,14 @@ struct Session<'a> {
     gauges_at: Instant,
     /// The broker's maximum packet size (CONNACK), if it has one.
     max_packet: Option<usize>,
+    /// The broker's receive maximum (CONNACK): rumqttc numbers publishes 1..=it.
+    receive_max: u16,
+    /// A publish rumqttc holds back because its packet id is still in flight (`AwaitAck`), and
+    /// since when; it sends nothing more until that id's PUBACK comes back with success.
+    collision: Option<(u16, Instant)>,
+    /// Why this connection must be dropped (a collision rumqttc will not resolve), and since
+    /// when: it is, once the PUBACKs of what was sent are in.
+    wedged: Option<(String, Instant)>,
     /// Refused alerts to send again: (when, sequence).
     retry: Vec<(Instant, u64)>,
     /// The retries the outbox read in progress holds (back to `retry` if it fails).
@@ -418,6 +435,9 @@ impl<'a> Session<'a> {
             camera_states: vec![None; settings.cameras.len()],
             gauges_at: Instant::now(),
             max_packet: None,
+            receive_max: u16::MAX,
+            collision: None,
+            wedged: None,
             retry: Vec::new(),
             reading: Vec::new(),
             retry_back: mpsc::unbounded_channel(),
@@ -496,9 +516,34 @@ impl<'a> Session<'a> {
                 _ = camera_tick.tick(), if self.connected => self.publish_camera_changes(),
             }
             self.flush_acks();
+            if let Some(why) = self.wedge() {
+                warn!(reason = %why, "MQTT delivery is held up inside the client; reconnecting");
+                break Outcome::Lost {
+                    error: why,
+                    was_connected: self.connected,
+                };
+            }
         };
         drop(poller);
         outcome
+    }
+
+    /// Why the connection must start over: a collision rumqttc will not resolve (its PUBACK was
+    /// a refusal; once the PUBACKs of everything sent are in, so that they count), or one that
+    /// has lasted [`COLLISION_GRACE`].
+    fn wedge(&mut self) -> Option<String> {
+        if let Some((why, at)) = &self.wedged
+            && (self.in_flight.is_empty() || at.elapsed() >= COLLISION_GRACE)
+        {
+            return Some(why.clone());
+        }
+        match self.collision {
+            Some((pkid, since)) if since.elapsed() >= COLLISION_GRACE => Some(format!(
+                "rumqttc has held a publish for {:?} waiting for packet id {pkid}",
+                since.elapsed()
+            )),
+            _ => None,
+        }
     }
 
     /// The retries of a read that failed go back to the retry list (they are behind
@@ -518,6 +563,11 @@ impl<'a> Session<'a> {
                     .as_ref()
                     .and_then(|p| p.max_packet_size)
                     .map(|m| m as usize);
+                self.receive_max = ack
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.receive_max)
+                    .unwrap_or(u16::MAX);
                 self.settings.report(true, None);
                 info!(host = %self.settings.config.host, port = self.settings.config.port(),
                       session_present = ack.session_present, outbox = self.store.outbox_len(),
@@ -539,8 +589,40 @@ impl<'a> Session<'a> {
                 }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if self.collision.is_some_and(|(c, _)| c == pkid) {
+                    self.collision = None;
+                }
                 if let Some(tag) = self.queued.pop_front() {
                     self.in_flight.insert(pkid, tag);
+                }
+            }
+            Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
+                debug!(
+                    pkid,
+                    "rumqttc holds a publish until packet id {pkid} is acknowledged"
+                );
+                self.collision = Some((pkid, Instant::now()));
+            }
+            Event::Incoming(Packet::PubAck(ack))
+                if self.collision.is_some_and(|(c, _)| c == ack.pkid)
+                    && !matches!(
+                        ack.reason,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                    ) =>
+            {
+                // rumqttc resolves a collision only on a successful PUBACK: the publish it holds
+                // would wait for its collision time-out (two keep-alives). The refused entry is
+                // counted as refused; the connection starts over.
+                self.wedged = Some((
+                    format!(
+                        "the broker refused packet id {} ({:?}) while rumqttc held a publish behind it",
+                        ack.pkid, ack.reason
+                    ),
+                    Instant::now(),
+                ));
+                if let Some(Tag::Outbox { seq, event_id, .. }) = self.in_flight.remove(&ack.pkid) {
+                    self.outbox_in_flight = self.outbox_in_flight.saturating_sub(1);
+                    self.refused(seq, event_id, ack.reason);
                 }
             }
             Event::Incoming(Packet::PubAck(ack)) => match self.in_flight.remove(&ack.pkid) {
@@ -627,7 +709,13 @@ impl<'a> Session<'a> {
     }
 
     fn maybe_read_outbox(&mut self) {
-        let window = self.settings.config.max_inflight as usize;
+        // rumqttc numbers publishes 1..=receive_max and its SUBSCRIBE takes a number too: with
+        // more than receive_max - 2 publishes in its hands its counter can come round to an id
+        // still in flight (a collision, which holds every request behind it).
+        let in_hands = self.in_flight.len() + self.queued.len();
+        let numbering = (self.receive_max as usize).saturating_sub(2);
+        let window = (self.settings.config.max_inflight as usize)
+            .min(self.outbox_in_flight + numbering.saturating_sub(in_hands));
         if !self.connected || self.outbox_read.is_some() || self.outbox_in_flight >= window {
             return;
         }
