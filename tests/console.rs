@@ -497,6 +497,30 @@ fn the_console_in_a_real_browser() {
         screenshot(&c, "7-cameras-ru").await;
         c.refresh().await.unwrap();
         until(&c, "Russian after a reload", "document.documentElement.lang === 'ru'").await;
+
+        // Kazakh too; every language has every text (no key falls back to English unseen).
+        c.execute(
+            "const s = document.querySelector('#lang'); s.value = 'kk'; s.dispatchEvent(new Event('change'));",
+            vec![],
+        )
+        .await
+        .unwrap();
+        until(
+            &c,
+            "Kazakh words",
+            "document.querySelector('nav a[href=\"#events\"]').textContent === 'Оқиғалар'",
+        )
+        .await;
+        screenshot(&c, "8-cameras-kk").await;
+        let gaps = js(
+            &c,
+            "const T = window.KW_TEXT, en = Object.keys(T.en); \
+             return Object.keys(T).flatMap((l) => en.filter((k) => !(k in T[l])).map((k) => l + ':' + k) \
+               .concat(Object.keys(T[l]).filter((k) => !(k in T.en)).map((k) => l + ':+' + k)));",
+        )
+        .await;
+        assert_eq!(gaps, json!([]), "texts missing or extra per language");
+        assert_eq!(js(&c, "return Object.keys(window.KW_TEXT).sort();").await, json!(["en", "kk", "ru"]));
         c.close().await.unwrap();
     });
     eprintln!("screenshots in {}", screenshots().display());
