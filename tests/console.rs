@@ -320,6 +320,17 @@ fn the_live_picture_is_the_cameras_last_frame() {
     let second = get();
     assert_ne!(second, first, "a new frame is a new picture");
     assert!(image::load_from_memory(&second).is_ok());
+    // Watching is on record: once for this viewer and camera, not once per picture.
+    let (status, audit) = json(&h, "/api/v1/audit?caller=operator", &h.admin);
+    assert_eq!(status, 200, "{audit}");
+    let views: Vec<&Value> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "view_live")
+        .collect();
+    assert_eq!(views.len(), 1, "{audit}");
+    assert_eq!(views[0]["target"], "gate");
 }
 
 #[test]

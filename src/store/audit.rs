@@ -34,6 +34,9 @@ pub enum AuditAction {
     Requeue,
     /// A camera's zones, masks and rules saved from the console's editor.
     EditPerimeter,
+    /// A camera watched live (the console's tiles and editor), once per caller and camera every
+    /// five minutes.
+    ViewLive,
 }
 
 /// One audit record.
