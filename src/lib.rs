@@ -12,6 +12,7 @@ pub mod camera;
 pub mod config;
 pub mod control;
 pub mod detect;
+pub mod doctor;
 pub mod events;
 pub mod geometry;
 pub mod health;

@@ -734,3 +734,25 @@ async fn a_packet_id_collision_behind_a_refused_puback_does_not_wedge_delivery()
     .await;
     site.stop().await;
 }
+
+/// A broker that takes one QoS 1 message at a time (mosquitto `max_inflight_messages 1`, its
+/// setting for strictly ordered delivery; CONNACK receive-maximum 1): the outbox still drains,
+/// in order.
+#[tokio::test]
+async fn a_receive_maximum_of_one_still_delivers_every_alert_in_order() {
+    common::init_logs();
+    let broker = Broker::start("max_inflight_messages 1");
+    let (_c, mut rx) =
+        broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/events/#"), |_| {}).await;
+    let site = start_site(mqtt_config(broker.port, "")).await;
+    let sent = send_all(&site, (0..25).map(crossing).collect()).await;
+    let mut other = Vec::new();
+    let got = alerts_until(&mut rx, sent.len(), Duration::from_secs(20), &mut other).await;
+    assert_in_order_once_each(&got, &sent);
+    let store = site.store.clone();
+    common::poll_until(Duration::from_secs(10), "an empty outbox", move || {
+        store.outbox_len() == 0
+    })
+    .await;
+    site.stop().await;
+}

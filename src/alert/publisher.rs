@@ -181,22 +181,45 @@ fn retry_delay(n: u32) -> Duration {
 
 /// Builds the client options; errors name the config key.
 pub fn mqtt_options(config: &MqttConfig, site: &str) -> anyhow::Result<MqttOptions> {
+    options(config, site, config.client_id(site), true)
+}
+
+/// The options `kinderwatch doctor` connects with: the site's broker, TLS and credentials, but a
+/// client id of its own (`<client id>-doctor`, so that a running daemon's session is not taken
+/// over) and no last will (no `offline` when it leaves).
+pub fn doctor_options(config: &MqttConfig, site: &str) -> anyhow::Result<MqttOptions> {
+    options(
+        config,
+        site,
+        format!("{}-doctor", config.client_id(site)),
+        false,
+    )
+}
+
+fn options(
+    config: &MqttConfig,
+    site: &str,
+    client_id: String,
+    last_will: bool,
+) -> anyhow::Result<MqttOptions> {
     let topics = Topics {
         prefix: config.topic_prefix(site),
     };
-    let mut opts = MqttOptions::new(config.client_id(site), config.host.trim(), config.port());
+    let mut opts = MqttOptions::new(client_id, config.host.trim(), config.port());
     opts.set_keep_alive(config.keep_alive);
     opts.set_clean_start(true);
     // Also the limit rumqttc enforces on what it reads.
     opts.set_max_packet_size(Some(config.max_incoming_packet));
     opts.set_connection_timeout(10);
-    opts.set_last_will(LastWill::new(
-        topics.status(),
-        "offline",
-        QoS::AtLeastOnce,
-        true,
-        None,
-    ));
+    if last_will {
+        opts.set_last_will(LastWill::new(
+            topics.status(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+            None,
+        ));
+    }
     if let Some(c) = config
         .credentials()
         .map_err(|e| anyhow::anyhow!("mqtt: {e}"))?
@@ -572,6 +595,14 @@ impl<'a> Session<'a> {
                 info!(host = %self.settings.config.host, port = self.settings.config.port(),
                       session_present = ack.session_present, outbox = self.store.outbox_len(),
                       broker_max_packet = self.max_packet, "MQTT connected");
+                // The SUBSCRIBE first: its packet id is then taken before any publish is in
+                // flight, and rumqttc's counter cannot come round to a publish still in flight.
+                if let Err(e) = self
+                    .client
+                    .try_subscribe(self.topics.commands(), QoS::AtLeastOnce)
+                {
+                    warn!(error = %e, "cannot subscribe to the command topics");
+                }
                 self.publish(
                     self.topics.status(),
                     b"online".to_vec(),
@@ -581,12 +612,6 @@ impl<'a> Session<'a> {
                 );
                 self.camera_states.iter_mut().for_each(|s| *s = None);
                 self.publish_camera_changes();
-                if let Err(e) = self
-                    .client
-                    .try_subscribe(self.topics.commands(), QoS::AtLeastOnce)
-                {
-                    warn!(error = %e, "cannot subscribe to the command topics");
-                }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 if self.collision.is_some_and(|(c, _)| c == pkid) {
@@ -713,9 +738,15 @@ impl<'a> Session<'a> {
         // more than receive_max - 2 publishes in its hands its counter can come round to an id
         // still in flight (a collision, which holds every request behind it).
         let in_hands = self.in_flight.len() + self.queued.len();
-        let numbering = (self.receive_max as usize).saturating_sub(2);
+        let numbering = (self.receive_max as usize).saturating_sub(2).max(1);
+        // An alert with its snapshot is two publishes.
+        let per_entry = if self.settings.config.publish_snapshots {
+            2
+        } else {
+            1
+        };
         let window = (self.settings.config.max_inflight as usize)
-            .min(self.outbox_in_flight + numbering.saturating_sub(in_hands));
+            .min(self.outbox_in_flight + numbering.saturating_sub(in_hands) / per_entry);
         if !self.connected || self.outbox_read.is_some() || self.outbox_in_flight >= window {
             return;
         }
@@ -1231,6 +1262,11 @@ fn expiry(d: Duration) -> Option<u32> {
 }
 
 /// The error in words, without credentials (rumqttc's errors carry none).
+/// A connection error in an installer's words (no credentials in them).
+pub fn describe_error(e: &ConnectionError) -> String {
+    describe(e)
+}
+
 fn describe(e: &ConnectionError) -> String {
     match e {
         ConnectionError::ConnectionRefused(code) => {

@@ -59,9 +59,11 @@ impl ConfigFile {
         info!(file = %file.display(), "SIGHUP: reloading the config");
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
         let result = async {
-            let new = Config::load(&file)?;
+            // Read once: the text compared later is the text that was applied.
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("{}: cannot read", file.display()))?;
+            let base = file.parent().unwrap_or(Path::new("."));
+            let new = Config::from_toml(&text, &file, base)?;
             let plan = self.plan(&text)?;
             if !plan.is_empty() {
                 daemon.reload(new, &plan).await?;
@@ -175,6 +177,13 @@ impl ConfigFile {
                 "the config was changed since this editor opened it; open the editor again to see the change".into(),
             ));
         }
+        if let Some(twice) = perimeter.duplicate() {
+            return Err(EditError::Invalid(vec![ShapeProblem {
+                path: String::new(),
+                message: format!("{twice}; give each shape its own name"),
+                shape: None,
+            }]));
+        }
         let mut doc: DocumentMut = running
             .parse()
             .map_err(|e| EditError::Failed(format!("{}: {e}", self.path.display())))?;
@@ -200,11 +209,23 @@ impl ConfigFile {
         let backup =
             write_atomically(&self.path, &text).map_err(|e| EditError::Failed(format!("{e:#}")))?;
         if let Err(e) = daemon.reload(new, &plan).await {
-            let restored = std::fs::rename(&backup, &self.path);
-            error!(file = %self.path.display(), error = %e, restored = restored.is_ok(), "the saved perimeter could not be applied; the previous file is back");
-            return Err(EditError::Failed(format!(
-                "not applied ({e:#}); the previous file is back"
-            )));
+            let target = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+            return Err(match std::fs::copy(&backup, &target) {
+                Ok(_) => {
+                    error!(file = %self.path.display(), error = %e, "the saved perimeter could not be applied; the previous file is back");
+                    EditError::Failed(format!("not applied ({e:#}); the previous file is back"))
+                }
+                Err(restore) => {
+                    // The file on disk is the new one, the running config the old: the next
+                    // save sees the difference as a conflict; SIGHUP would apply the new one.
+                    error!(file = %self.path.display(), error = %e, restore_error = %restore, backup = %backup.display(), "the saved perimeter could not be applied, and the previous file could not be put back");
+                    EditError::Failed(format!(
+                        "not applied ({e:#}), and the previous file could not be put back ({restore}): copy {} over {} by hand",
+                        backup.display(),
+                        self.path.display()
+                    ))
+                }
+            });
         }
         self.text = Some(text);
         Ok(Saved {
@@ -237,6 +258,9 @@ fn invalid(e: &ConfigError, text: &str, camera: &str) -> EditError {
 /// Writes `text` over `file` atomically (temporary file, fsync, rename, fsync of the directory),
 /// with the old file's permissions; the old file is kept as `<file>.bak`. The backup's path.
 fn write_atomically(file: &Path, text: &str) -> anyhow::Result<PathBuf> {
+    // Through a symbolic link, the file it points to is replaced (not the link).
+    let resolved = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+    let file = resolved.as_path();
     let dir = file.parent().unwrap_or(Path::new("."));
     let name = file
         .file_name()
@@ -314,6 +338,27 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn through_a_symbolic_link_the_target_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.toml");
+        std::fs::write(&real, "old = 1\n").unwrap();
+        let link = dir.path().join("kinderwatch.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomically(&link, "new = 2\n").unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "new = 2\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("real.toml.bak")).unwrap(),
+            "old = 1\n"
+        );
     }
 
     #[test]

@@ -156,6 +156,11 @@ pub async fn run(
             }
             Some(new) = async { match reload.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
                 let RulesReload { rules, done } = new;
+                // The reloader gave up waiting (and told its caller "not applied"): skip it.
+                if done.is_closed() {
+                    warn!("a rules reload arrived after its reloader gave up; not applied");
+                    continue;
+                }
                 site_id = rules.site;
                 site = rules.rules;
                 build_cameras(&site, &mut cameras, &live_tracks);

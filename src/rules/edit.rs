@@ -9,6 +9,8 @@
 //! checked here: the text that results is validated as `check-config` does (see
 //! `app::config_file`), and each problem's key path is mapped back to its shape ([`shape_at`]).
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, Value};
 
@@ -38,6 +40,10 @@ pub struct Perimeter {
 #[serde(deny_unknown_fields)]
 pub struct ZoneEdit {
     pub id: String,
+    /// The id it has in the file, when the editor renamed it (its other keys and comments are
+    /// kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub was: Option<String>,
     pub polygon: Vec<[f64; 2]>,
 }
 
@@ -47,6 +53,10 @@ pub struct ZoneEdit {
 #[serde(deny_unknown_fields)]
 pub struct RuleEdit {
     pub id: String,
+    /// The id it has in the file, when the editor renamed it (its other keys — `exceptions`,
+    /// `classes`, `armed`, ... — and comments are kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub was: Option<String>,
     pub kind: RuleKind,
     /// Tripwire: the line's points.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -81,6 +91,7 @@ impl Perimeter {
                 .filter(|z| z.camera == camera)
                 .map(|z| ZoneEdit {
                     id: z.id.clone(),
+                    was: None,
                     polygon: points(&z.polygon),
                 })
                 .collect(),
@@ -92,6 +103,7 @@ impl Perimeter {
                     let tripwire = r.kind == RuleKind::Tripwire;
                     RuleEdit {
                         id: r.id.clone(),
+                        was: None,
                         kind: r.kind,
                         line: points(&r.line),
                         direction: tripwire.then_some(r.direction),
@@ -111,6 +123,9 @@ impl Perimeter {
     /// writes those sections in a form the editor does not change (inline arrays) or has no
     /// `[[cameras]]` entry with that id.
     pub fn write_into(&self, doc: &mut DocumentMut, camera: &str) -> Result<(), String> {
+        if let Some(twice) = self.duplicate() {
+            return Err(twice);
+        }
         let cam = tables_mut(doc, "cameras")?
             .and_then(|cams| cams.iter_mut().find(|t| id_of(t) == Some(camera)))
             .ok_or_else(|| format!("no [[cameras]] entry with id {camera:?}"))?;
@@ -122,13 +137,13 @@ impl Perimeter {
             zones,
             camera,
             &self.zones,
-            |z| &z.id,
+            |z| (&z.id, &z.was),
             |t, z| {
                 set(t, "polygon", polyline(&z.polygon));
             },
         );
         let rules = ensure_tables(doc, "rules")?;
-        sync(rules, camera, &self.rules, |r| &r.id, write_rule);
+        sync(rules, camera, &self.rules, |r| (&r.id, &r.was), write_rule);
         for key in ["zones", "rules"] {
             if doc
                 .get(key)
@@ -139,6 +154,33 @@ impl Perimeter {
             }
         }
         Ok(())
+    }
+}
+
+impl Perimeter {
+    /// A zone or rule id given twice, or the old name of a renamed one given to another (two
+    /// entries would be written into one table).
+    pub fn duplicate(&self) -> Option<String> {
+        fn check<'a>(
+            what: &str,
+            items: impl Iterator<Item = (&'a String, &'a Option<String>)> + Clone,
+        ) -> Option<String> {
+            let (mut ids, mut in_file) = (HashSet::new(), HashSet::new());
+            for (id, was) in items {
+                if !ids.insert(id) {
+                    return Some(format!("{what} id {id:?} is used twice"));
+                }
+                if !in_file.insert(was.as_ref().unwrap_or(id)) {
+                    return Some(format!(
+                        "{what} id {:?} was just renamed; save once before giving its old name to another",
+                        was.as_ref().unwrap_or(id)
+                    ));
+                }
+            }
+            None
+        }
+        check("zone", self.zones.iter().map(|z| (&z.id, &z.was)))
+            .or_else(|| check("rule", self.rules.iter().map(|r| (&r.id, &r.was))))
     }
 }
 
@@ -199,34 +241,46 @@ fn direction(d: Direction) -> &'static str {
     }
 }
 
-/// Makes the entries of `camera` in `tables` the `wanted` ones, by id: an entry whose id is kept
-/// is updated in place, a new id is appended, an id no longer wanted is removed.
+/// Makes the entries of `camera` in `tables` the `wanted` ones, by the id each has in the file
+/// (`was`, else its id): an entry kept is updated in place (renamed if its id changed), a new one
+/// is appended, one no longer wanted is removed.
 fn sync<T>(
     tables: &mut ArrayOfTables,
     camera: &str,
     wanted: &[T],
-    id: impl Fn(&T) -> &String,
+    ids: impl Fn(&T) -> (&String, &Option<String>),
     write: impl Fn(&mut Table, &T),
 ) {
     let mine = |t: &Table| t.get("camera").and_then(Item::as_str) == Some(camera);
+    let in_file = |w: &T| {
+        let (id, was) = ids(w);
+        was.as_deref().unwrap_or(id.as_str()).to_owned()
+    };
     let gone: Vec<usize> = tables
         .iter()
         .enumerate()
-        .filter(|(_, t)| mine(t) && !wanted.iter().any(|w| Some(id(w).as_str()) == id_of(t)))
+        .filter(|(_, t)| mine(t) && !wanted.iter().any(|w| Some(in_file(w).as_str()) == id_of(t)))
         .map(|(i, _)| i)
         .collect();
     for i in gone.into_iter().rev() {
         tables.remove(i);
     }
     for w in wanted {
+        let (id, _) = ids(w);
+        let old = in_file(w);
         let at = tables
             .iter()
-            .position(|t| mine(t) && id_of(t) == Some(id(w).as_str()));
+            .position(|t| mine(t) && id_of(t) == Some(old.as_str()));
         match at.and_then(|i| tables.get_mut(i)) {
-            Some(t) => write(t, w),
+            Some(t) => {
+                if old != *id {
+                    set(t, "id", id.as_str().into());
+                }
+                write(t, w)
+            }
             None => {
                 let mut t = Table::new();
-                t.insert("id", toml_edit::value(id(w).as_str()));
+                t.insert("id", toml_edit::value(id.as_str()));
                 t.insert("camera", toml_edit::value(camera));
                 write(&mut t, w);
                 tables.push(t);
@@ -445,10 +499,12 @@ line = [[0.1, 0.1], [0.9, 0.1]]
             p.rules.clear();
             p.zones.push(ZoneEdit {
                 id: "porch".into(),
+                was: None,
                 polygon: vec![[0.1, 0.6], [0.5, 0.6], [0.5, 0.9]],
             });
             p.rules.push(RuleEdit {
                 id: "porch-stay".into(),
+                was: None,
                 kind: RuleKind::Loitering,
                 line: vec![],
                 direction: None,
@@ -480,6 +536,36 @@ line = [[0.1, 0.1], [0.9, 0.1]]
             !text.contains("hand-aligned"),
             "the removed rule's lines are gone: {text}"
         );
+    }
+
+    #[test]
+    fn a_renamed_rule_keeps_its_other_keys_and_comments() {
+        let (text, _) = edit(|p| {
+            p.rules[0].was = Some("fence".into());
+            p.rules[0].id = "front-fence".into();
+        });
+        assert!(text.contains("id = \"front-fence\""), "{text}");
+        assert!(!text.contains("id = \"fence\""), "{text}");
+        assert!(text.contains("hysteresis = 0.02"), "{text}");
+        assert!(text.contains("# Along the fence, 2 m inside."), "{text}");
+        assert!(
+            text.contains("hand-aligned"),
+            "the line is unchanged, its comment stays: {text}"
+        );
+    }
+
+    #[test]
+    fn an_id_given_twice_is_refused_before_anything_is_written() {
+        let config = crate::config::test_support::parse(FILE).unwrap();
+        let mut p = Perimeter::of(&config.zones, &[], &config.rules, "gate");
+        let mut twin = p.rules[0].clone();
+        twin.kind = RuleKind::Zone;
+        twin.zone = Some("yard".into());
+        p.rules.push(twin);
+        let mut doc: DocumentMut = FILE.parse().unwrap();
+        let err = p.write_into(&mut doc, "gate").unwrap_err();
+        assert!(err.contains("\"fence\" is used twice"), "{err}");
+        assert_eq!(doc.to_string(), FILE);
     }
 
     #[test]

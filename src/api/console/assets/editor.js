@@ -258,7 +258,12 @@ window.KW_EDITOR = function (kw) {
         form.append(field("zone", "edit.zone", zone));
         if (r.kind === "loitering") form.append(field("dwell", "edit.dwell", textInput(r.dwell, (v) => { r.dwell = v.trim(); changed(); }, { size: 8 })));
       }
-      form.append(field("min_score", "edit.min_score", textInput(r.min_score, (v) => { r.min_score = Number(v); changed(); }, { type: "number", step: "0.05", min: "0", max: "1" })));
+      form.append(field("min_score", "edit.min_score", textInput(r.min_score, (v) => {
+        const n = Number(v);
+        if (v.trim() === "" || !Number.isFinite(n)) { notice(t("edit.bad_score")); fillForm(); return; }
+        r.min_score = n;
+        changed();
+      }, { type: "number", step: "0.05", min: "0", max: "1" })));
       form.append(field("cooldown", "edit.cooldown", textInput(r.cooldown, (v) => { r.cooldown = v.trim(); changed(); }, { size: 8 })));
       const sched = el("textarea", { rows: 3, cols: 30, spellcheck: "false", onchange: (ev) => {
         r.schedule = ev.target.value.split("\n").map((s) => s.trim()).filter(Boolean);
@@ -313,6 +318,10 @@ window.KW_EDITOR = function (kw) {
   // --- load and save ---------------------------------------------------------------------
   async function load(camera) {
     const p = await api(`/api/v1/cameras/${encodeURIComponent(camera)}/perimeter`);
+    if (opened !== camera) return; // another camera's editor was opened meanwhile
+    // Each shape remembers its id in the file, so that a rename keeps the entry's other keys.
+    for (const z of p.zones) z.was = z.id;
+    for (const r of p.rules) r.was = r.id;
     ed = { camera, version: p.version, zones: p.zones, masks: p.object_masks, rules: p.rules, selected: null, drawing: null, problems: [], dirty: false };
     $("#edit-save").disabled = true;
     $("#edit-state").textContent = t("edit.saved_state");
@@ -385,14 +394,16 @@ window.KW_EDITOR = function (kw) {
       }
     });
     svg.addEventListener("dblclick", () => finishDrawing());
-    $("#edit-add-tripwire").addEventListener("click", () => startDrawing("tripwire"));
-    $("#edit-add-zone").addEventListener("click", () => startDrawing("zone"));
-    $("#edit-add-mask").addEventListener("click", () => startDrawing("mask"));
-    $("#edit-finish").addEventListener("click", finishDrawing);
-    $("#edit-cancel-draw").addEventListener("click", () => { stopDrawing(); render(); });
+    // Nothing to do before the perimeter has loaded.
+    const when = (f) => () => { if (ed) f(); };
+    $("#edit-add-tripwire").addEventListener("click", when(() => startDrawing("tripwire")));
+    $("#edit-add-zone").addEventListener("click", when(() => startDrawing("zone")));
+    $("#edit-add-mask").addEventListener("click", when(() => startDrawing("mask")));
+    $("#edit-finish").addEventListener("click", when(finishDrawing));
+    $("#edit-cancel-draw").addEventListener("click", when(() => { stopDrawing(); render(); }));
     $("#shape-form").addEventListener("submit", (ev) => ev.preventDefault());
-    $("#edit-save").addEventListener("click", save);
-    $("#edit-revert").addEventListener("click", () => load(ed.camera));
+    $("#edit-save").addEventListener("click", when(save));
+    $("#edit-revert").addEventListener("click", when(() => load(ed.camera)));
     document.addEventListener("keydown", (ev) => {
       if (!ed || !ed.drawing || $("#page-edit").hidden) return;
       if (ev.key === "Enter") { ev.preventDefault(); finishDrawing(); }
@@ -401,8 +412,11 @@ window.KW_EDITOR = function (kw) {
   }
 
   let bound = false;
+  let opened = null;
   return async function editPage(camera) {
     if (!bound) { bind(); bound = true; }
+    opened = camera;
+    ed = null;
     kw.show("edit");
     const cam = kw.state.cameras.find((c) => c.id === camera);
     $("#edit-title").textContent = t("edit.title", { camera: cam ? cam.name + " (" + camera + ")" : camera });
