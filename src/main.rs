@@ -31,6 +31,16 @@ enum Command {
         /// Config file.
         file: PathBuf,
     },
+    /// Check this box for the config: the ONNX Runtime library, the models, GStreamer, the state
+    /// directory, the MQTT broker and every camera; say what to fix; exit non-zero on a problem.
+    Doctor {
+        /// Config file.
+        #[arg(long, short, default_value = "/etc/kinderwatch/kinderwatch.toml")]
+        config: PathBuf,
+        /// How long each camera may take to deliver a first frame.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        camera_timeout: std::time::Duration,
+    },
     /// Connect to one camera, print codec, resolution, frame rate and time to first frame.
     Probe {
         /// rtsp://host[:port]/path (credentials in the URL are accepted but better passed separately).
@@ -242,6 +252,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::Doctor {
+            config,
+            camera_timeout,
+        } => {
+            kinderwatch::telemetry::init(LogFormat::Text, "error");
+            println!(
+                "kinderwatch {} doctor: {}",
+                env!("CARGO_PKG_VERSION"),
+                config.display()
+            );
+            let report = match Config::load(&config) {
+                Ok(loaded) => runtime()?.block_on(kinderwatch::doctor::examine(
+                    &loaded,
+                    &config,
+                    camera_timeout,
+                )),
+                Err(e) => kinderwatch::doctor::invalid_config(&config, &e),
+            };
+            println!("{report}");
+            Ok(if report.failed() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Openapi => {
             println!("{}", kinderwatch::api::openapi::document());
             Ok(ExitCode::SUCCESS)
