@@ -394,6 +394,9 @@ struct Outcome {
     alerts: Vec<f64>,
     overloaded: bool,
     keyframes_only: usize,
+    /// The RTSP server process's CPU over the window (% of a core): on the same cores, serving
+    /// what real cameras would send from their own.
+    server_cpu: f64,
 }
 
 fn scenario(server: &Server, busy: usize, still: usize, window: Duration) -> Outcome {
@@ -450,6 +453,7 @@ fn scenario(server: &Server, busy: usize, still: usize, window: Duration) -> Out
     std::thread::sleep(Duration::from_secs_f64(15.0 + 0.3 * cameras.len() as f64));
     let m0 = scrape(&api, &token);
     let (c0, t0) = (cpu_seconds(pid), Instant::now());
+    let s0 = cpu_seconds(server.child.id());
     let window_start = Timestamp::now();
     let mut alerts = Vec::new();
     rt.block_on(async {
@@ -467,6 +471,7 @@ fn scenario(server: &Server, busy: usize, still: usize, window: Duration) -> Out
     });
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = 100.0 * (cpu_seconds(pid) - c0) / elapsed;
+    let server_cpu = 100.0 * (cpu_seconds(server.child.id()) - s0) / elapsed;
     let m1 = scrape(&api, &token);
     let rss = rss_mb(pid, "VmRSS:");
     let health: Value = ureq::get(&format!("http://{api}/healthz"))
@@ -491,6 +496,7 @@ fn scenario(server: &Server, busy: usize, still: usize, window: Duration) -> Out
         still_fps: (0..still).map(|i| fps(&format!("still{i}"))).collect(),
         dropped_per_busy_5s: dropped / busy.max(1) as f64 / elapsed * 5.0,
         cpu,
+        server_cpu,
         rss,
         alerts,
         overloaded: health["detector"]["overloaded"].as_bool().unwrap_or(false),
@@ -694,6 +700,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
     // The physical limit with N busy cameras: (cores − decoding those N streams) × bare rate.
     let mut limits: BTreeMap<usize, f64> = BTreeMap::new();
+    let mut decode_by: BTreeMap<usize, f64> = BTreeMap::new();
     for busy in scenarios
         .iter()
         .filter(|s| s.1 == 0 && s.0 >= 8)
@@ -707,6 +714,7 @@ fn main() {
             decode / 100.0
         );
         limits.insert(busy, limit);
+        decode_by.insert(busy, decode);
     }
     let urls_still: Vec<String> = (0..max_still.min(8))
         .map(|i| server.url(&format!("still{i}")))
@@ -748,8 +756,10 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut cpu_by: BTreeMap<(usize, usize), f64> = BTreeMap::new();
     let mut total_by: BTreeMap<(usize, usize), f64> = BTreeMap::new();
+    let mut server_by: BTreeMap<(usize, usize), f64> = BTreeMap::new();
     for &(busy, still) in &scenarios {
         let o = scenario(&server, busy, still, window);
+        server_by.insert((busy, still), o.server_cpu);
         let total: f64 = o.busy_fps.iter().chain(&o.still_fps).sum();
         cpu_by.insert((busy, still), o.cpu);
         total_by.insert((busy, still), total);
@@ -804,6 +814,14 @@ fn main() {
             *busy as f64 * DETECT_FPS,
             100.0 * total / bare2
         );
+        if let (Some(server), Some(decode)) = (server_by.get(&(*busy, 0)), decode_by.get(busy)) {
+            // The cameras' own work, done here by the test server on the same cores.
+            let beside = (cores - decode / 100.0 - server / 100.0).max(0.0) * bare;
+            print!(
+                "; the RTSP server took {server:.1} % of a core in the window: with that also subtracted the limit is {beside:.1}/s, {:.0} % of it",
+                100.0 * total / beside
+            );
+        }
         if let Some(py) = python_rates.get(busy) {
             print!(
                 ", {:.2}x the Python loop ({}/s, its lag at the end {} s)",

@@ -59,6 +59,18 @@ install_debian_packages() {
   # The Debian mosquitto package starts a system broker on port 1883; tests start their own on free ports.
 }
 
+# --- localhost -----------------------------------------------------------------------------
+# chromedriver reaches the browser it starts at ws://localhost:<port>; a root without /etc/hosts
+# (a bare debootstrap) cannot resolve that name, and the console tests fail with "unable to
+# connect to renderer".
+ensure_localhost() {
+  if getent hosts localhost >/dev/null; then
+    return
+  fi
+  log "localhost does not resolve: adding it to /etc/hosts"
+  printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' | $SUDO tee -a /etc/hosts >/dev/null
+}
+
 # --- ONNX Runtime ---------------------------------------------------------------------------
 sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
 
@@ -160,6 +172,7 @@ PY
 }
 
 if [ "${KW_SETUP_SKIP_APT:-0}" != 1 ]; then install_debian_packages; fi
+ensure_localhost
 install_onnxruntime
 install_media
 install_schemathesis
