@@ -465,6 +465,14 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
 /// broker restart take less).
 const BROKER_AWAY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The broker has been unreachable for longer than [`BROKER_AWAY`] at `now`.
+fn broker_away(link: &crate::alert::publisher::MqttLink, now: Timestamp) -> bool {
+    !link.connected
+        && link
+            .since
+            .is_some_and(|t| now.duration_since(t).as_secs() > BROKER_AWAY.as_secs() as i64)
+}
+
 #[utoipa::path(get, path = "/healthz",
     responses((status = 200, description = "Working (ok or degraded)", body = super::openapi::Health),
         (status = 503, description = "The store cannot write, or a stage is stuck", body = super::openapi::Health)))]
@@ -488,12 +496,9 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     let ok = ok && stuck.is_empty();
     // Alerts wait in the outbox while the broker is away: degraded once that lasts.
     let mqtt = state.mqtt.as_ref().map(|l| l.borrow().clone());
-    let broker_away = mqtt.as_ref().is_some_and(|l| {
-        !l.connected
-            && l.since.is_some_and(|t| {
-                jiff::Timestamp::now().duration_since(t).as_secs() > BROKER_AWAY.as_secs() as i64
-            })
-    });
+    let broker_away = mqtt
+        .as_ref()
+        .is_some_and(|l| broker_away(l, Timestamp::now()));
     let status = if !stuck.is_empty() {
         "failing"
     } else if ok && !load.is_overloaded() && dead_letters == 0 && !broker_away {
@@ -538,6 +543,31 @@ async fn healthz(State(state): State<ApiState>) -> Response {
 mod tests {
     use super::*;
     use crate::events::EventKind;
+
+    #[test]
+    fn the_broker_counts_as_away_after_a_minute_down() {
+        use crate::alert::publisher::MqttLink;
+        let t0: Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
+        let at = |s: i64| t0 + jiff::SignedDuration::from_secs(s);
+        let down = MqttLink {
+            connected: false,
+            since: Some(t0),
+            last_error: Some("connection refused".into()),
+        };
+        assert!(
+            !broker_away(&down, at(30)),
+            "a reconnect or a broker restart"
+        );
+        assert!(broker_away(&down, at(61)));
+        let up = MqttLink {
+            connected: true,
+            since: Some(t0),
+            last_error: None,
+        };
+        assert!(!broker_away(&up, at(3600)));
+        // Before the first attempt ends there is no "since": not away.
+        assert!(!broker_away(&MqttLink::default(), at(3600)));
+    }
 
     #[test]
     fn query_parameters_are_checked_by_name() {
