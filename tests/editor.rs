@@ -14,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use common::browser::{browser, chromedriver, js, screenshot, sign_in_by_keyboard, until};
+use common::browser::{browser, chromedriver, js, press, screenshot, sign_in_by_keyboard, until};
 use common::daemon::{RunningDaemon, free_port};
 use fantoccini::Client;
 use fantoccini::actions::{InputSource, MOUSE_BUTTON_LEFT, MouseActions, PointerAction};
@@ -363,6 +363,32 @@ fn the_rule_editor_saves_a_drawn_tripwire_that_fires_and_the_old_line_stops() {
             "dragged to y 0.3: {points}"
         );
 
+        // A mask by keyboard alone: the button by Enter, the points typed, Enter to finish.
+        js(
+            &c,
+            "document.querySelector('#edit-add-mask').focus(); return true;",
+        )
+        .await;
+        press(&c, "\u{E007}").await;
+        until(
+            &c,
+            "the typed-points field",
+            "!document.querySelector('#edit-draw-typed').hidden",
+        )
+        .await;
+        js(
+            &c,
+            "document.querySelector('#edit-draw-points').focus(); return true;",
+        )
+        .await;
+        press(&c, "0,0 0.2,0 0.2,0.1\u{E007}").await;
+        until(
+            &c,
+            "the mask in the list",
+            "document.querySelector('#shape-list [data-shape=\"mask:0\"]')",
+        )
+        .await;
+
         // Draw a new tripwire across the walk, right to left, and flip it: crossing downwards is
         // then to its left.
         click(&c, "#edit-add-tripwire").await;
@@ -461,6 +487,12 @@ fn the_rule_editor_saves_a_drawn_tripwire_that_fires_and_the_old_line_stops() {
         (new.line[0][1] - 0.75).abs() < 0.01 && new.line[0][0] > new.line[1][0],
         "{:?}",
         new.line
+    );
+    let yard = config.cameras.iter().find(|c| c.id == "yard").unwrap();
+    assert_eq!(
+        yard.object_masks,
+        [vec![[0.0, 0.0], [0.2, 0.0], [0.2, 0.1]]],
+        "the typed mask"
     );
     let fence = config.rules.iter().find(|r| r.id == "fence").unwrap();
     assert!((fence.line[0][1] - 0.3).abs() < 0.01, "{:?}", fence.line);

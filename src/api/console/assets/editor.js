@@ -136,6 +136,8 @@ window.KW_EDITOR = function (kw) {
     $("#edit-hint").textContent = t(kind === "tripwire" ? "edit.hint.tripwire" : "edit.hint.polygon");
     $("#edit-finish").hidden = false;
     $("#edit-cancel-draw").hidden = false;
+    $("#edit-draw-typed").hidden = false;
+    $("#edit-draw-points").value = "";
     render();
     fillForm();
   }
@@ -145,12 +147,20 @@ window.KW_EDITOR = function (kw) {
     $("#edit-hint").textContent = t("edit.hint.select");
     $("#edit-finish").hidden = true;
     $("#edit-cancel-draw").hidden = true;
+    $("#edit-draw-typed").hidden = true;
   }
 
   function finishDrawing() {
     const d = ed.drawing;
     if (!d) return;
     const need = d.kind === "tripwire" ? 2 : 3;
+    // Without a pointer: the points typed instead.
+    const typed = $("#edit-draw-points").value.trim();
+    if (!d.points.length && typed) {
+      const parsed = parsePoints(typed);
+      if (!parsed) { $("#edit-hint").textContent = t("edit.bad_points"); return; }
+      d.points = parsed.map(([x, y]) => [round(x), round(y)]);
+    }
     if (d.points.length < need) {
       $("#edit-hint").textContent = t("edit.hint.more", { n: need });
       return;
