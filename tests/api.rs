@@ -114,20 +114,49 @@ fn bad_parameters_get_400_naming_them() {
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
     // Bodies are capped. Through the router itself: over a socket, a server that answers 413
     // before reading the body may reset the connection while the client still writes.
-    let status = h.rt.block_on(async {
-        use tower::ServiceExt;
-        let req = axum::http::Request::post("/api/v1/rules/fence/arm")
-            .header("authorization", format!("Bearer {}", h.admin))
-            .header("content-length", "102400")
-            .body(axum::body::Body::from(vec![b'x'; 100 * 1024]))
-            .unwrap();
-        api::router(h.state.clone())
-            .oneshot(req)
-            .await
-            .unwrap()
-            .status()
-    });
-    assert_eq!(status, 413);
+    // Errors answered by a layer (413) or by the router (405) are JSON like every other.
+    let answer = |method: &str, path: &str, body: Vec<u8>| {
+        h.rt.block_on(async {
+            use tower::ServiceExt;
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("authorization", format!("Bearer {}", h.admin))
+                .header("content-type", "application/json")
+                .header("content-length", body.len().to_string())
+                .body(axum::body::Body::from(body))
+                .unwrap();
+            let r = api::router(h.state.clone()).oneshot(req).await.unwrap();
+            let status = r.status().as_u16();
+            let kind = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            (
+                status,
+                kind,
+                serde_json::from_slice::<serde_json::Value>(&bytes).ok(),
+            )
+        })
+    };
+    for (method, path) in [
+        ("POST", "/api/v1/rules/fence/arm"),
+        ("PUT", "/api/v1/cameras/gate/perimeter"),
+    ] {
+        let (status, kind, body) = answer(method, path, vec![b'x'; 100 * 1024]);
+        assert_eq!(status, 413, "{method} {path}");
+        assert!(
+            kind.starts_with("application/json"),
+            "{method} {path}: {kind}"
+        );
+        assert_eq!(body.unwrap()["error"], "too_large");
+    }
+    let (status, kind, body) = answer("DELETE", "/api/v1/events", Vec::new());
+    assert_eq!(status, 405);
+    assert!(kind.starts_with("application/json"), "{kind}");
+    assert_eq!(body.unwrap()["error"], "method_not_allowed");
 }
 
 #[test]

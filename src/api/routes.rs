@@ -89,7 +89,7 @@ fn gate(state: &ApiState, need: Role) -> auth::Gate {
 /// Adds the headers every answer carries: no MIME sniffing, and no caching of the API's
 /// answers unless a handler says otherwise (snapshots are immutable).
 async fn common_headers(req: Request, next: Next) -> Response {
-    let mut r = next.run(req).await;
+    let mut r = json_error(next.run(req).await);
     let h = r.headers_mut();
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -102,6 +102,53 @@ async fn common_headers(req: Request, next: Next) -> Response {
         );
     }
     r
+}
+
+/// An error answered by a layer or by axum itself (413 body too large, 408 time-out, 405 method
+/// not allowed, 400 unreadable body) becomes the API's JSON error like every other.
+fn json_error(r: Response) -> Response {
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return r;
+    }
+    let (code, reason) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "too_large",
+            format!("the request body is over {MAX_BODY} bytes"),
+        ),
+        StatusCode::REQUEST_TIMEOUT => (
+            "timeout",
+            "the request took longer than api.request_timeout".to_owned(),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this route does not take that method; see docs/api.md".to_owned(),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "send the body as application/json".to_owned(),
+        ),
+        s if s.is_server_error() => (
+            "internal",
+            "the daemon could not answer; see its log".to_owned(),
+        ),
+        _ => ("bad_request", format!("the request was refused ({status})")),
+    };
+    let (mut parts, _) = r.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    let mut fresh = ApiError::new(status, code, reason).into_response();
+    for (k, v) in parts.headers.iter() {
+        if !fresh.headers().contains_key(k) {
+            fresh.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    fresh
 }
 
 /// Logs method, path (never the query or headers: no tokens in logs), status and duration.
