@@ -146,6 +146,9 @@ enum Command {
     },
     /// Print the HTTP API's OpenAPI document (what /api/v1/openapi.json serves; docs/openapi.json).
     Openapi,
+    /// Print the manual page (roff), generated from these commands and options:
+    /// `kinderwatch man > kinderwatch.1`.
+    Man,
     /// Print the version.
     Version,
 }
@@ -276,6 +279,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Man => {
+            use clap::CommandFactory as _;
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Openapi => {
             println!("{}", kinderwatch::api::openapi::document());

@@ -1001,3 +1001,50 @@ fn check_config_refuses_a_manifest_a_worker_could_not_run() {
         "{stderr}"
     );
 }
+
+/// The manual page is generated from the CLI itself: every command `--help` lists is in it, and it
+/// renders with man's own formatter where one is installed.
+#[test]
+fn the_manual_page_covers_every_command() {
+    let out = kinderwatch(&["man"]);
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH kinderwatch 1"), "{page}");
+    assert!(
+        page.contains(".SH NAME") && page.contains(".SH SYNOPSIS"),
+        "{page}"
+    );
+    let help = String::from_utf8(kinderwatch(&["--help"]).stdout).unwrap();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(
+        commands.len() >= 10 && commands.contains(&"doctor"),
+        "{commands:?}"
+    );
+    for c in &commands {
+        let roff = format!("kinderwatch\\-{}", c.replace('-', "\\-"));
+        assert!(page.contains(&roff), "{c} is not in the manual page");
+    }
+    if std::path::Path::new("/usr/bin/groff").exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kinderwatch.1");
+        std::fs::write(&file, &page).unwrap();
+        let rendered = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(rendered.status.success());
+        assert!(
+            rendered.stderr.is_empty(),
+            "groff warnings: {}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+    }
+}
