@@ -723,16 +723,7 @@ async fn a_packet_id_collision_behind_a_refused_puback_does_not_wedge_delivery()
         broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/events/#"), |_| {}).await;
     // The backlog is there before the site connects.
     let site = start_site(mqtt_config(proxy.port, "keep_alive = \"30s\"")).await;
-    let sent = send_all(&site, (0..40).map(crossing).collect()).await;
-    let mut other = Vec::new();
-    let got = alerts_until(&mut rx, sent.len(), Duration::from_secs(15), &mut other).await;
-    assert_in_order_once_each(&got, &sent);
-    let store = site.store.clone();
-    common::poll_until(Duration::from_secs(10), "an empty outbox", move || {
-        store.outbox_len() == 0
-    })
-    .await;
-    site.stop().await;
+    delivers_in_order_then_drains(site, &mut rx, 40, Duration::from_secs(15)).await;
 }
 
 /// A broker that takes one QoS 1 message at a time (mosquitto `max_inflight_messages 1`, its
@@ -745,9 +736,20 @@ async fn a_receive_maximum_of_one_still_delivers_every_alert_in_order() {
     let (_c, mut rx) =
         broker::subscribe(broker.port, &format!("kinderwatch/{SITE}/events/#"), |_| {}).await;
     let site = start_site(mqtt_config(broker.port, "")).await;
-    let sent = send_all(&site, (0..25).map(crossing).collect()).await;
+    delivers_in_order_then_drains(site, &mut rx, 25, Duration::from_secs(20)).await;
+}
+
+/// Records `n` crossings; each must arrive once, in order, within `within`; then the outbox is
+/// empty and the site stops.
+async fn delivers_in_order_then_drains(
+    site: Site,
+    rx: &mut UnboundedReceiver<Received>,
+    n: usize,
+    within: Duration,
+) {
+    let sent = send_all(&site, (0..n).map(crossing).collect()).await;
     let mut other = Vec::new();
-    let got = alerts_until(&mut rx, sent.len(), Duration::from_secs(20), &mut other).await;
+    let got = alerts_until(rx, sent.len(), within, &mut other).await;
     assert_in_order_once_each(&got, &sent);
     let store = site.store.clone();
     common::poll_until(Duration::from_secs(10), "an empty outbox", move || {

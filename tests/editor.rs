@@ -122,22 +122,31 @@ async fn picture_point(c: &Client, x: f64, y: f64) -> (f64, f64) {
     (n(0) + x * n(2), n(1) + y * n(3))
 }
 
-/// A click (pointer down and up) at (x, y) of the picture.
-async fn click_at(c: &Client, x: f64, y: f64) {
-    let (px, py) = picture_point(c, x, y).await;
-    let mouse = MouseActions::new("mouse".into())
-        .then(PointerAction::MoveTo {
-            duration: None,
-            x: px.round(),
-            y: py.round(),
-        })
+/// The pointer pressed at the first viewport point, moved through the others (150 ms each) and
+/// released at the last: one point is a click, several a drag.
+async fn press_along(c: &Client, path: &[(f64, f64)]) {
+    let at = |(x, y): (f64, f64), duration| PointerAction::MoveTo {
+        duration,
+        x: x.round(),
+        y: y.round(),
+    };
+    let mut mouse = MouseActions::new("mouse".into())
+        .then(at(path[0], None))
         .then(PointerAction::Down {
             button: MOUSE_BUTTON_LEFT,
-        })
-        .then(PointerAction::Up {
-            button: MOUSE_BUTTON_LEFT,
         });
+    for &p in &path[1..] {
+        mouse = mouse.then(at(p, Some(Duration::from_millis(150))));
+    }
+    mouse = mouse.then(PointerAction::Up {
+        button: MOUSE_BUTTON_LEFT,
+    });
     c.perform_actions(mouse).await.unwrap();
+}
+
+/// A click at (x, y) of the picture.
+async fn click_at(c: &Client, x: f64, y: f64) {
+    press_along(c, &[picture_point(c, x, y).await]).await;
 }
 
 /// Drags the selected shape's point `i` to (x, y) of the picture.
@@ -151,29 +160,7 @@ async fn drag_point(c: &Client, i: usize, x: f64, y: f64) {
     .await;
     let (hx, hy) = (r[0].as_f64().unwrap(), r[1].as_f64().unwrap());
     let (px, py) = picture_point(c, x, y).await;
-    let mouse = MouseActions::new("mouse".into())
-        .then(PointerAction::MoveTo {
-            duration: None,
-            x: hx.round(),
-            y: hy.round(),
-        })
-        .then(PointerAction::Down {
-            button: MOUSE_BUTTON_LEFT,
-        })
-        .then(PointerAction::MoveTo {
-            duration: Some(Duration::from_millis(150)),
-            x: ((hx + px) / 2.0).round(),
-            y: ((hy + py) / 2.0).round(),
-        })
-        .then(PointerAction::MoveTo {
-            duration: Some(Duration::from_millis(150)),
-            x: px.round(),
-            y: py.round(),
-        })
-        .then(PointerAction::Up {
-            button: MOUSE_BUTTON_LEFT,
-        });
-    c.perform_actions(mouse).await.unwrap();
+    press_along(c, &[(hx, hy), ((hx + px) / 2.0, (hy + py) / 2.0), (px, py)]).await;
 }
 
 async fn click(c: &Client, selector: &str) {

@@ -500,7 +500,7 @@ impl<'a> Session<'a> {
                 }
                 ev = events.recv() => match ev {
                     Some(Ok(ev)) => self.on_event(ev),
-                    Some(Err(e)) => break Outcome::Lost { error: describe(&e), was_connected: self.connected },
+                    Some(Err(e)) => break Outcome::Lost { error: describe_error(&e), was_connected: self.connected },
                     None => break Outcome::Lost { error: "the MQTT event loop stopped".into(), was_connected: self.connected },
                 },
                 read = async { self.outbox_read.as_mut().expect("guarded").await }, if self.outbox_read.is_some() => {
@@ -1264,10 +1264,6 @@ fn expiry(d: Duration) -> Option<u32> {
 /// The error in words, without credentials (rumqttc's errors carry none).
 /// A connection error in an installer's words (no credentials in them).
 pub fn describe_error(e: &ConnectionError) -> String {
-    describe(e)
-}
-
-fn describe(e: &ConnectionError) -> String {
     match e {
         ConnectionError::ConnectionRefused(code) => {
             use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;

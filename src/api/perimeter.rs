@@ -44,20 +44,20 @@ async fn ask<T>(
 
 /// The HTTP answer to an editor's failure.
 fn refused(e: EditError) -> Response {
-    let (status, code) = match &e {
-        EditError::NoSuchCamera(_) => (StatusCode::NOT_FOUND, "not_found"),
-        EditError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-        EditError::NeedsRestart(_) => (StatusCode::CONFLICT, "needs_restart"),
-        EditError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config"),
-        EditError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "not_saved"),
+    let status = match &e {
+        EditError::NoSuchCamera(_) => StatusCode::NOT_FOUND,
+        EditError::Conflict(_) | EditError::NeedsRestart(_) => StatusCode::CONFLICT,
+        EditError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        EditError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let mut body = json!({ "error": code, "reason": e.to_string() });
+    let mut body = json!({ "error": code_of(&e), "reason": e.to_string() });
     if let EditError::Invalid(problems) = &e {
         body["problems"] = json!(problems);
     }
     (status, Json(body)).into_response()
 }
 
+/// The wire code of an editor's failure (the answer's `error`, the audit record's result).
 fn code_of(e: &EditError) -> &'static str {
     match e {
         EditError::NoSuchCamera(_) => "not_found",
