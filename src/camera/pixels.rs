@@ -144,27 +144,39 @@ pub fn i420_planes(data: &[u8], width: u32, height: u32) -> (&[u8], &[u8], &[u8]
     (y, u, &v[..cw * ch])
 }
 
+/// Converts a whole I420 frame into packed RGB (`out`: `width * height * 3` bytes), each chroma
+/// sample used for its 2x2 block, in fixed point.
+pub(crate) fn i420_to_rgb_into(
+    data: &[u8],
+    width: u32,
+    height: u32,
+    matrix: YuvMatrix,
+    out: &mut [u8],
+) {
+    let w = width as usize;
+    let (yp, up, vp) = i420_planes(data, width, height);
+    let cw = chroma_size(width, height).0;
+    let c = FixedPoint::new(matrix.converter());
+    for (y, row) in out.chunks_exact_mut(w * 3).enumerate() {
+        let (ys, us, vs) = (
+            &yp[y * w..(y + 1) * w],
+            &up[(y / 2) * cw..(y / 2 + 1) * cw],
+            &vp[(y / 2) * cw..(y / 2 + 1) * cw],
+        );
+        for (x, px) in row.chunks_exact_mut(3).enumerate() {
+            px.copy_from_slice(&c.apply(ys[x], us[x / 2], vs[x / 2]));
+        }
+    }
+}
+
 impl Pixels {
     /// Packed RGB of the whole frame (converted for I420: only for snapshots and tools).
     pub fn to_rgb(&self, width: u32, height: u32) -> Cow<'_, [u8]> {
         match self {
             Pixels::Rgb(rgb) => Cow::Borrowed(rgb),
             Pixels::I420 { data, matrix } => {
-                let (w, h) = (width as usize, height as usize);
-                let (yp, up, vp) = i420_planes(data, width, height);
-                let cw = chroma_size(width, height).0;
-                let c = FixedPoint::new(matrix.converter());
-                let mut out = vec![0u8; w * h * 3];
-                for (y, row) in out.chunks_exact_mut(w * 3).enumerate() {
-                    let (ys, us, vs) = (
-                        &yp[y * w..(y + 1) * w],
-                        &up[(y / 2) * cw..(y / 2 + 1) * cw],
-                        &vp[(y / 2) * cw..(y / 2 + 1) * cw],
-                    );
-                    for (x, px) in row.chunks_exact_mut(3).enumerate() {
-                        px.copy_from_slice(&c.apply(ys[x], us[x / 2], vs[x / 2]));
-                    }
-                }
+                let mut out = vec![0u8; width as usize * height as usize * 3];
+                i420_to_rgb_into(data, width, height, *matrix, &mut out);
                 Cow::Owned(out)
             }
         }

@@ -81,11 +81,15 @@ pub fn nanodet(
         }
         let s = s.index_axis(Axis(0), 0);
         let b = b.index_axis(Axis(0), 0);
+        // Only the kept classes' scores are read: a person-only site looks at 1 of 80 per cell.
+        let kept: Vec<usize> = (0..classes.min(labels.len()))
+            .filter(|&c| params.keeps(c))
+            .collect();
         for cell in 0..cells {
             let row = s.index_axis(Axis(0), cell);
-            for class in 0..classes.min(labels.len()) {
+            for &class in &kept {
                 let score = row[class];
-                if score < params.min_score || !params.keeps(class) {
+                if score < params.min_score {
                     continue;
                 }
                 let cx = ((cell % nx) as f32 + 0.5) * stride as f32;
@@ -409,6 +413,31 @@ mod tests {
         let b = dets[0].bbox;
         assert_eq!((b.x1, b.y1, b.x2, b.y2), (0.0, 0.0, 1.0, 1.0));
         assert!((dets[0].score - 0.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nanodet_reads_only_the_kept_classes() {
+        // Cell 0 holds a confident class-0 object and cell 2 a class-1 one; only class 1 is kept.
+        let bins = 4;
+        let mut scores = Array::<f32, _>::zeros(IxDyn(&[1, 4, 2]));
+        scores[[0, 0, 0]] = 0.9;
+        scores[[0, 2, 1]] = 0.7;
+        let boxes = Array::<f32, _>::zeros(IxDyn(&[1, 4, 4 * bins]));
+        let mut p = params(2);
+        p.keep = vec![false, true];
+        let dets = nanodet(
+            &[("s", scores.view())],
+            &[("b", boxes.view())],
+            &[8],
+            bins,
+            &stretch(16.0, 16.0),
+            &labels(2),
+            &p,
+        )
+        .unwrap();
+        assert_eq!(dets.len(), 1, "{dets:?}");
+        assert_eq!(&*dets[0].label, "c1");
+        assert!((dets[0].score - 0.7).abs() < 1e-6);
     }
 
     #[test]

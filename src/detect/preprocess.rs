@@ -7,7 +7,9 @@
 use ndarray::Array4;
 
 use super::manifest::{DType, InputSpec, Layout, Resize};
-use crate::camera::pixels::{Coefficients, Pixels, chroma_size, i420_planes};
+use crate::camera::pixels::{
+    Coefficients, Pixels, YuvMatrix, chroma_size, i420_planes, i420_to_rgb_into,
+};
 
 /// Grey used for letterbox padding (the YOLO convention).
 const PAD_VALUE: u8 = 114;
@@ -86,7 +88,7 @@ pub fn prepare_pixels(
     match pixels {
         Pixels::Rgb(rgb) => prepare_source(Input::Rgb(rgb), w, h, spec, reuse),
         Pixels::I420 { data, matrix } => {
-            prepare_source(Input::I420(data, matrix.converter()), w, h, spec, reuse)
+            prepare_source(Input::I420(data, *matrix), w, h, spec, reuse)
         }
     }
 }
@@ -94,7 +96,7 @@ pub fn prepare_pixels(
 #[derive(Clone, Copy)]
 enum Input<'a> {
     Rgb(&'a [u8]),
-    I420(&'a [u8], Coefficients),
+    I420(&'a [u8], YuvMatrix),
 }
 
 fn prepare_source(
@@ -139,9 +141,11 @@ fn prepare_source(
                 Some(InputTensor::F32(t)) if t.shape() == shape => t,
                 _ => Array4::<f32>::zeros(shape),
             };
-            let (scale, mean, std) = (spec.scale, spec.mean, spec.std);
+            // (v * scale - mean) / std as one multiply-add per element.
+            let mul: [f32; 3] = std::array::from_fn(|c| spec.scale / spec.std[c]);
+            let add: [f32; 3] = std::array::from_fn(|c| -spec.mean[c] / spec.std[c]);
             geometry.fill(input, t.as_slice_mut().expect("standard layout"), |c, v| {
-                (v * scale - mean[c]) / std[c]
+                v * mul[c] + add[c]
             });
             InputTensor::F32(t)
         }
@@ -155,6 +159,13 @@ fn prepare_source(
                 Input::Rgb(rgb) if geometry.is_identity() && spec.layout == Layout::Nhwc => {
                     out.copy_from_slice(rgb)
                 }
+                // The frame as it is (the TF SSD): the snapshot's whole-frame conversion, in fixed
+                // point, is several times faster than sampling pixel by pixel.
+                Input::I420(data, matrix)
+                    if geometry.is_identity() && spec.layout == Layout::Nhwc =>
+                {
+                    i420_to_rgb_into(data, w, h, matrix, out)
+                }
                 _ => geometry.fill(input, out, |_, v| v.round().clamp(0.0, 255.0) as u8),
             }
             InputTensor::U8(t)
@@ -163,73 +174,92 @@ fn prepare_source(
     (tensor, placement)
 }
 
-/// Precomputed sampling positions: bilinear, pixel-centre aligned, no antialiasing.
+/// One axis of the resampling: the output positions `start..start + taps.len()` hold the frame's
+/// content, each sampled between two source positions (left/upper, right/lower, weight on the
+/// second); the positions outside are padding.
+#[derive(Debug, Clone, PartialEq)]
+struct Axis {
+    start: usize,
+    taps: Vec<(usize, usize, f32)>,
+}
+
+impl Axis {
+    /// Bilinear, pixel-centre aligned, no antialiasing: `n_out` positions, the content `content`
+    /// positions long from `off`, over `n_src` source positions.
+    fn new(n_out: usize, off: f32, content: f32, n_src: usize) -> Self {
+        let scale = content / n_src as f32;
+        let inside = |i: usize| (i as f32) >= off && (i as f32) < off + content;
+        let start = (0..n_out).find(|&i| inside(i)).unwrap_or(n_out);
+        let taps = (start..n_out)
+            .take_while(|&i| inside(i))
+            .map(|i| {
+                let f = ((i as f32 + 0.5 - off) / scale - 0.5).clamp(0.0, (n_src - 1) as f32);
+                let i0 = f.floor() as usize;
+                (i0, (i0 + 1).min(n_src - 1), f - i0 as f32)
+            })
+            .collect();
+        Self { start, taps }
+    }
+
+    fn get(&self, i: usize) -> Option<(usize, usize, f32)> {
+        i.checked_sub(self.start)
+            .and_then(|k| self.taps.get(k))
+            .copied()
+    }
+
+    /// Output position `i` is source position `i`, over the whole of `n` positions.
+    fn is_identity(&self, n: usize) -> bool {
+        self.start == 0
+            && self.taps.len() == n
+            && self
+                .taps
+                .iter()
+                .enumerate()
+                .all(|(i, t)| *t == (i, (i + 1).min(n - 1), 0.0))
+    }
+}
+
+/// Precomputed sampling positions of both axes.
 struct Geometry {
     w: usize,
     h: usize,
     iw: usize,
     ih: usize,
     layout: Layout,
-    /// Per input column inside the content: (left source column, right source column, weight);
-    /// `None` outside the content (padding).
-    cols: Vec<Option<(usize, usize, f32)>>,
-    /// Per input row: (upper source row, lower source row, weight), or `None` for padding.
-    rows: Vec<Option<(usize, usize, f32)>>,
+    cols: Axis,
+    rows: Axis,
 }
 
 impl Geometry {
     fn new(w: u32, h: u32, iw: u32, ih: u32, p: &Placement, layout: Layout) -> Self {
         let (w, h, iw, ih) = (w as usize, h as usize, iw as usize, ih as usize);
-        let axis = |n_out: usize,
-                    off: f32,
-                    content: f32,
-                    n_src: usize|
-         -> Vec<Option<(usize, usize, f32)>> {
-            let scale = content / n_src as f32;
-            (0..n_out)
-                .map(|i| {
-                    if (i as f32) < off || (i as f32) >= off + content {
-                        return None;
-                    }
-                    let f = ((i as f32 + 0.5 - off) / scale - 0.5).clamp(0.0, (n_src - 1) as f32);
-                    let i0 = f.floor() as usize;
-                    Some((i0, (i0 + 1).min(n_src - 1), f - i0 as f32))
-                })
-                .collect()
-        };
-        let cols = axis(iw, p.off_x, p.content_w, w);
         Self {
             w,
             h,
             iw,
             ih,
             layout,
-            cols,
-            rows: axis(ih, p.off_y, p.content_h, h),
+            cols: Axis::new(iw, p.off_x, p.content_w, w),
+            rows: Axis::new(ih, p.off_y, p.content_h, h),
         }
     }
 
     fn is_identity(&self) -> bool {
         self.w == self.iw
             && self.h == self.ih
-            && self
-                .cols
-                .iter()
-                .enumerate()
-                .all(|(i, c)| *c == Some((i, (i + 1).min(self.w - 1), 0.0)))
-            && self
-                .rows
-                .iter()
-                .enumerate()
-                .all(|(i, r)| *r == Some((i, (i + 1).min(self.h - 1), 0.0)))
+            && self.cols.is_identity(self.w)
+            && self.rows.is_identity(self.h)
     }
 
-    /// Writes every element of `out`: for each input row, blend the two source rows once, then
-    /// sample columns from the blend.
+    /// Writes every element of `out`: for each input row, blend the two source rows once, sample
+    /// the row's columns into one buffer per channel, then convert and store them (the last two
+    /// steps are straight loops over contiguous buffers, which the compiler vectorises).
     fn fill<T: Copy>(&self, input: Input<'_>, out: &mut [T], convert: impl Fn(usize, f32) -> T) {
         match input {
             Input::Rgb(rgb) => self.fill_from(RgbRows::new(rgb, self.w), out, convert),
-            Input::I420(data, c) => self.fill_from(I420Rows::new(data, self, c), out, convert),
+            Input::I420(data, m) => {
+                self.fill_from(I420Rows::new(data, self, m.converter()), out, convert)
+            }
         }
     }
 
@@ -241,28 +271,41 @@ impl Geometry {
     ) {
         let plane = self.iw * self.ih;
         let pad: [T; 3] = std::array::from_fn(|c| convert(c, PAD_VALUE as f32));
-        for (y, row) in self.rows.iter().enumerate() {
-            if let Some((y0, y1, wy)) = *row {
+        let (x0, n) = (self.cols.start, self.cols.taps.len());
+        let mut channels = [vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]];
+        for y in 0..self.ih {
+            let row = y * self.iw;
+            let content = self.rows.get(y);
+            if let Some((y0, y1, wy)) = content {
                 src.load(y0, y1, wy);
+                src.sample_row(&self.cols.taps, &mut channels);
             }
-            for (x, col) in self.cols.iter().enumerate() {
-                let px: [T; 3] = match (row, col) {
-                    (Some(_), Some((a, b, wx))) => {
-                        let [r, g, b] = src.sample(x, *a, *b, *wx);
-                        [convert(0, r), convert(1, g), convert(2, b)]
+            match self.layout {
+                Layout::Nchw => {
+                    for (c, values) in channels.iter().enumerate() {
+                        let dst = &mut out[c * plane + row..c * plane + row + self.iw];
+                        if content.is_none() {
+                            dst.fill(pad[c]);
+                            continue;
+                        }
+                        dst[..x0].fill(pad[c]);
+                        dst[x0 + n..].fill(pad[c]);
+                        for (d, &v) in dst[x0..x0 + n].iter_mut().zip(values) {
+                            *d = convert(c, v);
+                        }
                     }
-                    _ => pad,
-                };
-                match self.layout {
-                    Layout::Nchw => {
-                        let i = y * self.iw + x;
-                        out[i] = px[0];
-                        out[plane + i] = px[1];
-                        out[2 * plane + i] = px[2];
-                    }
-                    Layout::Nhwc => {
-                        let i = (y * self.iw + x) * 3;
-                        out[i..i + 3].copy_from_slice(&px);
+                }
+                Layout::Nhwc => {
+                    let dst = &mut out[row * 3..(row + self.iw) * 3];
+                    for (x, px) in dst.chunks_exact_mut(3).enumerate() {
+                        match x.checked_sub(x0).filter(|&k| k < n && content.is_some()) {
+                            Some(k) => {
+                                px[0] = convert(0, channels[0][k]);
+                                px[1] = convert(1, channels[1][k]);
+                                px[2] = convert(2, channels[2][k]);
+                            }
+                            None => px.copy_from_slice(&pad),
+                        }
                     }
                 }
             }
@@ -275,8 +318,9 @@ impl Geometry {
 trait Rows {
     /// Blends source rows `y0` and `y1` (weight `wy` on `y1`) for the next output row.
     fn load(&mut self, y0: usize, y1: usize, wy: f32);
-    /// RGB (0-255) of output column `x`, between source columns `a` and `b` (weight `wx` on `b`).
-    fn sample(&self, x: usize, a: usize, b: usize, wx: f32) -> [f32; 3];
+    /// RGB (0-255) of the loaded row at each column tap (left, right, weight on the right), one
+    /// buffer per channel.
+    fn sample_row(&self, taps: &[(usize, usize, f32)], out: &mut [Vec<f32>; 3]);
 }
 
 #[inline]
@@ -317,14 +361,18 @@ impl Rows for RgbRows<'_> {
         );
     }
 
-    #[inline]
-    fn sample(&self, _x: usize, a: usize, b: usize, wx: f32) -> [f32; 3] {
-        let (a, b, bl) = (a * 3, b * 3, &self.blend);
-        [
-            lerp(bl[a], bl[b], wx),
-            lerp(bl[a + 1], bl[b + 1], wx),
-            lerp(bl[a + 2], bl[b + 2], wx),
-        ]
+    fn sample_row(&self, taps: &[(usize, usize, f32)], out: &mut [Vec<f32>; 3]) {
+        let bl = &self.blend;
+        let [r, g, b] = out;
+        for (&(a, bb, wx), ((r, g), b)) in taps
+            .iter()
+            .zip(r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()))
+        {
+            let (a, bb) = (a * 3, bb * 3);
+            *r = lerp(bl[a], bl[bb], wx);
+            *g = lerp(bl[a + 1], bl[bb + 1], wx);
+            *b = lerp(bl[a + 2], bl[bb + 2], wx);
+        }
     }
 }
 
@@ -337,7 +385,7 @@ struct I420Rows<'a> {
     w: usize,
     cw: usize,
     ch: usize,
-    /// Per output column: chroma (left, right, weight), precomputed from the luma position.
+    /// Per content column: chroma (left, right, weight), precomputed from the luma position.
     chroma_cols: Vec<(usize, usize, f32)>,
     blend_y: Vec<f32>,
     blend_u: Vec<f32>,
@@ -358,11 +406,9 @@ impl<'a> I420Rows<'a> {
         let (cw, ch) = chroma_size(g.w as u32, g.h as u32);
         let chroma_cols = g
             .cols
+            .taps
             .iter()
-            .map(|col| match col {
-                Some((a, _, wx)) => chroma_pos(*a as f32 + wx, cw),
-                None => (0, 0, 0.0),
-            })
+            .map(|(a, _, wx)| chroma_pos(*a as f32 + wx, cw))
             .collect();
         Self {
             y,
@@ -405,14 +451,21 @@ impl Rows for I420Rows<'_> {
         );
     }
 
-    #[inline]
-    fn sample(&self, x: usize, a: usize, b: usize, wx: f32) -> [f32; 3] {
-        let (ca, cb, wc) = self.chroma_cols[x];
-        self.c.apply(
-            lerp(self.blend_y[a], self.blend_y[b], wx),
-            lerp(self.blend_u[ca], self.blend_u[cb], wc),
-            lerp(self.blend_v[ca], self.blend_v[cb], wc),
-        )
+    fn sample_row(&self, taps: &[(usize, usize, f32)], out: &mut [Vec<f32>; 3]) {
+        // Gather Y into the red buffer and U, V into green and blue, then convert in place.
+        let [r, g, b] = out;
+        for ((&(a, bb, wx), &(ca, cb, wc)), ((y, u), v)) in taps
+            .iter()
+            .zip(&self.chroma_cols)
+            .zip(r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()))
+        {
+            *y = lerp(self.blend_y[a], self.blend_y[bb], wx);
+            *u = lerp(self.blend_u[ca], self.blend_u[cb], wc);
+            *v = lerp(self.blend_v[ca], self.blend_v[cb], wc);
+        }
+        for ((y, u), v) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
+            [*y, *u, *v] = self.c.apply(*y, *u, *v);
+        }
     }
 }
 
@@ -569,5 +622,110 @@ mod tests {
         let (t, _) = prepare_pixels(&red, w, h, &s, None);
         let InputTensor::F32(t) = t else { panic!() };
         assert!(t[[0, 0, 3, 3]] > 0.98 && t[[0, 1, 3, 3]] < 0.02 && t[[0, 2, 3, 3]] < 0.02);
+    }
+
+    /// A busy I420 picture: every sample differs from its neighbours.
+    fn busy_i420(w: u32, h: u32) -> Pixels {
+        use crate::camera::pixels::YuvMatrix;
+        let (cw, ch) = chroma_size(w, h);
+        let mut data: Vec<u8> = (0..h)
+            .flat_map(|y| (0..w).map(move |x| ((x * 37 + y * 11) % 219 + 16) as u8))
+            .collect();
+        data.extend((0..2 * cw * ch).map(|i| ((i * 53) % 224 + 16) as u8));
+        Pixels::I420 {
+            data,
+            matrix: YuvMatrix::default(),
+        }
+    }
+
+    #[test]
+    fn i420_as_it_is_into_u8_nhwc_is_the_whole_frame_conversion() {
+        let (w, h) = (30u32, 18u32);
+        let pixels = busy_i420(w, h);
+        let s = spec(None, None, Layout::Nhwc, DType::U8, Resize::Stretch);
+        let (t, _) = prepare_pixels(&pixels, w, h, &s, None);
+        let InputTensor::U8(t) = t else { panic!() };
+        assert_eq!(t.shape(), &[1, 18, 30, 3]);
+        assert_eq!(t.as_slice().unwrap(), &pixels.to_rgb(w, h)[..]);
+    }
+
+    #[test]
+    fn both_layouts_hold_the_same_pixels_and_padding() {
+        // Letterboxed (rows of padding) and pillarboxed (columns of padding), from I420 and RGB:
+        // NHWC u8 and NCHW f32 (x 255) of one frame agree element by element.
+        for (w, h, iw, ih) in [
+            (40u32, 20u32, 24u32, 24u32),
+            (20, 40, 24, 24),
+            (41, 23, 17, 13),
+        ] {
+            let i420 = busy_i420(w, h);
+            let rgb = Pixels::Rgb(i420.to_rgb(w, h).into_owned());
+            for pixels in [&i420, &rgb] {
+                let nhwc = spec(
+                    Some(iw),
+                    Some(ih),
+                    Layout::Nhwc,
+                    DType::U8,
+                    Resize::Letterbox,
+                );
+                let nchw = spec(
+                    Some(iw),
+                    Some(ih),
+                    Layout::Nchw,
+                    DType::F32,
+                    Resize::Letterbox,
+                );
+                let (InputTensor::U8(a), pa) = prepare_pixels(pixels, w, h, &nhwc, None) else {
+                    panic!()
+                };
+                let (InputTensor::F32(b), pb) = prepare_pixels(pixels, w, h, &nchw, None) else {
+                    panic!()
+                };
+                assert_eq!(pa, pb);
+                let mut padded = 0;
+                for y in 0..ih as usize {
+                    for x in 0..iw as usize {
+                        for c in 0..3 {
+                            let (u, f) = (a[[0, y, x, c]] as f32, b[[0, c, y, x]] * 255.0);
+                            assert!((u - f).abs() <= 0.51, "{w}x{h} at {x},{y},{c}: {u} vs {f}");
+                        }
+                        let inside = (x as f32) >= pa.off_x
+                            && (x as f32) < pa.off_x + pa.content_w
+                            && (y as f32) >= pa.off_y
+                            && (y as f32) < pa.off_y + pa.content_h;
+                        if !inside {
+                            padded += 1;
+                            assert_eq!(a[[0, y, x, 0]], PAD_VALUE, "padding at {x},{y}");
+                        }
+                    }
+                }
+                assert!(padded > 0, "{w}x{h} into {iw}x{ih} has padding");
+            }
+        }
+    }
+
+    #[test]
+    fn normalisation_is_scale_mean_and_std_per_channel() {
+        let rgb = gradient(8, 8);
+        let mut s = spec(Some(8), Some(8), Layout::Nchw, DType::F32, Resize::Stretch);
+        s.scale = 1.0;
+        s.mean = [10.0, 20.0, 7.0];
+        s.std = [2.0, 4.0, 0.5];
+        let InputTensor::F32(t) = prepare(&rgb, 8, 8, &s) else {
+            panic!()
+        };
+        // Pixel (3, 5): red 3*255/7, green 5*255/7, blue 7.
+        let expect = [
+            (f32::from((3 * 255 / 7) as u8) - 10.0) / 2.0,
+            (f32::from((5 * 255 / 7) as u8) - 20.0) / 4.0,
+            0.0,
+        ];
+        for (c, e) in expect.iter().enumerate() {
+            assert!(
+                (t[[0, c, 5, 3]] - e).abs() < 1e-4,
+                "{c}: {}",
+                t[[0, c, 5, 3]]
+            );
+        }
     }
 }
