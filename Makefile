@@ -27,6 +27,7 @@ build:
 bench: setup
 	$(CARGO) bench --bench ingest
 	$(CARGO) bench --bench detect
+	$(CARGO) bench --bench preprocess
 	$(CARGO) bench --bench store
 	$(CARGO) bench --bench mqtt
 	$(CARGO) bench --bench capacity
