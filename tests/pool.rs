@@ -302,6 +302,49 @@ fn still_cameras_take_no_pool_time_and_ask_for_keyframes_only() {
     assert_eq!(slots[10].1.decode_demand(), DecodeDemand::Every);
 }
 
+#[test]
+fn a_camera_reconfigured_live_gets_its_new_rate_and_motion_masks() {
+    let (cams, slots) = cameras(["a".to_string()], Duration::from_millis(200));
+    let (dets, _) = detectors(1, Duration::from_millis(2));
+    let gate = MotionConfig {
+        hold: Duration::from_millis(100),
+        keepalive: Duration::from_secs(60),
+        ..MotionConfig::default()
+    };
+    let (pool, _rx) = DetectorPool::start(cams, dets, &gate, 10_000);
+    let stats = pool.stats_reader();
+    let slot = &slots[0].1;
+    let mut seq = 0;
+    let mut run = |n: usize| {
+        for _ in 0..n {
+            seq += 1;
+            slot.put(moving("a", seq));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        pool.stats("a").unwrap()
+    };
+    // Motion everywhere: every frame is wanted.
+    let before = run(40);
+    assert!(before.inferred >= 30, "{before:?}");
+    assert!(before.skipped_motion <= 2, "{before:?}");
+    // The whole picture masked: the same motion is now ignored, after the fresh gate's first
+    // picture and its hold.
+    let everywhere = vec![vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]];
+    assert!(pool.reconfigure("a", Duration::from_millis(500), &everywhere));
+    assert_eq!(stats.interval("a"), Some(Duration::from_millis(500)));
+    let after = run(40);
+    let (inferred, skipped) = (
+        after.inferred - before.inferred,
+        after.skipped_motion - before.skipped_motion,
+    );
+    assert!(skipped >= 30, "masked motion skipped: {after:?}");
+    assert!(inferred <= 10, "masked motion inferred {inferred} times");
+    // The slot and the counters are the camera's still: nothing was lost or reset.
+    assert!(after.inferred >= before.inferred);
+    assert!(!pool.reconfigure("nobody", Duration::from_millis(500), &[]));
+}
+
 /// Panics on every other frame; counts its calls.
 struct PanickyDetector(Arc<AtomicUsize>);
 

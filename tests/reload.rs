@@ -1,5 +1,6 @@
-//! Live reload: SIGHUP to the real daemon applies changed rules without a restart, refuses an
-//! invalid file and a change that needs a restart (naming it) and keeps the running config; in
+//! Live reload: SIGHUP to the real daemon applies changed rules, a camera's new stream and its new
+//! detect size, rate and motion masks without a restart, refuses an invalid file and a change that
+//! needs a restart (naming it) and keeps the running config; in
 //! process, a tripwire moved by a reload fires on the new line and not on the old one, with the
 //! run-time arming kept.
 
@@ -95,13 +96,37 @@ fn rule_ids(api: u16, token: &str) -> Vec<String> {
 
 /// Camera `gate`'s state as the API says it.
 fn camera_state(api: u16, token: &str) -> String {
+    camera_field(api, token, "state")
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// A field of camera `gate` in `/api/v1/cameras`.
+fn camera_field(api: u16, token: &str, field: &str) -> serde_json::Value {
     let r = ureq::get(&format!("http://127.0.0.1:{api}/api/v1/cameras"))
         .set("Authorization", &format!("Bearer {token}"))
         .timeout(Duration::from_secs(5))
         .call()
         .unwrap();
     let v: serde_json::Value = r.into_json().unwrap();
-    v["cameras"][0]["state"].as_str().unwrap_or("").to_owned()
+    v["cameras"][0][field].clone()
+}
+
+/// The size of camera `gate`'s live picture (its last frame), (0, 0) while it has none.
+fn live_picture_size(api: u16, token: &str) -> (u32, u32) {
+    let Ok(r) = ureq::get(&format!(
+        "http://127.0.0.1:{api}/api/v1/cameras/gate/frame.jpg"
+    ))
+    .set("Authorization", &format!("Bearer {token}"))
+    .timeout(Duration::from_secs(5))
+    .call() else {
+        return (0, 0);
+    };
+    let mut jpeg = Vec::new();
+    std::io::Read::read_to_end(&mut r.into_reader(), &mut jpeg).unwrap();
+    let img = image::load_from_memory(&jpeg).expect("a JPEG");
+    (img.width(), img.height())
 }
 
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
@@ -217,6 +242,48 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
         camera_state(api, &token) == "streaming"
     });
     assert_eq!(rule_ids(api, &token), ["fence", "gate-line"]);
+
+    // What the camera hands to detection changes (size, rate, motion masks): that camera
+    // restarts with it, the daemon does not. The default is 640x360 at 5 fps.
+    assert_eq!(live_picture_size(api, &token), (640, 360));
+    write(site_config_at(
+        api,
+        &server.url(),
+        &hash,
+        "workers = 1",
+        &format!(
+            "detect_width = 320\ndetect_height = 180\ndetect_fps = 2\n\
+             motion_masks = [[[0.0, 0.0], [0.2, 0.0], [0.2, 0.2]]]\n{FENCE_AND_GATE_LINE}"
+        ),
+    ));
+    daemon.hangup();
+    wait_for("the third applied reload", Duration::from_secs(20), || {
+        daemon.logs().matches("config reloaded and applied").count() == 3
+    });
+    assert_eq!(
+        daemon
+            .logs()
+            .matches("camera restarted with its new config")
+            .count(),
+        2
+    );
+    wait_for("frames of the new size", Duration::from_secs(20), || {
+        live_picture_size(api, &token) == (320, 180)
+    });
+    // At most 2 frames a second now (the source sends 10; the old rate was 5).
+    let frames = || {
+        camera_field(api, &token, "frames_received")
+            .as_u64()
+            .unwrap()
+    };
+    let (n0, t0) = (frames(), Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let (n1, took) = (frames(), t0.elapsed().as_secs_f64());
+    assert!(
+        (n1 - n0) as f64 <= 2.0 * (took + 1.5),
+        "{} frames in {took:.1} s at detect_fps 2",
+        n1 - n0
+    );
     // The old supervisor's end was on purpose: no task ended on its own.
     assert!(
         !daemon.logs().contains("ended on its own"),

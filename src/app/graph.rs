@@ -783,6 +783,14 @@ impl Daemon {
             .flatten()
             .context("the rules stage did not take the new rules")?;
         }
+        // The pool's view of each restarted camera: its rate (for the overload check) and its
+        // motion masks (a fresh gate); its new size comes with its new pipeline's frames.
+        if let Some(pool) = &self.pool {
+            for cam in new.cameras.iter().filter(|c| plan.cameras.contains(&c.id)) {
+                let interval = Duration::from_secs_f64(1.0 / f64::from(cam.detect_fps.max(1)));
+                pool.reconfigure(&cam.id, interval, &cam.motion_masks);
+            }
+        }
         self.replace_cameras(restarts).await;
         self.config = Arc::new(new);
         Ok(())

@@ -5,13 +5,15 @@
 //! it implies). Applied at once:
 //! - the rules — `[[zones]]`, `[[rules]]`, a camera's `object_masks`, `site.time_zone` — compiled
 //!   and handed to the rules stage, which keeps its tracks and the run-time arming;
-//! - a camera's stream — `url`, `username`, `password_file`, `password_env`, `transport`,
-//!   `latency`, `codec` — by restarting that camera's supervisor on the same frame slot; the other
-//!   cameras run on untouched.
+//! - a camera's stream and what it hands to detection — `url`, `username`, `password_file`,
+//!   `password_env`, `transport`, `latency`, `codec`, `detect_width`, `detect_height`,
+//!   `detect_fps`, `motion_masks` — by restarting that camera's supervisor on the same frame slot
+//!   (and giving the detector pool the camera's new rate and motion masks); the other cameras run
+//!   on untouched.
 //!
-//! Anything else changed (a camera added or removed, its detect size or rate, the detector, MQTT,
-//! ...) needs a restart: the reload is refused whole, naming those keys, and the running config
-//! stays.
+//! Anything else changed (a camera added, removed, renamed, enabled or disabled, the detector,
+//! MQTT, ...) needs a restart: the reload is refused whole, naming those keys, and the running
+//! config stays.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +24,7 @@ use toml::{Table, Value};
 pub struct ReloadPlan {
     /// The rules changed: the rules stage gets them compiled anew.
     pub rules: bool,
-    /// Cameras whose stream changed: their supervisors restart.
+    /// Cameras whose stream or detect settings changed: their supervisors restart.
     pub cameras: Vec<String>,
     /// Keys whose change needs a restart (`detector`, `cameras[gate]`, ...); none for a reload
     /// that can be applied.
@@ -60,8 +62,8 @@ impl ReloadPlan {
                                 let (x, masks_x) = without(Some(x), "object_masks");
                                 let (y, masks_y) = without(Some(y), "object_masks");
                                 plan.rules |= masks_x != masks_y;
-                                let (x, stream_x) = split(x, STREAM_KEYS);
-                                let (y, stream_y) = split(y, STREAM_KEYS);
+                                let (x, stream_x) = split(x, CAMERA_RESTART_KEYS);
+                                let (y, stream_y) = split(y, CAMERA_RESTART_KEYS);
                                 if x != y {
                                     plan.restart.push(format!("cameras[{id}]"));
                                 } else if stream_x != stream_y {
@@ -85,8 +87,9 @@ impl ReloadPlan {
     }
 }
 
-/// A camera's keys that its supervisor alone uses: a change restarts that camera only.
-const STREAM_KEYS: &[&str] = &[
+/// A camera's keys that its supervisor (and the pool's view of the camera) alone use: a change
+/// restarts that camera only.
+const CAMERA_RESTART_KEYS: &[&str] = &[
     "url",
     "username",
     "password_file",
@@ -94,6 +97,10 @@ const STREAM_KEYS: &[&str] = &[
     "transport",
     "latency",
     "codec",
+    "detect_width",
+    "detect_height",
+    "detect_fps",
+    "motion_masks",
 ];
 
 /// `value` (a table) without `keys`, and those keys' values.
@@ -224,14 +231,21 @@ line = [[0.0, 0.5], [1.0, 0.5]]
 
     #[test]
     fn anything_else_needs_a_restart_and_is_named() {
-        let size = plan(|t| {
+        let renamed = plan(|t| {
             t.replace(
                 "url = \"rtsp://10.0.0.5/main\"",
-                "url = \"rtsp://10.0.0.5/main\"\ndetect_fps = 2",
+                "url = \"rtsp://10.0.0.5/main\"\nname = \"Main gate\"",
             )
         });
-        assert_eq!(size.restart, ["cameras[gate]"]);
-        assert!(!size.rules && size.cameras.is_empty());
+        assert_eq!(renamed.restart, ["cameras[gate]"]);
+        assert!(!renamed.rules && renamed.cameras.is_empty());
+        let disabled = plan(|t| {
+            t.replace(
+                "url = \"rtsp://10.0.0.6/main\"",
+                "url = \"rtsp://10.0.0.6/main\"\nenabled = false",
+            )
+        });
+        assert_eq!(disabled.restart, ["cameras[yard]"]);
         let added =
             plan(|t| format!("{t}\n[[cameras]]\nid = \"hall\"\nurl = \"rtsp://10.0.0.7/x\"\n"));
         assert_eq!(added.restart, ["cameras[hall] (added)"]);
@@ -266,7 +280,7 @@ line = [[0.0, 0.5], [1.0, 0.5]]
     }
 
     #[test]
-    fn a_cameras_stream_restarts_that_camera_only() {
+    fn a_cameras_stream_or_detect_settings_restart_that_camera_only() {
         let url = plan(|t| t.replace("10.0.0.5", "10.0.0.9"));
         assert_eq!(
             url,
@@ -284,5 +298,20 @@ line = [[0.0, 0.5], [1.0, 0.5]]
         });
         assert_eq!(auth.cameras, ["yard"]);
         assert!(auth.restart.is_empty() && !auth.rules);
+        // What the camera hands to detection: size, rate and motion masks.
+        let detect = plan(|t| {
+            t.replace(
+                "url = \"rtsp://10.0.0.5/main\"",
+                "url = \"rtsp://10.0.0.5/main\"\ndetect_fps = 2\ndetect_width = 768\nmotion_masks = [[[0.0, 0.0], [0.5, 0.0], [0.5, 0.2]]]",
+            )
+        });
+        assert_eq!(
+            detect,
+            ReloadPlan {
+                rules: false,
+                cameras: vec!["gate".into()],
+                restart: vec![]
+            }
+        );
     }
 }

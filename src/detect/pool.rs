@@ -75,6 +75,8 @@ impl CameraStats {
 
 struct CameraEntry {
     cam: PoolCamera,
+    /// The camera's detect interval now (a live reload may change it; `cam.interval` is the first).
+    interval: Mutex<Duration>,
     gate: Mutex<MotionGate>,
     live_tracks: Arc<AtomicBool>,
     counters: CameraCounters,
@@ -96,6 +98,8 @@ struct Shared {
     sched: Mutex<Sched>,
     wake: Condvar,
     keyframes_when_still: bool,
+    /// For a camera's new motion gate after a live reload.
+    motion: MotionConfig,
     output: mpsc::Sender<FrameDetections>,
 }
 
@@ -123,7 +127,8 @@ impl PoolStats {
 
     /// The camera's detect interval.
     pub fn interval(&self, camera: &str) -> Option<Duration> {
-        self.entry(camera).map(|e| e.cam.interval)
+        self.entry(camera)
+            .map(|e| *e.interval.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// What the camera's pipeline is asked to decode now.
@@ -199,6 +204,7 @@ impl DetectorPool {
             cameras: cameras
                 .into_iter()
                 .map(|cam| CameraEntry {
+                    interval: Mutex::new(cam.interval),
                     gate: Mutex::new(MotionGate::new(motion.clone(), &cam.motion_masks)),
                     live_tracks: Arc::default(),
                     counters: CameraCounters::default(),
@@ -213,6 +219,7 @@ impl DetectorPool {
             }),
             wake: Condvar::new(),
             keyframes_when_still: motion.enabled && motion.keyframes_when_still,
+            motion: motion.clone(),
             output: tx,
         });
         for (index, entry) in shared.cameras.iter().enumerate() {
@@ -269,6 +276,24 @@ impl DetectorPool {
 
     pub fn stats(&self, camera: &str) -> Option<CameraStats> {
         self.stats_reader().stats(camera)
+    }
+
+    /// A camera's new detect interval and motion masks (a live reload): its motion gate starts
+    /// afresh with the masks, as at start. The slot, the counters and the camera's turn are kept.
+    /// `false`: the pool has no such camera.
+    pub fn reconfigure(
+        &self,
+        camera: &str,
+        interval: Duration,
+        motion_masks: &[Vec<[f32; 2]>],
+    ) -> bool {
+        let Some(entry) = self.shared.cameras.iter().find(|e| &*e.cam.id == camera) else {
+            return false;
+        };
+        *entry.interval.lock().unwrap_or_else(|e| e.into_inner()) = interval;
+        *entry.gate.lock().unwrap_or_else(|e| e.into_inner()) =
+            MotionGate::new(self.shared.motion.clone(), motion_masks);
+        true
     }
 
     /// A cheap handle for reading the counters from elsewhere (a reporting task, the API).
