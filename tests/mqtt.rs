@@ -96,6 +96,85 @@ async fn an_event_is_delivered_with_the_documented_payload() {
     assert_eq!(off.payload, b"offline");
 }
 
+/// A camera added by a live reload gets its retained status; removed, its retained status is
+/// cleared (an empty retained message), so that the center does not show it forever. The other
+/// camera's stays.
+#[tokio::test]
+async fn a_camera_added_and_removed_live_gets_and_loses_its_retained_status() {
+    use kinderwatch::app::reload::ReloadPlan;
+    common::init_logs();
+    let broker = Broker::start("");
+    let status = |cam: &str| format!("kinderwatch/{SITE}/cameras/{cam}/status");
+    let (_sub, mut rx) = broker::subscribe(
+        broker.port,
+        &format!("kinderwatch/{SITE}/cameras/#"),
+        |_| {},
+    )
+    .await;
+    let mut site = start_site(mqtt_config(broker.port, "")).await;
+    broker::next_matching(&mut rx, Duration::from_secs(10), "gate's status", |m| {
+        m.topic == status("gate")
+    })
+    .await;
+
+    let first = site.daemon.config().clone();
+    let mut with_yard = first.clone();
+    let mut yard = first.cameras[0].clone();
+    yard.id = "yard".into();
+    yard.name = Some("Yard".into());
+    with_yard.cameras.push(yard);
+    let added = ReloadPlan {
+        rules: true,
+        added: vec!["yard".into()],
+        ..Default::default()
+    };
+    site.daemon.reload(with_yard.clone(), &added).await.unwrap();
+    let m = broker::next_matching(&mut rx, Duration::from_secs(10), "yard's status", |m| {
+        m.topic == status("yard")
+    })
+    .await;
+    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["state"], "streaming", "{v}");
+    assert_eq!(site.daemon.cameras().len(), 2);
+
+    let removed = ReloadPlan {
+        rules: true,
+        removed: vec!["yard".into()],
+        ..Default::default()
+    };
+    site.daemon.reload(first, &removed).await.unwrap();
+    // (It may say `stopped` first: the camera stops before it leaves the list.)
+    broker::next_matching(
+        &mut rx,
+        Duration::from_secs(10),
+        "yard's status cleared",
+        |m| m.topic == status("yard") && m.payload.is_empty(),
+    )
+    .await;
+    assert_eq!(site.daemon.cameras().len(), 1);
+
+    // A subscriber that comes now sees gate's retained status and nothing of yard.
+    let (_late, mut late) = broker::subscribe(
+        broker.port,
+        &format!("kinderwatch/{SITE}/cameras/#"),
+        |_| {},
+    )
+    .await;
+    let m = broker::next_matching(
+        &mut late,
+        Duration::from_secs(5),
+        "gate's retained status",
+        |m| m.topic == status("gate"),
+    )
+    .await;
+    assert!(m.retain);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(m) = late.try_recv() {
+        assert_ne!(m.topic, status("yard"), "a removed camera's status is gone");
+    }
+    site.stop().await;
+}
+
 /// A connected publisher with nothing to send reads the outbox only when told (a new entry) or on
 /// its poll tick, never in a loop: it once re-read an empty outbox without pause (84 % of a core on
 /// an idle site). Then one event is still delivered at once.

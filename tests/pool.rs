@@ -345,6 +345,63 @@ fn a_camera_reconfigured_live_gets_its_new_rate_and_motion_masks() {
     assert!(!pool.reconfigure("nobody", Duration::from_millis(500), &[]));
 }
 
+#[test]
+fn cameras_added_and_removed_live_join_and_leave_the_schedule() {
+    let (cams, slots) = cameras(
+        ["a".to_string(), "b".to_string()],
+        Duration::from_millis(200),
+    );
+    let (dets, _) = detectors(1, Duration::from_millis(5));
+    let (pool, _rx) = DetectorPool::start(cams, dets, &no_gate(), 10_000);
+    let added = pool_camera("c", Duration::from_millis(200));
+    let c_slot = added.slot.clone();
+    // A frame already waiting in the new camera's slot is served once it joins.
+    c_slot.put(frame("c", 1));
+    assert!(pool.add_camera(added));
+    assert!(
+        !pool.add_camera(pool_camera("c", Duration::from_millis(200))),
+        "one camera per id"
+    );
+    let mut all = slots.clone();
+    all.push(("c".to_string(), c_slot.clone()));
+    feed(
+        &all,
+        Duration::from_millis(10),
+        Instant::now() + Duration::from_secs(1),
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let got = |id: &str| pool.stats(id).map_or(0, |s| s.inferred);
+    let (a, b, c) = (got("a"), got("b"), got("c"));
+    assert!(c >= 20, "the added camera is served: a {a} b {b} c {c}");
+    assert!(
+        c as f64 >= 0.6 * a.min(b) as f64,
+        "and fairly: a {a} b {b} c {c}"
+    );
+    assert_eq!(pool.stats_reader().cameras().len(), 3);
+
+    // Removed: no longer served or listed, while the others go on.
+    assert!(pool.remove_camera("b"));
+    assert!(!pool.remove_camera("b"));
+    assert!(pool.stats("b").is_none());
+    let b_slot = slots[1].1.clone();
+    let before_a = got("a");
+    feed(
+        &all,
+        Duration::from_millis(10),
+        Instant::now() + Duration::from_millis(500),
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(got("a") > before_a + 10, "a goes on");
+    assert!(
+        b_slot.has_frame(),
+        "nobody takes the removed camera's frames"
+    );
+    assert_eq!(
+        pool.stats_reader().cameras(),
+        vec![std::sync::Arc::<str>::from("a"), "c".into()]
+    );
+}
+
 /// Panics on every other frame; counts its calls.
 struct PanickyDetector(Arc<AtomicUsize>);
 

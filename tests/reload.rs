@@ -1,5 +1,5 @@
 //! Live reload: SIGHUP to the real daemon applies changed rules, a camera's new stream and its new
-//! detect size, rate and motion masks without a restart, refuses an invalid file and a change that
+//! detect size, rate and motion masks, and a camera added and removed, without a restart, refuses an invalid file and a change that
 //! needs a restart (naming it) and keeps the running config; in
 //! process, a tripwire moved by a reload fires on the new line and not on the old one, with the
 //! run-time arming kept.
@@ -104,13 +104,54 @@ fn camera_state(api: u16, token: &str) -> String {
 
 /// A field of camera `gate` in `/api/v1/cameras`.
 fn camera_field(api: u16, token: &str, field: &str) -> serde_json::Value {
+    cameras(api, token)
+        .into_iter()
+        .find(|c| c["id"] == "gate")
+        .map(|c| c[field].clone())
+        .unwrap_or_default()
+}
+
+/// The cameras the API lists, in order.
+fn camera_ids(api: u16, token: &str) -> Vec<String> {
+    cameras(api, token)
+        .iter()
+        .map(|c| c["id"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+fn cameras(api: u16, token: &str) -> Vec<serde_json::Value> {
     let r = ureq::get(&format!("http://127.0.0.1:{api}/api/v1/cameras"))
         .set("Authorization", &format!("Bearer {token}"))
         .timeout(Duration::from_secs(5))
         .call()
         .unwrap();
     let v: serde_json::Value = r.into_json().unwrap();
-    v["cameras"][0][field].clone()
+    v["cameras"].as_array().cloned().unwrap_or_default()
+}
+
+/// A field of camera `id`, as a string ("" when there is no such camera).
+fn camera_field_of(api: u16, token: &str, id: &str, field: &str) -> String {
+    cameras(api, token)
+        .iter()
+        .find(|c| c["id"] == id)
+        .and_then(|c| c[field].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// `kinderwatch_detect_inferences_total` of a camera (0 before its first).
+fn inferences(api: u16, token: &str, camera: &str) -> u64 {
+    let body = ureq::get(&format!("http://127.0.0.1:{api}/metrics"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .timeout(Duration::from_secs(5))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let key = format!("kinderwatch_detect_inferences_total{{camera=\"{camera}\"}}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
 
 /// The size of camera `gate`'s live picture (its last frame), (0, 0) while it has none.
@@ -284,6 +325,76 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
         "{} frames in {took:.1} s at detect_fps 2",
         n1 - n0
     );
+
+    // A camera added: it starts, the pool infers it; the camera already there runs on untouched.
+    let gate_keys = "detect_width = 320\ndetect_height = 180\ndetect_fps = 2\n\
+                     motion_masks = [[[0.0, 0.0], [0.2, 0.0], [0.2, 0.2]]]\n";
+    let yard = format!(
+        "[[cameras]]\nid = \"yard\"\nurl = \"{}\"\ndetect_width = 320\ndetect_height = 180\n",
+        server.url()
+    );
+    write(site_config_at(
+        api,
+        &server.url(),
+        &hash,
+        "workers = 1",
+        &format!("{gate_keys}{yard}{FENCE_AND_GATE_LINE}"),
+    ));
+    let gate_frames = frames();
+    daemon.hangup();
+    wait_for("the fourth applied reload", Duration::from_secs(20), || {
+        daemon.logs().matches("config reloaded and applied").count() == 4
+    });
+    daemon.wait_log(&["camera added", "yard"], Duration::from_secs(5));
+    wait_for(
+        "both cameras listed, yard streaming",
+        Duration::from_secs(20),
+        || {
+            let ids = camera_ids(api, &token);
+            ids == ["gate", "yard"] && camera_field_of(api, &token, "yard", "state") == "streaming"
+        },
+    );
+    wait_for("yard inferred", Duration::from_secs(30), || {
+        inferences(api, &token, "yard") > 0
+    });
+    assert!(frames() > gate_frames, "gate streams on");
+    assert_eq!(
+        daemon
+            .logs()
+            .matches("camera restarted with its new config")
+            .count(),
+        2,
+        "gate was not restarted by the addition"
+    );
+
+    // Removed again: it stops and leaves the list; gate runs on.
+    write(site_config_at(
+        api,
+        &server.url(),
+        &hash,
+        "workers = 1",
+        &format!("{gate_keys}{FENCE_AND_GATE_LINE}"),
+    ));
+    daemon.hangup();
+    wait_for("the fifth applied reload", Duration::from_secs(20), || {
+        daemon.logs().matches("config reloaded and applied").count() == 5
+    });
+    daemon.wait_log(&["camera removed", "yard"], Duration::from_secs(5));
+    assert_eq!(camera_ids(api, &token), ["gate"]);
+    let yard_inferred = inferences(api, &token, "yard");
+    let gate_frames = frames();
+    wait_for("gate streaming on", Duration::from_secs(10), || {
+        frames() > gate_frames
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        inferences(api, &token, "yard"),
+        yard_inferred,
+        "nothing of the removed camera is inferred"
+    );
+    assert_eq!(camera_state(api, &token), "streaming");
+    assert_eq!(rule_ids(api, &token), ["fence", "gate-line"]);
+
     // The old supervisor's end was on purpose: no task ended on its own.
     assert!(
         !daemon.logs().contains("ended on its own"),
@@ -384,8 +495,7 @@ async fn a_moved_tripwire_fires_on_the_new_line_only_and_arming_is_kept() {
         plan,
         ReloadPlan {
             rules: true,
-            cameras: vec![],
-            restart: vec![]
+            ..Default::default()
         }
     );
     daemon.reload(config(&second), &plan).await.unwrap();

@@ -19,15 +19,13 @@
 //! trail with the token's name (or `mqtt:<response topic>` without a token). Queries run on the
 //! store's reader threads, never beside the recorder's writes.
 
-use std::sync::Arc;
-
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use crate::auth::{Caller, Role, Tokens};
 use crate::control::RuleCommand;
-use crate::ops::cameras::CameraView;
+use crate::ops::cameras::CameraViews;
 use crate::ops::{self, ErrorKind, OpsError};
 use crate::store::Store;
 use crate::store::audit::{AuditAction, AuditRecord};
@@ -38,7 +36,7 @@ use crate::store::reader::Readers;
 pub struct CommandContext {
     pub store: Store,
     pub rules: Option<mpsc::Sender<RuleCommand>>,
-    pub cameras: Arc<Vec<CameraView>>,
+    pub cameras: CameraViews,
     /// The HTTP API's tokens: admin commands need an admin one.
     pub tokens: Tokens,
     pub readers: Readers,
@@ -148,7 +146,7 @@ async fn run(
             }
             Ok(v)
         }
-        "query/cameras" => Ok(json!({ "cameras": ops::cameras::cameras_json(&ctx.cameras) })),
+        "query/cameras" => Ok(json!({ "cameras": ops::cameras::cameras_json(&ctx.cameras.now()) })),
         "query/rules" => {
             let rules = ops::rules::list(rules(ctx)?).await?;
             Ok(json!({ "rules": rules }))

@@ -46,7 +46,7 @@ use super::commands::{self, CommandContext};
 use super::fit;
 use super::payload::{self, SnapshotDelivery, Topics};
 use crate::ops::OpsError;
-use crate::ops::cameras::CameraView;
+use crate::ops::cameras::CameraViews;
 use crate::store::recorder::LiveEvent;
 use crate::store::{DeadLetterReason, OutboxEntry, Store};
 use crate::telemetry::mqtt::{self as telemetry, CommandIgnored, SnapshotOmitted};
@@ -71,7 +71,7 @@ const COLLISION_GRACE: Duration = Duration::from_secs(5);
 pub struct PublisherSettings {
     pub config: MqttConfig,
     pub site: String,
-    pub cameras: Arc<Vec<CameraView>>,
+    pub cameras: CameraViews,
     pub commands: CommandContext,
     /// Events the store could not write yet (disk full), published at once outside the outbox.
     pub live: Option<mpsc::Receiver<LiveEvent>>,
@@ -408,7 +408,9 @@ struct Session<'a> {
     outbox_unread: bool,
     acks: Vec<u64>,
     responses: (mpsc::Sender<Response>, mpsc::Receiver<Response>),
-    camera_states: Vec<Option<serde_json::Value>>,
+    /// Per camera, the status this connection published last (`None`: publish it again). A
+    /// camera a live reload removed stays here until its retained status is cleared.
+    camera_states: HashMap<Arc<str>, Option<serde_json::Value>>,
     gauges_at: Instant,
     /// The broker's maximum packet size (CONNACK), if it has one.
     max_packet: Option<usize>,
@@ -455,7 +457,7 @@ impl<'a> Session<'a> {
             outbox_unread: true,
             acks: Vec::new(),
             responses: mpsc::channel(64),
-            camera_states: vec![None; settings.cameras.len()],
+            camera_states: HashMap::new(),
             gauges_at: Instant::now(),
             max_packet: None,
             receive_max: u16::MAX,
@@ -610,7 +612,7 @@ impl<'a> Session<'a> {
                     None,
                     Tag::Other,
                 );
-                self.camera_states.iter_mut().for_each(|s| *s = None);
+                self.camera_states.values_mut().for_each(|s| *s = None);
                 self.publish_camera_changes();
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -987,15 +989,15 @@ impl<'a> Session<'a> {
     }
 
     fn publish_camera_changes(&mut self) {
-        let cameras = self.settings.cameras.clone();
-        for (i, cam) in cameras.iter().enumerate() {
+        let cameras = self.settings.cameras.now();
+        for cam in cameras.iter() {
             let s = cam.status.borrow().clone();
             let v = serde_json::json!({
                 "state": s.state.as_str(),
                 "since": Timestamp::try_from(s.since).ok().map(|t| t.to_string()),
                 "last_error": s.last_error,
             });
-            if self.camera_states[i].as_ref() != Some(&v) {
+            if self.camera_states.get(&cam.id).and_then(Option::as_ref) != Some(&v) {
                 let body = serde_json::to_vec(&v).expect("json");
                 if self.publish(
                     self.topics.camera_status(&cam.id),
@@ -1005,8 +1007,29 @@ impl<'a> Session<'a> {
                     Tag::Other,
                 ) == Queued::Yes
                 {
-                    self.camera_states[i] = Some(v);
+                    self.camera_states.insert(cam.id.clone(), Some(v));
                 }
+            }
+        }
+        // A camera a live reload removed: its retained status is cleared (an empty retained
+        // message), so that the center does not show it forever.
+        let gone: Vec<Arc<str>> = self
+            .camera_states
+            .keys()
+            .filter(|id| !cameras.iter().any(|c| &c.id == *id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if self.publish(
+                self.topics.camera_status(&id),
+                Vec::new(),
+                true,
+                None,
+                Tag::Other,
+            ) == Queued::Yes
+            {
+                info!(camera = %id, "camera removed: its retained status is cleared");
+                self.camera_states.remove(&id);
             }
         }
     }

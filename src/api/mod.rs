@@ -32,7 +32,7 @@ use crate::store::Store;
 use crate::store::recorder::StoreStatus;
 
 pub use crate::ops::audit_outcome;
-pub use crate::ops::cameras::{CameraView, camera_json, cameras_json};
+pub use crate::ops::cameras::{CameraView, CameraViews, camera_json, cameras_json};
 pub use crate::ops::events::event_json;
 pub use auth::{Role, TokenConfig, Tokens};
 pub use routes::{parse_audit_query, parse_event_query};
@@ -102,7 +102,7 @@ pub struct ApiState {
     pub store_status: watch::Receiver<StoreStatus>,
     /// Whether the detector pool keeps up with every camera.
     pub detector_load: watch::Receiver<crate::detect::load::DetectorLoad>,
-    pub cameras: Arc<Vec<CameraView>>,
+    pub cameras: CameraViews,
     pub rules: Option<mpsc::Sender<RuleCommand>>,
     pub metrics: Option<PrometheusHandle>,
     pub tokens: Tokens,

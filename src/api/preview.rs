@@ -107,8 +107,7 @@ pub(super) async fn frame_jpg(
 ) -> Result<Response, ApiError> {
     let camera = state
         .cameras
-        .iter()
-        .find(|c| *c.id == *id)
+        .get(&id)
         .ok_or_else(|| ApiError::not_found(format!("no camera {id:?}")))?;
     let Some(frame) = camera.slot.shown() else {
         preview(Preview::None);

@@ -332,7 +332,7 @@ fn rfc3339(t: SystemTime) -> Option<String> {
 #[utoipa::path(get, path = "/api/v1/cameras", security(("bearer" = [])),
     responses((status = 200, description = "Every camera's state", body = super::openapi::CameraList), (status = 401, description = "No token, or one the site does not know", body = super::openapi::ErrorBody), (status = "default", description = "Another error (see docs/api.md)", body = super::openapi::ErrorBody)))]
 async fn cameras(State(state): State<ApiState>) -> Json<Value> {
-    Json(json!({ "cameras": cameras_json(&state.cameras) }))
+    Json(json!({ "cameras": cameras_json(&state.cameras.now()) }))
 }
 
 fn rules_sender(state: &ApiState) -> Result<tokio::sync::mpsc::Sender<RuleCommand>, ApiError> {
@@ -526,8 +526,8 @@ fn broker_away(link: &crate::alert::publisher::MqttLink, now: Timestamp) -> bool
 async fn healthz(State(state): State<ApiState>) -> Response {
     let store = state.store_status.borrow().clone();
     let load = state.detector_load.borrow().clone();
-    let streaming = state
-        .cameras
+    let cameras = state.cameras.now();
+    let streaming = cameras
         .iter()
         .filter(|c| c.status.borrow().state == crate::camera::CameraState::Streaming)
         .count();
@@ -565,7 +565,7 @@ async fn healthz(State(state): State<ApiState>) -> Response {
             "overloaded_since": load.overloaded_since.and_then(rfc3339),
             "behind": load.behind,
         },
-        "cameras": { "total": state.cameras.len(), "streaming": streaming },
+        "cameras": { "total": cameras.len(), "streaming": streaming },
         "mqtt": match mqtt {
             Some(link) => json!({
                 "configured": true,

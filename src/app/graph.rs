@@ -29,7 +29,7 @@ use tracing::{info, warn};
 use super::links;
 use super::source::{FrameSource, Rtsp};
 use super::{Detectors, LOAD_PERIOD, build_detectors, log_state_changes, report_frames};
-use crate::api::CameraView;
+use crate::api::{CameraView, CameraViews};
 use crate::camera::CameraHandle;
 use crate::config::Config;
 use crate::control::RuleCommand;
@@ -154,9 +154,12 @@ impl DaemonBuilder {
                 )
             }
         };
+        let (views_tx, views) = CameraViews::channel(Vec::new());
         let mut d = Daemon {
             config: config.clone(),
             cameras: Vec::new(),
+            views: views_tx,
+            report_frames: false,
             tiers: Tier::ALL.map(|_| TierTasks::default()),
             model: None,
             pool: None,
@@ -186,18 +189,17 @@ impl DaemonBuilder {
         // Open every camera (nothing runs yet): the pool needs their slots.
         let mut camera_tasks = Vec::new();
         for cam in &config.cameras {
-            let cancel = d.tiers[Tier::Cameras as usize].cancel.child_token();
+            let (lifetime, cancel) = d.camera_tokens();
             let opened = self
                 .source
                 .open(cam, &config.ingest, &d.stages, cancel.clone())?;
-            match opened.task {
-                Some(task) => camera_tasks.push((cam.id.clone(), task, cancel, opened.feed)),
-                None => info!(camera = %cam.id, "camera disabled in the config"),
+            if opened.task.is_none() {
+                info!(camera = %cam.id, "camera disabled in the config");
             }
-            d.cameras.push(opened.handle);
+            d.cameras.push(opened.handle.clone());
+            camera_tasks.push((opened, lifetime, cancel));
         }
-        let views: Arc<Vec<CameraView>> =
-            Arc::new(d.cameras.iter().map(CameraView::from).collect());
+        d.publish_views();
         let has_rules = detectors.is_some() || self.detections == Detections::Caller;
         let (rule_tx, rule_rx) = links::RULE_COMMANDS.channel::<RuleCommand>();
         let rules_sender = has_rules.then(|| rule_tx.clone());
@@ -396,13 +398,8 @@ impl DaemonBuilder {
                     crate::perimeter::run(stage_rules, rx, io, cancel)
                 });
             }
-            None => {
-                for cam in d.cameras.clone() {
-                    d.spawn_in(Tier::Cameras, format!("frames/{}", cam.id), |cancel| {
-                        report_frames(cam, Duration::from_secs(5), cancel)
-                    });
-                }
-            }
+            // Without rules, each camera's frames are reported instead.
+            None => d.report_frames = true,
         }
         match &d.pool {
             Some(pool) => {
@@ -415,32 +412,8 @@ impl DaemonBuilder {
         }
 
         // The cameras last, each with its health watch and state log.
-        let pictures = d.pool.as_ref().map(|p| p.stats_reader());
-        for cam in d.cameras.clone() {
-            let (c, site, p, h, tx) = (
-                cam.clone(),
-                config.site.id.clone(),
-                pictures.clone(),
-                config.health.clone(),
-                events_tx.clone(),
-            );
-            d.spawn_in(Tier::Cameras, format!("health/{}", cam.id), |cancel| {
-                crate::health::watch_camera(c, site, p, h, tx, cancel)
-            });
-            d.spawn_in(Tier::Cameras, format!("state_log/{}", cam.id), |cancel| {
-                log_state_changes(cam, cancel)
-            });
-        }
-        for (id, task, cancel, feed) in camera_tasks {
-            let running = d.spawn_in(Tier::Cameras, format!("camera/{id}"), |_| task);
-            d.feeds.insert(
-                id,
-                CameraTask {
-                    cancel,
-                    running,
-                    feed,
-                },
-            );
+        for (opened, lifetime, cancel) in camera_tasks {
+            d.start_camera(opened, lifetime, cancel);
         }
         d.source = Some(self.source);
         Ok(d)
@@ -499,6 +472,10 @@ impl Default for TierTasks {
 pub struct Daemon {
     config: Arc<Config>,
     cameras: Vec<CameraHandle>,
+    /// The cameras as the API and MQTT see them, sent again when a reload adds or removes one.
+    views: watch::Sender<Arc<Vec<CameraView>>>,
+    /// No rules stage: each camera's frames are reported in the log instead.
+    report_frames: bool,
     tiers: [TierTasks; 6],
     model: Option<VerifiedModel>,
     pool: Option<DetectorPool>,
@@ -518,13 +495,20 @@ pub struct Daemon {
     api_state: Option<crate::api::ApiState>,
     reload_tx: Option<mpsc::Sender<crate::perimeter::RulesReload>>,
     config_commands: Option<mpsc::Receiver<crate::control::ConfigCommand>>,
-    /// Each running camera's task, for a live reload that restarts it.
+    /// Each camera's tasks, for a live reload that restarts or removes it.
     feeds: std::collections::HashMap<String, CameraTask>,
     source: Option<Arc<dyn FrameSource>>,
 }
 
-/// A running camera task: its own stop, its handle, and what it feeds.
+/// A camera's tasks: its lifetime (its supervisor, health watch and state log stop with it), and
+/// its supervisor (`None`: disabled).
 struct CameraTask {
+    lifetime: CancellationToken,
+    supervisor: Option<SupervisorTask>,
+}
+
+/// A running camera supervisor: its own stop (a restart), its handle, and what it feeds.
+struct SupervisorTask {
     cancel: CancellationToken,
     running: tokio::task::JoinHandle<()>,
     feed: Option<crate::camera::supervisor::CameraFeed>,
@@ -659,6 +643,21 @@ impl Daemon {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        let cancel = self.tiers[tier as usize].cancel.child_token();
+        self.spawn_with(tier, name, cancel, f)
+    }
+
+    /// [`Self::spawn_in`] with its own stop (a child of the tier's).
+    fn spawn_with<F>(
+        &self,
+        tier: Tier,
+        name: impl Into<String>,
+        cancel: CancellationToken,
+        f: impl FnOnce(CancellationToken) -> F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let t = &self.tiers[tier as usize];
         let ended = Arc::new(AtomicBool::new(false));
         self.tasks
@@ -668,7 +667,7 @@ impl Daemon {
                 name: name.into(),
                 ended: ended.clone(),
             });
-        let task = f(t.cancel.child_token());
+        let task = f(cancel);
         t.tracker.spawn(async move {
             let _guard = EndGuard(ended);
             task.await;
@@ -682,6 +681,106 @@ impl Daemon {
         F: Future<Output = ()> + Send + 'static,
     {
         self.spawn_in(Tier::Added, name, f);
+    }
+
+    /// A camera's lifetime (a child of the cameras' tier) and its supervisor's stop (a child of
+    /// that: a restart stops the supervisor alone).
+    fn camera_tokens(&self) -> (CancellationToken, CancellationToken) {
+        let lifetime = self.tiers[Tier::Cameras as usize].cancel.child_token();
+        let cancel = lifetime.child_token();
+        (lifetime, cancel)
+    }
+
+    /// Starts an opened camera's tasks: its health watch and state log (or its frame reports,
+    /// without rules), then its supervisor, all stopped by `lifetime`.
+    fn start_camera(
+        &mut self,
+        opened: super::source::OpenedCamera,
+        lifetime: CancellationToken,
+        cancel: CancellationToken,
+    ) {
+        let cam = opened.handle;
+        let id = cam.id.to_string();
+        if self.report_frames {
+            let c = cam.clone();
+            self.spawn_with(
+                Tier::Cameras,
+                format!("frames/{id}"),
+                lifetime.child_token(),
+                |cancel| report_frames(c, Duration::from_secs(5), cancel),
+            );
+        }
+        if let Some(events) = self.events_tx.clone() {
+            let (c, site, pictures, health) = (
+                cam.clone(),
+                self.config.site.id.clone(),
+                self.pool.as_ref().map(|p| p.stats_reader()),
+                self.config.health.clone(),
+            );
+            self.spawn_with(
+                Tier::Cameras,
+                format!("health/{id}"),
+                lifetime.child_token(),
+                |cancel| crate::health::watch_camera(c, site, pictures, health, events, cancel),
+            );
+        }
+        let c = cam.clone();
+        self.spawn_with(
+            Tier::Cameras,
+            format!("state_log/{id}"),
+            lifetime.child_token(),
+            |cancel| log_state_changes(c, cancel),
+        );
+        let supervisor = opened.task.map(|task| SupervisorTask {
+            running: self.spawn_with(
+                Tier::Cameras,
+                format!("camera/{id}"),
+                cancel.clone(),
+                |_| task,
+            ),
+            cancel,
+            feed: opened.feed,
+        });
+        self.feeds.insert(
+            id,
+            CameraTask {
+                lifetime,
+                supervisor,
+            },
+        );
+    }
+
+    /// Sends the cameras' views (in the config's order) to the API and MQTT.
+    fn publish_views(&self) {
+        self.views.send_replace(Arc::new(
+            self.cameras.iter().map(CameraView::from).collect(),
+        ));
+    }
+
+    /// Stops a camera a reload removed: its tasks (the supervisor's pipeline to Null within the
+    /// teardown deadline), its place in the pool and its views. Its tasks leave the task list
+    /// first: their end is no failure.
+    async fn remove_camera(&mut self, id: &str) {
+        let names = ["camera", "health", "state_log", "frames"].map(|t| format!("{t}/{id}"));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| !names.contains(&t.name));
+        if let Some(task) = self.feeds.remove(id) {
+            task.lifetime.cancel();
+            if let Some(s) = task.supervisor
+                && tokio::time::timeout(CAMERA_STOP_TIMEOUT, s.running)
+                    .await
+                    .is_err()
+            {
+                warn!(camera = %id, "the removed camera's pipeline did not stop in time; going on");
+            }
+        }
+        if let Some(pool) = &self.pool {
+            pool.remove_camera(id);
+        }
+        self.cameras.retain(|c| &*c.id != id);
+        info!(camera = %id, "camera removed");
     }
 
     /// Stops the tasks of these cameras (pipelines to Null, within the teardown deadline, all at
@@ -698,7 +797,7 @@ impl Daemon {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .retain(|t| t.name != name);
-            if let Some(old) = self.feeds.remove(id) {
+            if let Some(old) = self.feeds.get_mut(id).and_then(|t| t.supervisor.take()) {
                 old.cancel.cancel();
                 stopping.push((id.clone(), old));
             }
@@ -718,16 +817,20 @@ impl Daemon {
         }
         for (id, task, cancel) in restarts {
             info!(camera = %id, "camera restarted with its new config");
-            let running = self.spawn_in(Tier::Cameras, format!("camera/{id}"), |_| task);
+            let running = self.spawn_with(
+                Tier::Cameras,
+                format!("camera/{id}"),
+                cancel.clone(),
+                |_| task,
+            );
             let feed = feeds.remove(&id).flatten();
-            self.feeds.insert(
-                id,
-                CameraTask {
+            if let Some(t) = self.feeds.get_mut(&id) {
+                t.supervisor = Some(SupervisorTask {
                     cancel,
                     running,
                     feed,
-                },
-            );
+                });
+            }
         }
     }
 
@@ -748,40 +851,69 @@ impl Daemon {
         }
         // The cameras' new tasks first: a camera that cannot be set up (an unreadable password
         // file) refuses the reload before anything changed.
+        let source = self
+            .source
+            .clone()
+            .context("restart the service to apply changes to the cameras")?;
         let mut restarts = Vec::new();
         for id in &plan.cameras {
-            let (Some(cam), Some(running), Some(source)) = (
-                new.cameras.iter().find(|c| &c.id == id),
-                self.feeds.get(id),
-                self.source.as_ref(),
-            ) else {
+            let (Some(cam), Some(running)) =
+                (new.cameras.iter().find(|c| &c.id == id), self.feeds.get(id))
+            else {
                 anyhow::bail!("restart the service to apply changes to cameras[{id}]");
             };
-            let cancel = self.tiers[Tier::Cameras as usize].cancel.child_token();
+            let cancel = running.lifetime.child_token();
             let task = running
-                .feed
-                .clone()
+                .supervisor
+                .as_ref()
+                .and_then(|s| s.feed.clone())
                 .and_then(|feed| source.reopen(cam, &new.ingest, &self.stages, cancel.clone(), feed))
                 .with_context(|| format!("restart the service to apply changes to cameras[{id}] (its frame source cannot reopen)"))??;
             restarts.push((id.clone(), task, cancel));
         }
+        // Cameras added: opened (checked), not started yet.
+        let mut added = Vec::new();
+        for id in &plan.added {
+            let cam = new
+                .cameras
+                .iter()
+                .find(|c| &c.id == id)
+                .with_context(|| format!("cameras[{id}] is not in the new file"))?;
+            let (lifetime, cancel) = self.camera_tokens();
+            let opened = source
+                .open(cam, &new.ingest, &self.stages, cancel.clone())
+                .with_context(|| format!("cameras[{id}] cannot start"))?;
+            added.push((cam, opened, lifetime, cancel));
+        }
+        // The pool serves the added cameras from now on (their slots are empty until they run).
+        let pooled: Vec<&str> = match &self.pool {
+            Some(pool) => added
+                .iter()
+                .filter(|(_, o, _, _)| o.task.is_some())
+                .filter(|(cam, o, _, _)| {
+                    pool.add_camera(PoolCamera {
+                        id: o.handle.id.clone(),
+                        slot: o.handle.slot.clone(),
+                        interval: Duration::from_secs_f64(1.0 / f64::from(cam.detect_fps.max(1))),
+                        motion_masks: cam.motion_masks.clone(),
+                    })
+                })
+                .map(|(cam, _, _, _)| cam.id.as_str())
+                .collect(),
+            None => Vec::new(),
+        };
         if plan.rules
             && let Some(tx) = &self.reload_tx
         {
-            let rules = crate::perimeter::StageRules::from_config(&new).map_err(|problems| {
-                let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                anyhow::anyhow!("rules: {}", problems.join("; "))
-            })?;
-            let (done, applied) = tokio::sync::oneshot::channel();
-            let reload = crate::perimeter::RulesReload { rules, done };
-            tokio::time::timeout(RELOAD_TIMEOUT, async {
-                tx.send(reload).await.ok()?;
-                applied.await.ok()
-            })
-            .await
-            .ok()
-            .flatten()
-            .context("the rules stage did not take the new rules")?;
+            let applied = self.reload_rules(tx, &new).await;
+            if let Err(e) = applied {
+                if let Some(pool) = &self.pool {
+                    for id in &pooled {
+                        pool.remove_camera(id);
+                    }
+                }
+                return Err(e);
+            }
         }
         // The pool's view of each restarted camera: its rate (for the overload check) and its
         // motion masks (a fresh gate); its new size comes with its new pipeline's frames.
@@ -791,9 +923,58 @@ impl Daemon {
                 pool.reconfigure(&cam.id, interval, &cam.motion_masks);
             }
         }
+        for id in &plan.removed {
+            self.remove_camera(id).await;
+        }
+        for (cam, opened, lifetime, cancel) in added {
+            info!(camera = %cam.id, "camera added");
+            self.cameras.push(opened.handle.clone());
+            self.start_camera(opened, lifetime, cancel);
+        }
         self.replace_cameras(restarts).await;
+        // The config's order, for the API and the console.
+        let position = |id: &str| new.cameras.iter().position(|c| c.id == id);
+        self.cameras.sort_by_key(|c| position(&c.id));
+        if !plan.added.is_empty() || !plan.removed.is_empty() {
+            self.publish_views();
+        }
         self.config = Arc::new(new);
         Ok(())
+    }
+
+    /// Hands the rules stage the rules of `new` and every camera's live-tracks flag, and waits
+    /// until it has taken them.
+    async fn reload_rules(
+        &self,
+        tx: &mpsc::Sender<crate::perimeter::RulesReload>,
+        new: &Config,
+    ) -> anyhow::Result<()> {
+        let rules = crate::perimeter::StageRules::from_config(new).map_err(|problems| {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("rules: {}", problems.join("; "))
+        })?;
+        let live_tracks = self.pool.as_ref().map(|pool| {
+            new.enabled_cameras()
+                .filter_map(|c| {
+                    pool.live_tracks_flag(&c.id)
+                        .map(|f| (Arc::<str>::from(c.id.as_str()), f))
+                })
+                .collect()
+        });
+        let (done, applied) = tokio::sync::oneshot::channel();
+        let reload = crate::perimeter::RulesReload {
+            rules,
+            live_tracks,
+            done,
+        };
+        tokio::time::timeout(RELOAD_TIMEOUT, async {
+            tx.send(reload).await.ok()?;
+            applied.await.ok()
+        })
+        .await
+        .ok()
+        .flatten()
+        .context("the rules stage did not take the new rules")
     }
 
     /// The tasks that have ended (on their own, unless the daemon is stopping).

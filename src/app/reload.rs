@@ -11,9 +11,11 @@
 //!   (and giving the detector pool the camera's new rate and motion masks); the other cameras run
 //!   on untouched.
 //!
-//! Anything else changed (a camera added, removed, renamed, enabled or disabled, the detector,
-//! MQTT, ...) needs a restart: the reload is refused whole, naming those keys, and the running
-//! config stays.
+//! - a camera added or removed: it starts or stops alone (with its place in the detector pool,
+//!   its tracks, health watch and MQTT status), the others run on untouched.
+//!
+//! Anything else changed (a camera renamed, enabled or disabled, the detector, MQTT, ...) needs a
+//! restart: the reload is refused whole, naming those keys, and the running config stays.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +28,10 @@ pub struct ReloadPlan {
     pub rules: bool,
     /// Cameras whose stream or detect settings changed: their supervisors restart.
     pub cameras: Vec<String>,
+    /// Cameras new in the file: they start.
+    pub added: Vec<String>,
+    /// Cameras no longer in the file: they stop.
+    pub removed: Vec<String>,
     /// Keys whose change needs a restart (`detector`, `cameras[gate]`, ...); none for a reload
     /// that can be applied.
     pub restart: Vec<String>,
@@ -54,10 +60,15 @@ impl ReloadPlan {
                         a.keys().chain(b.keys()).collect();
                     for id in ids {
                         match (a.get(id), b.get(id)) {
+                            // The rules stage learns of the camera set with the rules.
                             (Some(_), None) => {
-                                plan.restart.push(format!("cameras[{id}] (removed)"))
+                                plan.removed.push(id.clone());
+                                plan.rules = true;
                             }
-                            (None, Some(_)) => plan.restart.push(format!("cameras[{id}] (added)")),
+                            (None, Some(_)) => {
+                                plan.added.push(id.clone());
+                                plan.rules = true;
+                            }
                             (Some(x), Some(y)) => {
                                 let (x, masks_x) = without(Some(x), "object_masks");
                                 let (y, masks_y) = without(Some(y), "object_masks");
@@ -83,7 +94,11 @@ impl ReloadPlan {
 
     /// Nothing to do: the files say the same.
     pub fn is_empty(&self) -> bool {
-        !self.rules && self.cameras.is_empty() && self.restart.is_empty()
+        !self.rules
+            && self.cameras.is_empty()
+            && self.added.is_empty()
+            && self.removed.is_empty()
+            && self.restart.is_empty()
     }
 }
 
@@ -192,7 +207,8 @@ line = [[0.0, 0.5], [1.0, 0.5]]
             ReloadPlan {
                 rules: true,
                 cameras: vec![],
-                restart: vec![]
+                restart: vec![],
+                ..Default::default()
             }
         );
         let zone = plan(|t| t.replace("[0.8, 1.0]]", "[0.8, 1.0], [0.2, 1.0]]"));
@@ -201,7 +217,8 @@ line = [[0.0, 0.5], [1.0, 0.5]]
             ReloadPlan {
                 rules: true,
                 cameras: vec![],
-                restart: vec![]
+                restart: vec![],
+                ..Default::default()
             }
         );
         let tz = plan(|t| t.replace("\"UTC\"", "\"Asia/Almaty\""));
@@ -210,7 +227,8 @@ line = [[0.0, 0.5], [1.0, 0.5]]
             ReloadPlan {
                 rules: true,
                 cameras: vec![],
-                restart: vec![]
+                restart: vec![],
+                ..Default::default()
             }
         );
         let mask = plan(|t| {
@@ -224,7 +242,8 @@ line = [[0.0, 0.5], [1.0, 0.5]]
             ReloadPlan {
                 rules: true,
                 cameras: vec![],
-                restart: vec![]
+                restart: vec![],
+                ..Default::default()
             }
         );
     }
@@ -246,16 +265,7 @@ line = [[0.0, 0.5], [1.0, 0.5]]
             )
         });
         assert_eq!(disabled.restart, ["cameras[yard]"]);
-        let added =
-            plan(|t| format!("{t}\n[[cameras]]\nid = \"hall\"\nurl = \"rtsp://10.0.0.7/x\"\n"));
-        assert_eq!(added.restart, ["cameras[hall] (added)"]);
-        let removed = plan(|t| {
-            t.replace(
-                "[[cameras]]\nid = \"yard\"\nurl = \"rtsp://10.0.0.6/main\"\n",
-                "",
-            )
-        });
-        assert_eq!(removed.restart, ["cameras[yard] (removed)"]);
+
         let both = plan(|t| {
             format!(
                 "{}\n[mqtt]\nhost = \"broker\"\n",
@@ -274,9 +284,54 @@ line = [[0.0, 0.5], [1.0, 0.5]]
             ReloadPlan {
                 rules: true,
                 cameras: vec![],
-                restart: vec!["detector".into()]
+                restart: vec!["detector".into()],
+                ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn cameras_added_and_removed_start_and_stop_alone() {
+        let added =
+            plan(|t| format!("{t}\n[[cameras]]\nid = \"hall\"\nurl = \"rtsp://10.0.0.7/x\"\n"));
+        assert_eq!(
+            added,
+            ReloadPlan {
+                rules: true,
+                added: vec!["hall".into()],
+                ..Default::default()
+            }
+        );
+        let removed = plan(|t| {
+            t.replace(
+                "[[cameras]]\nid = \"yard\"\nurl = \"rtsp://10.0.0.6/main\"\n",
+                "",
+            )
+        });
+        assert_eq!(
+            removed,
+            ReloadPlan {
+                rules: true,
+                removed: vec!["yard".into()],
+                ..Default::default()
+            }
+        );
+        // One replaced by another, beside a stream change.
+        let both = plan(|t| {
+            t.replace("id = \"yard\"", "id = \"hall\"")
+                .replace("10.0.0.5", "10.0.0.9")
+        });
+        assert_eq!(
+            both,
+            ReloadPlan {
+                rules: true,
+                cameras: vec!["gate".into()],
+                added: vec!["hall".into()],
+                removed: vec!["yard".into()],
+                restart: vec![],
+            }
+        );
+        assert!(!both.is_empty());
     }
 
     #[test]
@@ -287,7 +342,8 @@ line = [[0.0, 0.5], [1.0, 0.5]]
             ReloadPlan {
                 rules: false,
                 cameras: vec!["gate".into()],
-                restart: vec![]
+                restart: vec![],
+                ..Default::default()
             }
         );
         let auth = plan(|t| {
@@ -310,7 +366,8 @@ line = [[0.0, 0.5], [1.0, 0.5]]
             ReloadPlan {
                 rules: false,
                 cameras: vec!["gate".into()],
-                restart: vec![]
+                restart: vec![],
+                ..Default::default()
             }
         );
     }

@@ -63,11 +63,15 @@ impl FrameSource for Rtsp {
     ) -> anyhow::Result<OpenedCamera> {
         let (supervisor, handle) = CameraSupervisor::new(camera, ingest, cancel)
             .map_err(|e| anyhow::anyhow!("camera {}: {e}", camera.id))?;
+        // The stage registers when the task starts: a camera opened by a reload that is then
+        // refused leaves no stage behind that never beats.
+        let stages = stages.clone();
         Ok(OpenedCamera {
             handle,
             feed: supervisor.as_ref().map(CameraSupervisor::feed),
-            task: supervisor
-                .map(|s| -> BoxFuture<'static, ()> { Box::pin(s.report_progress(stages).run()) }),
+            task: supervisor.map(|s| -> BoxFuture<'static, ()> {
+                Box::pin(async move { s.report_progress(&stages).run().await })
+            }),
         })
     }
 
@@ -127,12 +131,13 @@ impl FrameSource for Synthetic {
                 feed: None,
             });
         }
-        let progress = stages.register(format!("camera/{id}"));
+        let stages = stages.clone();
         let make = self.frame.clone();
         let (width, height) = (camera.detect_width, camera.detect_height);
         let period = Duration::from_secs_f64(1.0 / f64::from(camera.detect_fps.max(1)));
         let seq = AtomicU64::new(0);
         let task = async move {
+            let progress = stages.register(format!("camera/{id}"));
             let mut tick = tokio::time::interval(period);
             let mut exhausted = false;
             loop {
@@ -230,11 +235,12 @@ impl FrameSource for Clip {
             .by_name("sink")
             .and_then(|e| e.downcast::<gstreamer_app::AppSink>().ok())
             .ok_or_else(|| anyhow::anyhow!("clip pipeline has no appsink"))?;
-        let progress = stages.register(format!("camera/{id}"));
+        let stages = stages.clone();
         let period = Duration::from_secs_f64(1.0 / f64::from(camera.detect_fps.max(1)));
         let looped = self.looped;
         let path = self.path.display().to_string();
         let task = async move {
+            let progress = stages.register(format!("camera/{id}"));
             let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
             let stop = cancel.clone();
             // Dropping the task (a runtime that ends) stops the clip too.

@@ -20,7 +20,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -84,17 +84,33 @@ struct CameraEntry {
     picture: Mutex<Option<PictureStats>>,
 }
 
-/// Who is being served; guarded by `Shared::sched` together with `wake`, so a `put` is never missed.
-struct Sched {
+/// One camera in the schedule.
+struct Scheduled {
+    entry: Arc<CameraEntry>,
     /// A worker is on this camera's frame: frames of one camera are inferred one at a time, in order.
-    busy: Vec<bool>,
-    /// When a worker last took a frame of each camera (`None`: never).
-    last_taken: Vec<Option<Instant>>,
+    busy: bool,
+    /// When a worker last took a frame of this camera (`None`: never).
+    last_taken: Option<Instant>,
+}
+
+/// Who is being served; guarded by `Shared::sched` together with `wake`, so a `put` is never missed.
+/// The cameras change with a live reload (added, removed); a worker on a removed camera's frame
+/// finishes it.
+struct Sched {
+    cameras: Vec<Scheduled>,
     shutdown: bool,
 }
 
+impl Sched {
+    fn find(&self, camera: &str) -> Option<&Arc<CameraEntry>> {
+        self.cameras
+            .iter()
+            .map(|c| &c.entry)
+            .find(|e| &*e.cam.id == camera)
+    }
+}
+
 struct Shared {
-    cameras: Vec<CameraEntry>,
     sched: Mutex<Sched>,
     wake: Condvar,
     keyframes_when_still: bool,
@@ -103,13 +119,62 @@ struct Shared {
     output: mpsc::Sender<FrameDetections>,
 }
 
+impl Shared {
+    fn sched(&self) -> std::sync::MutexGuard<'_, Sched> {
+        self.sched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Installs the motion gate in the camera's slot and puts the camera in the schedule (last
+    /// served: never, so its first frame goes first). `false`: a camera with this id is there.
+    fn add(self: &Arc<Self>, cam: PoolCamera) -> bool {
+        if self.sched().find(&cam.id).is_some() {
+            return false;
+        }
+        let entry = Arc::new(CameraEntry {
+            interval: Mutex::new(cam.interval),
+            gate: Mutex::new(MotionGate::new(self.motion.clone(), &cam.motion_masks)),
+            live_tracks: Arc::default(),
+            counters: CameraCounters::default(),
+            picture: Mutex::new(None),
+            cam,
+        });
+        let slot = &entry.cam.slot;
+        slot.set_still_keyframe_interval(self.motion.still_keyframe_interval);
+        let weak = Arc::downgrade(self);
+        let listener = slot.set_listener(Box::new(move || {
+            if let Some(s) = weak.upgrade() {
+                let _guard = s.sched();
+                s.wake.notify_one();
+            }
+        }));
+        // Weak: the slot belongs to the camera, the entry to the pool; a removed camera's slot
+        // admits whatever it still gets (nobody takes it).
+        let (weak, keyframes) = (Arc::downgrade(&entry), self.keyframes_when_still);
+        let admit = slot.set_admit(Box::new(move |frame| match weak.upgrade() {
+            Some(entry) => admit(&entry, keyframes, frame),
+            None => true,
+        }));
+        if !(listener && admit) {
+            tracing::warn!(camera = %entry.cam.id, "frame slot already has a consumer; the pool may miss frames");
+        }
+        self.sched().cameras.push(Scheduled {
+            entry,
+            busy: false,
+            last_taken: None,
+        });
+        // Its slot may hold a frame already.
+        self.wake.notify_one();
+        true
+    }
+}
+
 /// Reads per-camera counters of a running pool.
 #[derive(Clone)]
 pub struct PoolStats(Arc<Shared>);
 
 impl PoolStats {
-    fn entry(&self, camera: &str) -> Option<&CameraEntry> {
-        self.0.cameras.iter().find(|e| &*e.cam.id == camera)
+    fn entry(&self, camera: &str) -> Option<Arc<CameraEntry>> {
+        self.0.sched().find(camera).cloned()
     }
 
     /// What the camera's last gated frame looked like.
@@ -122,7 +187,12 @@ impl PoolStats {
     }
 
     pub fn cameras(&self) -> Vec<Arc<str>> {
-        self.0.cameras.iter().map(|e| e.cam.id.clone()).collect()
+        self.0
+            .sched()
+            .cameras
+            .iter()
+            .map(|c| c.entry.cam.id.clone())
+            .collect()
     }
 
     /// The camera's detect interval.
@@ -199,22 +269,9 @@ impl DetectorPool {
         supervision: PoolSupervision,
     ) -> (Self, mpsc::Receiver<FrameDetections>) {
         let (tx, rx) = mpsc::channel(output_capacity.max(1));
-        let n = cameras.len();
         let shared = Arc::new(Shared {
-            cameras: cameras
-                .into_iter()
-                .map(|cam| CameraEntry {
-                    interval: Mutex::new(cam.interval),
-                    gate: Mutex::new(MotionGate::new(motion.clone(), &cam.motion_masks)),
-                    live_tracks: Arc::default(),
-                    counters: CameraCounters::default(),
-                    picture: Mutex::new(None),
-                    cam,
-                })
-                .collect(),
             sched: Mutex::new(Sched {
-                busy: vec![false; n],
-                last_taken: vec![None; n],
+                cameras: Vec::new(),
                 shutdown: false,
             }),
             wake: Condvar::new(),
@@ -222,25 +279,10 @@ impl DetectorPool {
             motion: motion.clone(),
             output: tx,
         });
-        for (index, entry) in shared.cameras.iter().enumerate() {
-            entry
-                .cam
-                .slot
-                .set_still_keyframe_interval(motion.still_keyframe_interval);
-            let weak = Arc::downgrade(&shared);
-            let listener = entry.cam.slot.set_listener(Box::new(move || {
-                if let Some(s) = weak.upgrade() {
-                    let _guard = s.sched.lock().unwrap_or_else(|e| e.into_inner());
-                    s.wake.notify_one();
-                }
-            }));
-            let weak = Arc::downgrade(&shared);
-            let admit = entry
-                .cam
-                .slot
-                .set_admit(Box::new(move |frame| admit(&weak, index, frame)));
-            if !(listener && admit) {
-                tracing::warn!(camera = %entry.cam.id, "frame slot already has a consumer; the pool may miss frames");
+        for cam in cameras {
+            let id = cam.id.clone();
+            if !shared.add(cam) {
+                tracing::warn!(camera = %id, "camera given twice to the pool; the second is left out");
             }
         }
         let workers = detectors
@@ -268,14 +310,28 @@ impl DetectorPool {
     /// The flag the tracker sets while a camera has live tracks (keeps it inferred on a still scene).
     pub fn live_tracks_flag(&self, camera: &str) -> Option<Arc<AtomicBool>> {
         self.shared
-            .cameras
-            .iter()
-            .find(|e| &*e.cam.id == camera)
+            .sched()
+            .find(camera)
             .map(|e| e.live_tracks.clone())
     }
 
     pub fn stats(&self, camera: &str) -> Option<CameraStats> {
         self.stats_reader().stats(camera)
+    }
+
+    /// A camera added by a live reload: its motion gate goes into its slot and it joins the
+    /// schedule. `false`: the pool has a camera with this id.
+    pub fn add_camera(&self, camera: PoolCamera) -> bool {
+        self.shared.add(camera)
+    }
+
+    /// A camera removed by a live reload leaves the schedule (a worker on its frame finishes it).
+    /// `false`: the pool has no such camera.
+    pub fn remove_camera(&self, camera: &str) -> bool {
+        let mut sched = self.shared.sched();
+        let before = sched.cameras.len();
+        sched.cameras.retain(|c| &*c.entry.cam.id != camera);
+        sched.cameras.len() != before
     }
 
     /// A camera's new detect interval and motion masks (a live reload): its motion gate starts
@@ -287,7 +343,7 @@ impl DetectorPool {
         interval: Duration,
         motion_masks: &[Vec<[f32; 2]>],
     ) -> bool {
-        let Some(entry) = self.shared.cameras.iter().find(|e| &*e.cam.id == camera) else {
+        let Some(entry) = self.shared.sched().find(camera).cloned() else {
             return false;
         };
         *entry.interval.lock().unwrap_or_else(|e| e.into_inner()) = interval;
@@ -328,11 +384,7 @@ impl Drop for DetectorPool {
 
 /// The slot's admission filter, on the camera's streaming thread: the motion gate decides whether
 /// the frame goes to the pool, and what the pipeline should decode next.
-fn admit(shared: &Weak<Shared>, index: usize, frame: &Frame) -> bool {
-    let Some(shared) = shared.upgrade() else {
-        return true;
-    };
-    let entry = &shared.cameras[index];
+fn admit(entry: &CameraEntry, keyframes_when_still: bool, frame: &Frame) -> bool {
     let live = entry.live_tracks.load(Ordering::Relaxed);
     let (decision, picture) = {
         let mut gate = entry.gate.lock().unwrap_or_else(|e| e.into_inner());
@@ -348,7 +400,7 @@ fn admit(shared: &Weak<Shared>, index: usize, frame: &Frame) -> bool {
                 .skipped_motion
                 .fetch_add(1, Ordering::Relaxed);
             telemetry::frame_skipped(&entry.cam.id);
-            if shared.keyframes_when_still {
+            if keyframes_when_still {
                 entry.cam.slot.set_decode_demand(DecodeDemand::Keyframes);
             }
             false
@@ -363,21 +415,19 @@ fn admit(shared: &Weak<Shared>, index: usize, frame: &Frame) -> bool {
 }
 
 /// The waiting frame of the free camera served least recently. Called with `sched` held.
-fn next_job(shared: &Shared, sched: &mut Sched) -> Option<(usize, Arc<Frame>)> {
+fn next_job(sched: &mut Sched) -> Option<(Arc<CameraEntry>, Arc<Frame>)> {
     loop {
-        let pick = shared
+        let pick = sched
             .cameras
-            .iter()
-            .enumerate()
-            .filter(|(i, e)| !sched.busy[*i] && e.cam.slot.has_frame())
-            .min_by_key(|(i, _)| sched.last_taken[*i])
-            .map(|(i, _)| i)?;
+            .iter_mut()
+            .filter(|c| !c.busy && c.entry.cam.slot.has_frame())
+            .min_by_key(|c| c.last_taken)?;
         // Only the pool takes from its slots, but a frame could still vanish between the look
         // and the take: then look again.
-        if let Some(frame) = shared.cameras[pick].cam.slot.take() {
-            sched.busy[pick] = true;
-            sched.last_taken[pick] = Some(Instant::now());
-            return Some((pick, frame));
+        if let Some(frame) = pick.entry.cam.slot.take() {
+            pick.busy = true;
+            pick.last_taken = Some(Instant::now());
+            return Some((pick.entry.clone(), frame));
         }
     }
 }
@@ -449,7 +499,7 @@ fn worker(shared: Arc<Shared>, detector: Box<dyn Detector>, me: Worker) {
                 None => break,
             },
         };
-        let (index, frame) = {
+        let (entry, frame) = {
             let mut sched = shared.sched.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 if sched.shutdown {
@@ -458,7 +508,7 @@ fn worker(shared: Arc<Shared>, detector: Box<dyn Detector>, me: Worker) {
                     }
                     return;
                 }
-                if let Some(job) = next_job(&shared, &mut sched) {
+                if let Some(job) = next_job(&mut sched) {
                     break job;
                 }
                 // Woken by a frame, or after a beat period to report that the worker is idle, not stuck.
@@ -473,9 +523,8 @@ fn worker(shared: Arc<Shared>, detector: Box<dyn Detector>, me: Worker) {
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             #[cfg(feature = "failpoints")]
             fail::fail_point!("detector_detect");
-            process(&shared, d.as_mut(), index, frame)
+            process(&shared, d.as_mut(), &entry, frame)
         }));
-        let entry = &shared.cameras[index];
         match outcome {
             Ok(()) => detector = Some(d),
             Err(_) => {
@@ -497,8 +546,14 @@ fn worker(shared: Arc<Shared>, detector: Box<dyn Detector>, me: Worker) {
             }
         }
         // The camera may have a newer frame waiting for this one to finish.
-        let mut sched = shared.sched.lock().unwrap_or_else(|e| e.into_inner());
-        sched.busy[index] = false;
+        let mut sched = shared.sched();
+        if let Some(c) = sched
+            .cameras
+            .iter_mut()
+            .find(|c| Arc::ptr_eq(&c.entry, &entry))
+        {
+            c.busy = false;
+        }
         shared.wake.notify_one();
     }
     if let Some(p) = &me.progress {
@@ -506,8 +561,7 @@ fn worker(shared: Arc<Shared>, detector: Box<dyn Detector>, me: Worker) {
     }
 }
 
-fn process(shared: &Shared, detector: &mut dyn Detector, index: usize, frame: Arc<Frame>) {
-    let entry = &shared.cameras[index];
+fn process(shared: &Shared, detector: &mut dyn Detector, entry: &CameraEntry, frame: Arc<Frame>) {
     let taken = Instant::now();
     let queue_wait = taken.saturating_duration_since(frame.captured);
     let result: Result<_, DetectError> = detector.detect(&frame);

@@ -30,6 +30,33 @@ impl From<&CameraHandle> for CameraView {
     }
 }
 
+/// Every camera as the transports see it, kept current when a live reload adds or removes one.
+#[derive(Clone)]
+pub struct CameraViews(watch::Receiver<Arc<Vec<CameraView>>>);
+
+impl CameraViews {
+    /// The views, and where the daemon sends the list after a live reload changed it.
+    pub fn channel(views: Vec<CameraView>) -> (watch::Sender<Arc<Vec<CameraView>>>, Self) {
+        let (tx, rx) = watch::channel(Arc::new(views));
+        (tx, Self(rx))
+    }
+
+    /// A list that never changes (a tool, a test).
+    pub fn fixed(views: Vec<CameraView>) -> Self {
+        Self::channel(views).1
+    }
+
+    /// The cameras now.
+    pub fn now(&self) -> Arc<Vec<CameraView>> {
+        self.0.borrow().clone()
+    }
+
+    /// The camera with this id, now.
+    pub fn get(&self, id: &str) -> Option<CameraView> {
+        self.0.borrow().iter().find(|c| &*c.id == id).cloned()
+    }
+}
+
 /// Every camera's status as the API and MQTT commands show it.
 pub fn cameras_json(cameras: &[CameraView]) -> Vec<Value> {
     cameras.iter().map(camera_json).collect()

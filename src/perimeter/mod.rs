@@ -58,6 +58,8 @@ pub struct PerimeterIo {
 /// applied again. `done` is answered once they apply.
 pub struct RulesReload {
     pub rules: StageRules,
+    /// Every camera's live-tracks flag now (cameras added or removed); `None`: the same as before.
+    pub live_tracks: Option<HashMap<Arc<str>, Arc<AtomicBool>>>,
     pub done: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -93,7 +95,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let PerimeterIo {
-        live_tracks,
+        mut live_tracks,
         events,
         mut summary,
         mut commands,
@@ -155,7 +157,7 @@ pub async fn run(
                 continue;
             }
             Some(new) = async { match reload.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
-                let RulesReload { rules, done } = new;
+                let RulesReload { rules, live_tracks: flags, done } = new;
                 // The reloader gave up waiting (and told its caller "not applied"): skip it.
                 if done.is_closed() {
                     warn!("a rules reload arrived after its reloader gave up; not applied");
@@ -163,6 +165,9 @@ pub async fn run(
                 }
                 site_id = rules.site;
                 site = rules.rules;
+                if let Some(flags) = flags {
+                    live_tracks = flags;
+                }
                 build_cameras(&site, &mut cameras, &live_tracks);
                 for (rule, armed) in &armed_state {
                     cameras.values_mut().any(|c| c.engine.set_armed(rule, *armed));
