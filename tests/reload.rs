@@ -357,7 +357,9 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
     wait_for("yard inferred", Duration::from_secs(30), || {
         inferences(api, &token, "yard") > 0
     });
-    assert!(frames() > gate_frames, "gate streams on");
+    wait_for("gate streaming on", Duration::from_secs(10), || {
+        frames() > gate_frames
+    });
     assert_eq!(
         daemon
             .logs()
@@ -367,7 +369,27 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
         "gate was not restarted by the addition"
     );
 
-    // Removed again: it stops and leaves the list; gate runs on.
+    // Disabled: replaced by a camera that does not stream (and is not inferred).
+    write(site_config_at(
+        api,
+        &server.url(),
+        &hash,
+        "workers = 1",
+        &format!(
+            "{gate_keys}{}{FENCE_AND_GATE_LINE}",
+            yard.replace("detect_width", "enabled = false\ndetect_width")
+        ),
+    ));
+    daemon.hangup();
+    wait_for("the disabling reload", Duration::from_secs(20), || {
+        daemon.logs().matches("config reloaded and applied").count() == 5
+    });
+    wait_for("yard disabled", Duration::from_secs(10), || {
+        camera_field_of(api, &token, "yard", "state") == "disabled"
+    });
+    assert_eq!(camera_ids(api, &token), ["gate", "yard"]);
+
+    // Removed: it leaves the list; gate runs on.
     write(site_config_at(
         api,
         &server.url(),
@@ -376,8 +398,8 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
         &format!("{gate_keys}{FENCE_AND_GATE_LINE}"),
     ));
     daemon.hangup();
-    wait_for("the fifth applied reload", Duration::from_secs(20), || {
-        daemon.logs().matches("config reloaded and applied").count() == 5
+    wait_for("the removing reload", Duration::from_secs(20), || {
+        daemon.logs().matches("config reloaded and applied").count() == 6
     });
     daemon.wait_log(&["camera removed", "yard"], Duration::from_secs(5));
     assert_eq!(camera_ids(api, &token), ["gate"]);

@@ -21,6 +21,45 @@ use kinderwatch::store::{EventQuery, Store, StoreConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// A disabled camera has no supervisor, so no status ever comes from it: its state log waits
+/// for the stop instead of ending (it once ended at once, and the daemon, counting it as a task
+/// that ended on its own, stopped feeding the watchdog: systemd would restart a healthy site).
+#[test]
+fn a_disabled_camera_keeps_the_watchdog_fed() {
+    let config = format!(
+        r#"
+[site]
+id = "kg-7"
+[state]
+dir = "{{state}}"
+[api]
+enabled = false
+[[cameras]]
+id = "gate"
+url = "rtsp://127.0.0.1:{dead}/nothing-listens"
+[[cameras]]
+id = "hall"
+url = "rtsp://127.0.0.1:{dead}/hall"
+enabled = false
+"#,
+        dead = free_port()
+    );
+    let daemon = RunningDaemon::start(&config, "");
+    daemon.wait_log(
+        &["camera disabled in the config", "hall"],
+        Duration::from_secs(20),
+    );
+    daemon.notifications(Duration::from_secs(2));
+    let later = daemon.notifications(Duration::from_secs(3));
+    let fed = later.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(fed >= 2, "the watchdog is fed: {later:?}");
+    assert!(
+        !daemon.logs().contains("ended on its own"),
+        "{}",
+        daemon.logs()
+    );
+}
+
 /// One camera supervisor blocks for good (on a runtime worker, as a GStreamer call that never
 /// returns would): the watchdog is fed while every stage makes progress, and not once after the
 /// stage passes its deadline; the log, `/healthz` (503, `failing`) and the stage list name it.

@@ -16,6 +16,7 @@
 //! handed to the caller in the middle of the graph ([`Detections`], [`Daemon::take_events`]),
 //! the rest as the daemon runs it.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -885,27 +886,38 @@ impl Daemon {
                 .with_context(|| format!("cameras[{id}] cannot start"))?;
             added.push((cam, opened, lifetime, cancel));
         }
-        // The pool serves the added cameras from now on (their slots are empty until they run).
-        let pooled: Vec<&str> = match &self.pool {
-            Some(pool) => added
-                .iter()
-                .filter(|(_, o, _, _)| o.task.is_some())
-                .filter(|(cam, o, _, _)| {
-                    pool.add_camera(PoolCamera {
-                        id: o.handle.id.clone(),
-                        slot: o.handle.slot.clone(),
-                        interval: Duration::from_secs_f64(1.0 / f64::from(cam.detect_fps.max(1))),
-                        motion_masks: cam.motion_masks.clone(),
-                    })
-                })
-                .map(|(cam, _, _, _)| cam.id.as_str())
-                .collect(),
-            None => Vec::new(),
-        };
+        // The pool's view of each added camera, with the flag the rules stage will set while it
+        // has live tracks. A camera only added joins the pool now (its slot is empty until it
+        // runs); one replaced (also in `removed`) once the old one has left.
+        let mut joining = Vec::new();
+        for (cam, opened, _, _) in &added {
+            if opened.task.is_some() && self.pool.is_some() {
+                let pool_camera = PoolCamera {
+                    id: opened.handle.id.clone(),
+                    slot: opened.handle.slot.clone(),
+                    interval: Duration::from_secs_f64(1.0 / f64::from(cam.detect_fps.max(1))),
+                    motion_masks: cam.motion_masks.clone(),
+                };
+                let replaced = plan.removed.contains(&cam.id);
+                joining.push((pool_camera, Arc::new(AtomicBool::new(false)), replaced));
+            }
+        }
+        let mut pooled = Vec::new();
+        if let Some(pool) = &self.pool {
+            for (cam, flag, replaced) in &joining {
+                if !replaced && pool.add_camera_with(cam.clone(), flag.clone()) {
+                    pooled.push(cam.id.clone());
+                }
+            }
+        }
         if plan.rules
             && let Some(tx) = &self.reload_tx
         {
-            let applied = self.reload_rules(tx, &new).await;
+            let flags: HashMap<Arc<str>, Arc<AtomicBool>> = joining
+                .iter()
+                .map(|(cam, flag, _)| (cam.id.clone(), flag.clone()))
+                .collect();
+            let applied = self.reload_rules(tx, &new, &flags).await;
             if let Err(e) = applied {
                 if let Some(pool) = &self.pool {
                     for id in &pooled {
@@ -926,6 +938,11 @@ impl Daemon {
         for id in &plan.removed {
             self.remove_camera(id).await;
         }
+        if let Some(pool) = &self.pool {
+            for (cam, flag, _) in joining.into_iter().filter(|(_, _, replaced)| *replaced) {
+                pool.add_camera_with(cam, flag);
+            }
+        }
         for (cam, opened, lifetime, cancel) in added {
             info!(camera = %cam.id, "camera added");
             self.cameras.push(opened.handle.clone());
@@ -942,12 +959,14 @@ impl Daemon {
         Ok(())
     }
 
-    /// Hands the rules stage the rules of `new` and every camera's live-tracks flag, and waits
-    /// until it has taken them.
+    /// Hands the rules stage the rules of `new` and every camera's live-tracks flag (`joining`'s
+    /// for the cameras joining the pool, the pool's for the others), and waits until it has taken
+    /// them.
     async fn reload_rules(
         &self,
         tx: &mpsc::Sender<crate::perimeter::RulesReload>,
         new: &Config,
+        joining: &HashMap<Arc<str>, Arc<AtomicBool>>,
     ) -> anyhow::Result<()> {
         let rules = crate::perimeter::StageRules::from_config(new).map_err(|problems| {
             let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -956,7 +975,10 @@ impl Daemon {
         let live_tracks = self.pool.as_ref().map(|pool| {
             new.enabled_cameras()
                 .filter_map(|c| {
-                    pool.live_tracks_flag(&c.id)
+                    joining
+                        .get(c.id.as_str())
+                        .cloned()
+                        .or_else(|| pool.live_tracks_flag(&c.id))
                         .map(|f| (Arc::<str>::from(c.id.as_str()), f))
                 })
                 .collect()

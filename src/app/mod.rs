@@ -254,7 +254,12 @@ async fn log_state_changes(mut camera: CameraHandle, cancel: CancellationToken) 
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
-            changed = camera.status.changed() => if changed.is_err() { return },
+            // No status will come (a disabled camera has no supervisor): the log waits for the
+            // stop, or the daemon would count it as a task that ended on its own.
+            changed = camera.status.changed() => if changed.is_err() {
+                cancel.cancelled().await;
+                return;
+            },
         }
         let status = camera.status.borrow_and_update().clone();
         if status.state != last {

@@ -12,10 +12,11 @@
 //!   on untouched.
 //!
 //! - a camera added or removed: it starts or stops alone (with its place in the detector pool,
-//!   its tracks, health watch and MQTT status), the others run on untouched.
+//!   its tracks, health watch and MQTT status), the others run on untouched; a camera renamed,
+//!   enabled or disabled is replaced (removed, then added under the same id).
 //!
-//! Anything else changed (a camera renamed, enabled or disabled, the detector, MQTT, ...) needs a
-//! restart: the reload is refused whole, naming those keys, and the running config stays.
+//! Anything else changed (the detector, MQTT, the API, ...) needs a restart: the reload is refused
+//! whole, naming those keys, and the running config stays.
 
 use std::collections::BTreeMap;
 
@@ -28,7 +29,7 @@ pub struct ReloadPlan {
     pub rules: bool,
     /// Cameras whose stream or detect settings changed: their supervisors restart.
     pub cameras: Vec<String>,
-    /// Cameras new in the file: they start.
+    /// Cameras new in the file: they start (one also in `removed` is replaced).
     pub added: Vec<String>,
     /// Cameras no longer in the file: they stop.
     pub removed: Vec<String>,
@@ -76,7 +77,10 @@ impl ReloadPlan {
                                 let (x, stream_x) = split(x, CAMERA_RESTART_KEYS);
                                 let (y, stream_y) = split(y, CAMERA_RESTART_KEYS);
                                 if x != y {
-                                    plan.restart.push(format!("cameras[{id}]"));
+                                    // Renamed, enabled, disabled: the camera is replaced.
+                                    plan.removed.push(id.clone());
+                                    plan.added.push(id.clone());
+                                    plan.rules = true;
                                 } else if stream_x != stream_y {
                                     plan.cameras.push(id.clone());
                                 }
@@ -249,22 +253,34 @@ line = [[0.0, 0.5], [1.0, 0.5]]
     }
 
     #[test]
-    fn anything_else_needs_a_restart_and_is_named() {
+    fn a_renamed_camera_is_replaced_and_anything_else_needs_a_restart() {
         let renamed = plan(|t| {
             t.replace(
                 "url = \"rtsp://10.0.0.5/main\"",
                 "url = \"rtsp://10.0.0.5/main\"\nname = \"Main gate\"",
             )
         });
-        assert_eq!(renamed.restart, ["cameras[gate]"]);
-        assert!(!renamed.rules && renamed.cameras.is_empty());
+        assert_eq!(
+            renamed,
+            ReloadPlan {
+                rules: true,
+                added: vec!["gate".into()],
+                removed: vec!["gate".into()],
+                ..Default::default()
+            },
+            "a renamed camera is replaced"
+        );
         let disabled = plan(|t| {
             t.replace(
                 "url = \"rtsp://10.0.0.6/main\"",
                 "url = \"rtsp://10.0.0.6/main\"\nenabled = false",
             )
         });
-        assert_eq!(disabled.restart, ["cameras[yard]"]);
+        assert_eq!(
+            (disabled.added, disabled.removed),
+            (vec!["yard".to_string()], vec!["yard".to_string()])
+        );
+        assert!(disabled.restart.is_empty());
 
         let both = plan(|t| {
             format!(

@@ -32,6 +32,7 @@ use crate::camera::{DecodeDemand, Frame, FrameSlot};
 use crate::telemetry::detect::{self as telemetry, FrameDrop};
 
 /// One camera as the pool sees it.
+#[derive(Clone)]
 pub struct PoolCamera {
     pub id: Arc<str>,
     pub slot: Arc<FrameSlot>,
@@ -126,14 +127,14 @@ impl Shared {
 
     /// Installs the motion gate in the camera's slot and puts the camera in the schedule (last
     /// served: never, so its first frame goes first). `false`: a camera with this id is there.
-    fn add(self: &Arc<Self>, cam: PoolCamera) -> bool {
+    fn add(self: &Arc<Self>, cam: PoolCamera, live_tracks: Arc<AtomicBool>) -> bool {
         if self.sched().find(&cam.id).is_some() {
             return false;
         }
         let entry = Arc::new(CameraEntry {
             interval: Mutex::new(cam.interval),
             gate: Mutex::new(MotionGate::new(self.motion.clone(), &cam.motion_masks)),
-            live_tracks: Arc::default(),
+            live_tracks,
             counters: CameraCounters::default(),
             picture: Mutex::new(None),
             cam,
@@ -281,7 +282,7 @@ impl DetectorPool {
         });
         for cam in cameras {
             let id = cam.id.clone();
-            if !shared.add(cam) {
+            if !shared.add(cam, Arc::default()) {
                 tracing::warn!(camera = %id, "camera given twice to the pool; the second is left out");
             }
         }
@@ -322,7 +323,12 @@ impl DetectorPool {
     /// A camera added by a live reload: its motion gate goes into its slot and it joins the
     /// schedule. `false`: the pool has a camera with this id.
     pub fn add_camera(&self, camera: PoolCamera) -> bool {
-        self.shared.add(camera)
+        self.add_camera_with(camera, Arc::default())
+    }
+
+    /// [`Self::add_camera`] with the live-tracks flag the rules stage already holds for it.
+    pub fn add_camera_with(&self, camera: PoolCamera, live_tracks: Arc<AtomicBool>) -> bool {
+        self.shared.add(camera, live_tracks)
     }
 
     /// A camera removed by a live reload leaves the schedule (a worker on its frame finishes it).
