@@ -28,6 +28,10 @@ fn i420(w: u32, h: u32) -> Pixels {
 }
 
 fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("pre-processing benchmark: run with `cargo bench --bench preprocess`");
+        return;
+    }
     let iterations: usize = std::env::var("BENCH_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
