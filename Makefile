@@ -1,7 +1,7 @@
 # The two commands: `make demo` and `make test`. Both run the idempotent set-up first.
 CARGO ?= cargo
 
-.PHONY: setup demo test lint build bench bench-capacity clean-deps
+.PHONY: setup demo test lint build deb test-package bench bench-capacity clean-deps
 
 setup:
 	scripts/setup.sh
@@ -22,6 +22,14 @@ lint:
 
 build:
 	$(CARGO) build --release
+
+## The Debian package: target/debian/kinderwatch_<version>_amd64.deb (cargo-deb, installed on first use).
+deb: setup
+	scripts/deb.sh
+
+## Build the package, install it into a fresh Debian 12 root, lint it, run it, upgrade it (root; slow).
+test-package: setup
+	scripts/test-package.sh
 
 ## Benchmarks (slow; numbers go to docs/BENCHMARKS.md).
 bench: setup

@@ -27,7 +27,11 @@ install -D -m 644 "$ORT" "$DESTDIR/usr/lib/kinderwatch/libonnxruntime.so"
 install -d -m 755 "$DESTDIR/usr/share/kinderwatch/models"
 install -m 644 models/*.onnx models/*.toml models/PROVENANCE.md "$DESTDIR/usr/share/kinderwatch/models/"
 install -D -m 644 systemd/kinderwatch.sysusers "$DESTDIR/usr/lib/sysusers.d/kinderwatch.conf"
-install -D -m 644 systemd/kinderwatch.service "$DESTDIR/etc/systemd/system/kinderwatch.service"
+# The unit names the packaged binary (/usr/bin); installed by hand it is in /usr/local/bin.
+install -d -m 755 "$DESTDIR/etc/systemd/system"
+sed 's#/usr/bin/kinderwatch#/usr/local/bin/kinderwatch#g' systemd/kinderwatch.service \
+    >"$DESTDIR/etc/systemd/system/kinderwatch.service"
+chmod 644 "$DESTDIR/etc/systemd/system/kinderwatch.service"
 install -D -m 644 README.md "$DESTDIR/usr/share/doc/kinderwatch/README.md"
 
 # The service user and group exist before anything is given to them.

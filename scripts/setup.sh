@@ -75,7 +75,9 @@ ensure_localhost() {
 sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
 
 install_onnxruntime() {
-  if sha_ok "$ORT_LIB" "$ORT_SHA256"; then
+  # The licence and third-party notices travel with the library (the Debian package ships them).
+  if sha_ok "$ORT_LIB" "$ORT_SHA256" && [ -s "$DEPS/onnxruntime/LICENSE" ] \
+     && [ -s "$DEPS/onnxruntime/ThirdPartyNotices.txt" ]; then
     log "ONNX Runtime $ORT_VERSION: present ($ORT_LIB)"
     return
   fi
@@ -90,8 +92,14 @@ install_onnxruntime() {
   python3 - "$wheel" "$ORT_LIB.partial" "$ORT_VERSION" <<'PY'
 import sys, zipfile, shutil
 wheel, out, ver = sys.argv[1:]
-with zipfile.ZipFile(wheel) as z, z.open(f"onnxruntime/capi/libonnxruntime.so.{ver}") as src, open(out, "wb") as dst:
-    shutil.copyfileobj(src, dst)
+import os
+with zipfile.ZipFile(wheel) as z:
+    with z.open(f"onnxruntime/capi/libonnxruntime.so.{ver}") as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    for name in ("LICENSE", "ThirdPartyNotices.txt"):
+        member = next(n for n in z.namelist() if n.endswith(f".dist-info/{name}") or n == f"onnxruntime/{name}")
+        with z.open(member) as src, open(os.path.join(os.path.dirname(out), name), "wb") as dst:
+            shutil.copyfileobj(src, dst)
 PY
   sha_ok "$ORT_LIB.partial" "$ORT_SHA256" || { rm -f "$ORT_LIB.partial"; die "libonnxruntime sha256 mismatch (expected $ORT_SHA256)"; }
   mv "$ORT_LIB.partial" "$ORT_LIB"

@@ -45,11 +45,7 @@ fn the_unit_verifies_and_its_exposure_stays_low() {
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart's program exists: point it at the built binary.
     let unit = dir.path().join("kinderwatch.service");
-    std::fs::write(
-        &unit,
-        unit_text().replace("/usr/local/bin/kinderwatch", BIN),
-    )
-    .unwrap();
+    std::fs::write(&unit, unit_text().replace("/usr/bin/kinderwatch", BIN)).unwrap();
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&unit)
@@ -104,6 +100,8 @@ fn installed_command(line: &str, destdir: &Path, config: &Path) -> Vec<String> {
     line.split_whitespace()
         .map(|w| match w {
             "/etc/kinderwatch/kinderwatch.toml" => config.to_str().unwrap().to_owned(),
+            // The unit names the packaged binary; install.sh puts it in /usr/local/bin.
+            "/usr/bin/kinderwatch" => format!("{}/usr/local/bin/kinderwatch", destdir.display()),
             w if w.starts_with('/') => format!("{}{w}", destdir.display()),
             w => w.to_owned(),
         })
