@@ -9,9 +9,10 @@
 #     runs `kinderwatch doctor` as the service user, then the unit's ExecStart as the service user
 #     with the broker down: crossings are recorded and wait in the outbox;
 #  4. upgrades to revision 2 (apt, the config edited since install): the config, the credentials
-#     and the event database are kept; the unit is restarted once after the upgrade by its
-#     postinst (checked in the script: no systemd runs in a chroot); then the daemon runs again
-#     with the broker up and every alert recorded before the upgrade reaches the broker.
+#     and the event database are kept; the maintainer scripts ask systemd to restart the unit
+#     exactly once and never to stop it (no systemd runs in a chroot: a recording systemctl and
+#     deb-systemd-invoke stand in for the upgrade); then the daemon runs again with the broker up
+#     and every alert recorded before the upgrade reaches the broker.
 # KW_PACKAGE_ROOT=dir chooses the root (default /tmp/kinderwatch-package-root; $dir.tar caches it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -195,18 +196,29 @@ log "recorded before the upgrade: $(echo "$ids_before" | wc -w) crossings (in th
 
 # --- 4. the upgrade -------------------------------------------------------------------------
 log "upgrading to $(basename "$deb2")"
+# No systemd runs in a chroot: for the upgrade the root looks like a running systemd
+# (/run/systemd/system) whose systemctl and deb-systemd-invoke write down what they are asked,
+# so that the maintainer scripts' stop/restart decisions are seen (they are the package's own).
+mkdir -p "$ROOT/run/systemd/system"
+for tool in systemctl deb-systemd-invoke; do
+    mv "$ROOT/usr/bin/$tool" "$ROOT/usr/bin/$tool.real"
+    printf '#!/bin/sh\necho "%s $*" >>/tmp/systemd-calls\n' "$tool" >"$ROOT/usr/bin/$tool"
+    chmod 755 "$ROOT/usr/bin/$tool"
+done
+rm -f "$ROOT/tmp/systemd-calls"
 apt_install "/tmp/$(basename "$deb2")" >/dev/null
+for tool in systemctl deb-systemd-invoke; do mv "$ROOT/usr/bin/$tool.real" "$ROOT/usr/bin/$tool"; done
+rmdir "$ROOT/run/systemd/system"
+calls=$(cat "$ROOT/tmp/systemd-calls" 2>/dev/null || true)
+[ "$(echo "$calls" | grep -c 'restart kinderwatch.service')" = 1 ] \
+    || fail "the upgrade should restart the service exactly once; systemd was asked: $calls"
+echo "$calls" | grep -q 'stop kinderwatch.service' && fail "the upgrade stopped the service: $calls"
+log "systemd was asked, during the upgrade: $(echo "$calls" | tr '\n' ';')"
 [ "$(in_root dpkg-query -W -f='${Version}' kinderwatch)" = "0.1.0-2" ] || fail "the upgrade did not install 0.1.0-2"
 [ "$(sha256sum "$ROOT/etc/kinderwatch/kinderwatch.toml" | cut -d' ' -f1)" = "$config_sha" ] || fail "the upgrade changed the config"
 check_mode /etc/kinderwatch/kinderwatch.toml root:kinderwatch 640
 [ "$(cat "$ROOT/etc/kinderwatch/credentials/gate")" = "not-a-real-password" ] || fail "the upgrade lost the credentials"
 check_mode /etc/kinderwatch/credentials/gate root:root 600
-postinst=$ROOT/var/lib/dpkg/info/kinderwatch.postinst
-grep -q 'deb-systemd-invoke .*restart' "$postinst" || fail "the postinst does not restart the unit after an upgrade"
-prerm=$ROOT/var/lib/dpkg/info/kinderwatch.prerm
-if grep -q 'deb-systemd-invoke stop' "$prerm" 2>/dev/null && ! grep -q '"$1" = remove' "$prerm"; then
-    fail "the prerm stops the unit on upgrade (it would then start twice)"
-fi
 after=$(in_root /usr/bin/kinderwatch events --db /var/lib/kinderwatch --since 1h --limit 1000 --format json)
 ids_after=$(echo "$after" | python3 -c 'import json,sys; print(" ".join(sorted(e["id"] for e in json.load(sys.stdin) if e["kind"]=="line_crossed")))')
 [ "$ids_after" = "$ids_before" ] || fail "the event database changed in the upgrade"

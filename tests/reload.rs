@@ -329,8 +329,11 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
     // A camera added: it starts, the pool infers it; the camera already there runs on untouched.
     let gate_keys = "detect_width = 320\ndetect_height = 180\ndetect_fps = 2\n\
                      motion_masks = [[[0.0, 0.0], [0.2, 0.0], [0.2, 0.2]]]\n";
+    // Its whole picture masked for the motion gate: it is inferred now and then (its first
+    // picture, keep-alives), and its skipped-frame counter grows.
     let yard = format!(
-        "[[cameras]]\nid = \"yard\"\nurl = \"{}\"\ndetect_width = 320\ndetect_height = 180\n",
+        "[[cameras]]\nid = \"yard\"\nurl = \"{}\"\ndetect_width = 320\ndetect_height = 180\n\
+         motion_masks = [[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]]\n",
         server.url()
     );
     write(site_config_at(
@@ -357,6 +360,8 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
     wait_for("yard inferred", Duration::from_secs(30), || {
         inferences(api, &token, "yard") > 0
     });
+    // A summary period of the rules stage sees yard's counters (frames skipped by now).
+    std::thread::sleep(kinderwatch::perimeter::SUMMARY_PERIOD + Duration::from_secs(2));
     wait_for("gate streaming on", Duration::from_secs(10), || {
         frames() > gate_frames
     });
@@ -367,6 +372,35 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
             .count(),
         2,
         "gate was not restarted by the addition"
+    );
+
+    // Renamed: replaced under its id (a fresh pool entry whose counters start again at 0: the
+    // rules stage's per-camera summary must not underflow on them), and inferred again.
+    let renamed = yard.replace("detect_width", "name = \"Yard, south\"\ndetect_width");
+    write(site_config_at(
+        api,
+        &server.url(),
+        &hash,
+        "workers = 1",
+        &format!("{gate_keys}{renamed}{FENCE_AND_GATE_LINE}"),
+    ));
+    daemon.hangup();
+    wait_for("the renaming reload", Duration::from_secs(20), || {
+        daemon.logs().matches("config reloaded and applied").count() == 5
+    });
+    wait_for("the new name", Duration::from_secs(10), || {
+        camera_field_of(api, &token, "yard", "name") == "Yard, south"
+    });
+    let yard_before = inferences(api, &token, "yard");
+    wait_for("the renamed yard inferred", Duration::from_secs(30), || {
+        inferences(api, &token, "yard") > yard_before
+    });
+    // Past a summary period (5 s) of the rules stage, which logs each camera's counters.
+    std::thread::sleep(kinderwatch::perimeter::SUMMARY_PERIOD + Duration::from_secs(1));
+    assert_eq!(
+        rule_ids(api, &token),
+        ["fence", "gate-line"],
+        "the rules stage runs on"
     );
 
     // Disabled: replaced by a camera that does not stream (and is not inferred).
@@ -382,7 +416,7 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
     ));
     daemon.hangup();
     wait_for("the disabling reload", Duration::from_secs(20), || {
-        daemon.logs().matches("config reloaded and applied").count() == 5
+        daemon.logs().matches("config reloaded and applied").count() == 6
     });
     wait_for("yard disabled", Duration::from_secs(10), || {
         camera_field_of(api, &token, "yard", "state") == "disabled"
@@ -399,7 +433,7 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
     ));
     daemon.hangup();
     wait_for("the removing reload", Duration::from_secs(20), || {
-        daemon.logs().matches("config reloaded and applied").count() == 6
+        daemon.logs().matches("config reloaded and applied").count() == 7
     });
     daemon.wait_log(&["camera removed", "yard"], Duration::from_secs(5));
     assert_eq!(camera_ids(api, &token), ["gate"]);

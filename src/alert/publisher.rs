@@ -170,6 +170,9 @@ enum Queued {
 struct Delivery {
     /// PUBACK refusals per outbox sequence.
     refusals: HashMap<u64, u32>,
+    /// Cameras whose retained status this daemon published and has not cleared: a camera a live
+    /// reload removed is cleared on the next connection that can, whichever that is.
+    cameras_published: std::collections::HashSet<Arc<str>>,
     warned_retained: bool,
     commands: Arc<Semaphore>,
 }
@@ -292,6 +295,7 @@ async fn publish_until_stopped(
     let mut repeats = 0u64;
     let mut delivery = Delivery {
         refusals: HashMap::new(),
+        cameras_published: Default::default(),
         warned_retained: false,
         commands: Arc::new(Semaphore::new(
             settings.config.max_concurrent_commands.max(1),
@@ -457,7 +461,11 @@ impl<'a> Session<'a> {
             outbox_unread: true,
             acks: Vec::new(),
             responses: mpsc::channel(64),
-            camera_states: HashMap::new(),
+            camera_states: delivery
+                .cameras_published
+                .iter()
+                .map(|id| (id.clone(), None))
+                .collect(),
             gauges_at: Instant::now(),
             max_packet: None,
             receive_max: u16::MAX,
@@ -1008,6 +1016,7 @@ impl<'a> Session<'a> {
                 ) == Queued::Yes
                 {
                     self.camera_states.insert(cam.id.clone(), Some(v));
+                    self.delivery.cameras_published.insert(cam.id.clone());
                 }
             }
         }
@@ -1030,6 +1039,7 @@ impl<'a> Session<'a> {
             {
                 info!(camera = %id, "camera removed: its retained status is cleared");
                 self.camera_states.remove(&id);
+                self.delivery.cameras_published.remove(&id);
             }
         }
     }

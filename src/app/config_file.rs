@@ -79,7 +79,8 @@ impl ConfigFile {
                     info!("config reloaded: nothing changed");
                     reloaded(ReloadResult::Unchanged);
                 } else {
-                    info!(rules = plan.rules, cameras = ?plan.cameras, "config reloaded and applied");
+                    info!(rules = plan.rules, cameras = ?plan.cameras, added = ?plan.added,
+                          removed = ?plan.removed, "config reloaded and applied");
                     reloaded(ReloadResult::Applied);
                 }
             }

@@ -758,30 +758,38 @@ impl Daemon {
         ));
     }
 
-    /// Stops a camera a reload removed: its tasks (the supervisor's pipeline to Null within the
-    /// teardown deadline), its place in the pool and its views. Its tasks leave the task list
-    /// first: their end is no failure.
-    async fn remove_camera(&mut self, id: &str) {
-        let names = ["camera", "health", "state_log", "frames"].map(|t| format!("{t}/{id}"));
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|t| !names.contains(&t.name));
-        if let Some(task) = self.feeds.remove(id) {
-            task.lifetime.cancel();
-            if let Some(s) = task.supervisor
-                && tokio::time::timeout(CAMERA_STOP_TIMEOUT, s.running)
-                    .await
-                    .is_err()
+    /// Stops the cameras a reload removed, all at once: their tasks (each supervisor's pipeline to
+    /// Null within the teardown deadline), their places in the pool and their views. Their tasks
+    /// leave the task list first: their end is no failure.
+    async fn remove_cameras(&mut self, ids: &[String]) {
+        let mut stopping = Vec::new();
+        for id in ids {
+            let names = ["camera", "health", "state_log", "frames"].map(|t| format!("{t}/{id}"));
+            self.tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|t| !names.contains(&t.name));
+            if let Some(task) = self.feeds.remove(id) {
+                task.lifetime.cancel();
+                stopping.extend(task.supervisor.map(|s| (id.clone(), s.running)));
+            }
+        }
+        let ends = stopping.into_iter().map(|(id, running)| async move {
+            if tokio::time::timeout(CAMERA_STOP_TIMEOUT, running)
+                .await
+                .is_err()
             {
                 warn!(camera = %id, "the removed camera's pipeline did not stop in time; going on");
             }
+        });
+        futures_util::future::join_all(ends).await;
+        for id in ids {
+            if let Some(pool) = &self.pool {
+                pool.remove_camera(id);
+            }
+            self.cameras.retain(|c| &*c.id != id);
+            info!(camera = %id, "camera removed");
         }
-        if let Some(pool) = &self.pool {
-            pool.remove_camera(id);
-        }
-        self.cameras.retain(|c| &*c.id != id);
-        info!(camera = %id, "camera removed");
     }
 
     /// Stops the tasks of these cameras (pipelines to Null, within the teardown deadline, all at
@@ -863,6 +871,10 @@ impl Daemon {
             else {
                 anyhow::bail!("restart the service to apply changes to cameras[{id}]");
             };
+            // A disabled camera has nothing running: its new settings apply when it is enabled.
+            if !cam.enabled && running.supervisor.is_none() {
+                continue;
+            }
             let cancel = running.lifetime.child_token();
             let task = running
                 .supervisor
@@ -899,7 +911,14 @@ impl Daemon {
                     motion_masks: cam.motion_masks.clone(),
                 };
                 let replaced = plan.removed.contains(&cam.id);
-                joining.push((pool_camera, Arc::new(AtomicBool::new(false)), replaced));
+                // A replaced camera keeps its flag: the rules stage keeps its tracks.
+                let flag = self
+                    .pool
+                    .as_ref()
+                    .and_then(|p| p.live_tracks_flag(&cam.id))
+                    .filter(|_| replaced)
+                    .unwrap_or_default();
+                joining.push((pool_camera, flag, replaced));
             }
         }
         let mut pooled = Vec::new();
@@ -935,9 +954,7 @@ impl Daemon {
                 pool.reconfigure(&cam.id, interval, &cam.motion_masks);
             }
         }
-        for id in &plan.removed {
-            self.remove_camera(id).await;
-        }
+        self.remove_cameras(&plan.removed).await;
         if let Some(pool) = &self.pool {
             for (cam, flag, _) in joining.into_iter().filter(|(_, _, replaced)| *replaced) {
                 pool.add_camera_with(cam, flag);

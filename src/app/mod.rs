@@ -187,13 +187,14 @@ pub async fn run(
             _ = &mut deadline, if stop_after.is_some() => { info!("run time over: stopping"); break; }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            // A reload may wait for cameras to stop (7 s each at most): "main" beats meanwhile.
             _ = sighup.recv() => match &mut file {
-                Some(file) => file.reload(&mut daemon).await,
+                Some(file) => beating(&main_progress, file.reload(&mut daemon)).await,
                 None => warn!("SIGHUP: the built-in demo config cannot be reloaded"),
             },
             Some(command) = next(&mut config_commands) => {
                 if let Some(file) = &mut file {
-                    file.handle(&mut daemon, command).await;
+                    beating(&main_progress, file.handle(&mut daemon, command)).await;
                 }
             }
             Some(why) = fatal.recv() => {
@@ -248,6 +249,18 @@ async fn next(
 }
 
 /// Logs every state change of one camera (the supervisor logs the faults themselves).
+/// Runs `work`, beating `progress` while it runs.
+async fn beating<T>(progress: &crate::progress::Progress, work: impl Future<Output = T>) -> T {
+    tokio::pin!(work);
+    let mut beat = tokio::time::interval(crate::progress::BEAT_PERIOD);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = beat.tick() => progress.beat(),
+        }
+    }
+}
+
 async fn log_state_changes(mut camera: CameraHandle, cancel: CancellationToken) {
     let mut last = camera.status.borrow().state;
     loop {

@@ -48,8 +48,9 @@ impl DetectionSummary {
             let w = windows.remove(&camera).unwrap_or_default();
             let now = self.stats.stats(&camera).unwrap_or_default();
             let prev = self.before.insert(camera.clone(), now).unwrap_or_default();
-            let skipped = now.skipped_motion - prev.skipped_motion;
-            let dropped = now.dropped() - prev.dropped();
+            // A camera replaced by a live reload starts its counters afresh.
+            let skipped = now.skipped_motion.saturating_sub(prev.skipped_motion);
+            let dropped = now.dropped().saturating_sub(prev.dropped());
             if w.frames + skipped + dropped == 0 {
                 continue;
             }
