@@ -6,7 +6,8 @@
 #   /etc/kinderwatch/kinderwatch.toml              the config: root:kinderwatch 0640 (the service
 #                                                  reads it, only root writes it); never overwritten
 #   /etc/kinderwatch/credentials/                  camera and MQTT passwords, root only (0700);
-#                                                  systemd hands them over with LoadCredential=
+#                                                  systemd hands each file <name> over as the
+#                                                  credential secret_<name> (LoadCredential=)
 #   /etc/systemd/system/kinderwatch.service, /usr/lib/sysusers.d/kinderwatch.conf
 # Run as root after `cargo build --release`. Idempotent.
 # DESTDIR=dir installs under dir (packaging, tests) and touches neither users nor systemd;

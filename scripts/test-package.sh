@@ -5,9 +5,11 @@
 #  2. installs revision 1 with apt into a fresh Debian 12 root (debootstrap, cached as a tarball),
 #     runs lintian on it, checks the user, owners and modes, that the unit is enabled and not
 #     started, `systemd-analyze verify` and `systemd-analyze security` on the installed unit;
-#  3. points the config at a test camera (the sample clip served on this host) and an MQTT broker,
-#     runs `kinderwatch doctor` as the service user, then the unit's ExecStart as the service user
-#     with the broker down: crossings are recorded and wait in the outbox;
+#  3. points the config at a test camera (the sample clip served on this host, with a password kept
+#     in /etc/kinderwatch/credentials) and an MQTT broker, runs `kinderwatch doctor` as an installer
+#     would, then the unit's ExecStart as the service user, with the credentials handed over as
+#     the unit's LoadCredential= does, and the broker down: crossings are recorded and wait in the
+#     outbox;
 #  4. upgrades to revision 2 (apt, the config edited since install): the config, the credentials
 #     and the event database are kept; the maintainer scripts ask systemd to restart the unit
 #     exactly once and never to stop it (no systemd runs in a chroot: a recording systemctl and
@@ -120,7 +122,10 @@ log "exposure level $level"
 # --- 3. doctor and a run as the service user --------------------------------------------------
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 CAMERA_PORT=$(free_port); BROKER_PORT=$(free_port); API_PORT=$(free_port)
-"$REPO/target/release/examples/sample_camera" --port "$CAMERA_PORT" >/tmp/kinderwatch-package-camera.txt 2>/dev/null &
+# The camera asks for a password (RTSP digest), which the box keeps in its credentials directory.
+CAMERA_PASSWORD="pw-$RANDOM$RANDOM"
+"$REPO/target/release/examples/sample_camera" --port "$CAMERA_PORT" --user viewer --password "$CAMERA_PASSWORD" \
+    >/tmp/kinderwatch-package-camera.txt 2>/dev/null &
 CAMERA_PID=$!
 for _ in $(seq 300); do camera_url=$(head -n1 /tmp/kinderwatch-package-camera.txt); [ -n "$camera_url" ] && break; sleep 0.1; done
 [ -n "$camera_url" ] || fail "the sample camera did not start"
@@ -146,6 +151,8 @@ backoff_max = "1s"
 [[cameras]]
 id = "gate"
 url = "$camera_url"
+username = "viewer"
+password_file = "/run/credentials/kinderwatch.service/secret_gate"
 detect_fps = 5
 [[rules]]
 id = "walkway"
@@ -155,10 +162,21 @@ line = [[0.5, 0.0], [0.5, 1.0]]
 cooldown = "0s"
 EOF
 config_sha=$(sha256sum "$ROOT/etc/kinderwatch/kinderwatch.toml" | cut -d' ' -f1)
-printf 'not-a-real-password' >"$ROOT/etc/kinderwatch/credentials/gate"
+printf '%s\n' "$CAMERA_PASSWORD" >"$ROOT/etc/kinderwatch/credentials/gate"
 chmod 600 "$ROOT/etc/kinderwatch/credentials/gate"
-# What systemd does for the unit before ExecStart: StateDirectory=, CacheDirectory=.
+# What systemd does for the unit before ExecStart: StateDirectory=, CacheDirectory=, and
+# LoadCredential=secret:/etc/kinderwatch/credentials (each file <name> as secret_<name>, readable
+# by the service user only).
 in_root install -d -o kinderwatch -g kinderwatch -m 0700 /var/lib/kinderwatch /var/cache/kinderwatch
+grep -q '^LoadCredential=secret:/etc/kinderwatch/credentials$' "$ROOT/usr/lib/systemd/system/kinderwatch.service" \
+    || fail "the unit does not load the credentials directory"
+load_credentials() {
+    local creds=$ROOT/run/credentials/kinderwatch.service
+    rm -rf "$creds" && install -d -m 0500 -o "$(in_root id -u kinderwatch)" "$creds"
+    for f in "$ROOT"/etc/kinderwatch/credentials/*; do
+        install -m 0400 -o "$(in_root id -u kinderwatch)" "$f" "$creds/secret_$(basename "$f")"
+    done
+}
 
 start_broker() {
     mosquitto -p "$BROKER_PORT" >/dev/null 2>&1 &
@@ -174,12 +192,17 @@ as_service() { in_root $unit_env RUST_LOG=info runuser -u kinderwatch -- "$@"; }
 
 start_broker
 log "kinderwatch doctor (as the service user)"
-doctor=$(as_service /usr/bin/kinderwatch doctor --config /etc/kinderwatch/kinderwatch.toml 2>&1) \
+# As root, outside the unit, as an installer runs it: the camera's password comes from the
+# credentials directory.
+doctor=$(in_root $unit_env /usr/bin/kinderwatch doctor --config /etc/kinderwatch/kinderwatch.toml 2>&1) \
     || { echo "$doctor" >&2; fail "doctor found a problem"; }
 echo "$doctor" >&2
+echo "$doctor" | grep -q "password read from /etc/kinderwatch/credentials/gate" \
+    || fail "doctor did not read the camera's password from the credentials directory"
 stop_broker
 
 run_daemon() {  # seconds log-file
+    load_credentials
     as_service timeout -s TERM "$1" $exec_start >"$2" 2>&1 || {
         local rc=$?; [ "$rc" = 124 ] || { cat "$2" >&2; fail "the daemon exited with $rc"; }
     }
@@ -217,7 +240,7 @@ log "systemd was asked, during the upgrade: $(echo "$calls" | tr '\n' ';')"
 [ "$(in_root dpkg-query -W -f='${Version}' kinderwatch)" = "0.1.0-2" ] || fail "the upgrade did not install 0.1.0-2"
 [ "$(sha256sum "$ROOT/etc/kinderwatch/kinderwatch.toml" | cut -d' ' -f1)" = "$config_sha" ] || fail "the upgrade changed the config"
 check_mode /etc/kinderwatch/kinderwatch.toml root:kinderwatch 640
-[ "$(cat "$ROOT/etc/kinderwatch/credentials/gate")" = "not-a-real-password" ] || fail "the upgrade lost the credentials"
+[ "$(cat "$ROOT/etc/kinderwatch/credentials/gate")" = "$CAMERA_PASSWORD" ] || fail "the upgrade lost the credentials"
 check_mode /etc/kinderwatch/credentials/gate root:root 600
 after=$(in_root /usr/bin/kinderwatch events --db /var/lib/kinderwatch --since 1h --limit 1000 --format json)
 ids_after=$(echo "$after" | python3 -c 'import json,sys; print(" ".join(sorted(e["id"] for e in json.load(sys.stdin) if e["kind"]=="line_crossed")))')

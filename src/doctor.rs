@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::camera::config::{CREDENTIALS_DIR, credential_source};
 use crate::camera::probe::{ProbeOptions, probe};
 use crate::config::Config;
 
@@ -355,6 +356,18 @@ fn user_name(uid: u32) -> Option<String> {
     }
 }
 
+/// What to tell the installer when a password file is the unit's credential read outside the
+/// unit (see [`credential_source`]).
+fn outside_the_unit(password_file: Option<&Path>) -> Option<String> {
+    let file = password_file?;
+    let from = credential_source(file, Path::new(CREDENTIALS_DIR))?;
+    Some(format!(
+        "password read from {} (the unit's {})",
+        from.display(),
+        file.display()
+    ))
+}
+
 /// The broker: a connection of its own (`<client id>-doctor`, no last will) to the CONNACK.
 async fn mqtt(config: &Config) -> Option<Check> {
     use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
@@ -439,6 +452,7 @@ fn refused_by_broker(target: &str, code: rumqttc::v5::mqttbytes::v5::ConnectRetu
 async fn cameras(config: &Config, timeout: Duration) -> Vec<Check> {
     let probes = config.enabled_cameras().map(|cam| async move {
         let what = format!("camera {}", cam.id);
+        let credential_note = outside_the_unit(cam.password_file.as_deref());
         let url = match cam.rtsp_url() {
             Ok(u) => u,
             Err(e) => {
@@ -453,12 +467,17 @@ async fn cameras(config: &Config, timeout: Duration) -> Vec<Check> {
         let credentials = match cam.credentials() {
             Ok(c) => c,
             Err(e) => {
-                return Check::bad(
-                    Verdict::Fail,
-                    what,
-                    e.to_string(),
-                    "check the camera's username and password_file / password_env",
-                );
+                let fix = match &credential_note {
+                    Some(_) => format!(
+                        "put the camera's password in {CREDENTIALS_DIR}/{} (root, mode 0600)",
+                        cam.password_file
+                            .as_deref()
+                            .and_then(Path::file_name)
+                            .map_or_else(|| cam.id.clone(), |n| n.to_string_lossy().into_owned())
+                    ),
+                    None => "check the camera's username and password_file / password_env".into(),
+                };
+                return Check::bad(Verdict::Fail, what, e.to_string(), fix);
             }
         };
         let opts = ProbeOptions {
@@ -479,6 +498,10 @@ async fn cameras(config: &Config, timeout: Duration) -> Vec<Check> {
                     r.measured_fps,
                     r.transport.as_str()
                 );
+                let facts = match &credential_note {
+                    Some(note) => format!("{facts}; {note}"),
+                    None => facts,
+                };
                 match r.advice {
                     Some(advice) => Check::bad(Verdict::Warn, what, facts, advice),
                     None => Check::ok(what, facts),
@@ -493,4 +516,30 @@ async fn cameras(config: &Config, timeout: Duration) -> Vec<Check> {
         }
     });
     futures_util::future::join_all(probes).await
+}
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn a_unit_credential_is_read_from_the_file_it_is_made_from() {
+        let dir = Path::new("/etc/kinderwatch/credentials");
+        assert_eq!(
+            credential_source(
+                Path::new("/run/credentials/kinderwatch.service/secret_gate"),
+                dir
+            ),
+            Some(dir.join("gate"))
+        );
+        for other in [
+            "/run/credentials/kinderwatch.service/gate",
+            "/run/credentials/kinderwatch.service/secret_",
+            "/run/credentials/other.service/secret_gate",
+            "/etc/kinderwatch/gate-password",
+        ] {
+            assert_eq!(credential_source(Path::new(other), dir), None, "{other}");
+        }
+    }
+
+    use super::*;
 }

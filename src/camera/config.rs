@@ -258,9 +258,32 @@ pub enum PasswordFileError {
     Empty(PathBuf),
 }
 
+/// Where the packaged unit hands credentials over: every file `<name>` of [`CREDENTIALS_DIR`]
+/// becomes `secret_<name>` here (`LoadCredential=secret:/etc/kinderwatch/credentials`).
+pub const UNIT_CREDENTIALS: &str = "/run/credentials/kinderwatch.service";
+/// Where the passwords are kept on the box (root only).
+pub const CREDENTIALS_DIR: &str = "/etc/kinderwatch/credentials";
+
+/// A password file that is the unit's credential (`/run/credentials/kinderwatch.service/secret_gate`)
+/// but does not exist (a command run by hand, outside the unit: `doctor`, `check-config`): the
+/// file it is made from (`/etc/kinderwatch/credentials/gate`). `None` otherwise.
+pub fn credential_source(path: &Path, credentials_dir: &Path) -> Option<PathBuf> {
+    let name = path
+        .strip_prefix(UNIT_CREDENTIALS)
+        .ok()?
+        .to_str()?
+        .strip_prefix("secret_")?;
+    if name.is_empty() || name.contains('/') || path.exists() {
+        return None;
+    }
+    Some(credentials_dir.join(name))
+}
+
 fn read_password_file(path: &Path) -> Result<String, PasswordFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PasswordFileError::Unreadable {
-        path: path.to_owned(),
+    let source_file = credential_source(path, Path::new(CREDENTIALS_DIR));
+    let read = source_file.as_deref().unwrap_or(path);
+    let text = std::fs::read_to_string(read).map_err(|source| PasswordFileError::Unreadable {
+        path: read.to_owned(),
         source,
     })?;
     let pw = text.trim_end_matches(['\r', '\n']).to_owned();
