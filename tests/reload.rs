@@ -284,23 +284,33 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
     });
     assert_eq!(rule_ids(api, &token), ["fence", "gate-line"]);
 
+    // Writes the file with gate at the test server and `rest` (gate's further keys, more cameras,
+    // the rules), sends SIGHUP and waits for the `n`th applied reload.
+    let reload_to = |what: &str, rest: &str, n: usize| {
+        write(site_config_at(
+            api,
+            &server.url(),
+            &hash,
+            "workers = 1",
+            rest,
+        ));
+        daemon.hangup();
+        wait_for(what, Duration::from_secs(20), || {
+            daemon.logs().matches("config reloaded and applied").count() == n
+        });
+    };
+
     // What the camera hands to detection changes (size, rate, motion masks): that camera
     // restarts with it, the daemon does not. The default is 640x360 at 5 fps.
     assert_eq!(live_picture_size(api, &token), (640, 360));
-    write(site_config_at(
-        api,
-        &server.url(),
-        &hash,
-        "workers = 1",
+    reload_to(
+        "the third applied reload",
         &format!(
             "detect_width = 320\ndetect_height = 180\ndetect_fps = 2\n\
              motion_masks = [[[0.0, 0.0], [0.2, 0.0], [0.2, 0.2]]]\n{FENCE_AND_GATE_LINE}"
         ),
-    ));
-    daemon.hangup();
-    wait_for("the third applied reload", Duration::from_secs(20), || {
-        daemon.logs().matches("config reloaded and applied").count() == 3
-    });
+        3,
+    );
     assert_eq!(
         daemon
             .logs()
@@ -336,18 +346,12 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
          motion_masks = [[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]]\n",
         server.url()
     );
-    write(site_config_at(
-        api,
-        &server.url(),
-        &hash,
-        "workers = 1",
-        &format!("{gate_keys}{yard}{FENCE_AND_GATE_LINE}"),
-    ));
     let gate_frames = frames();
-    daemon.hangup();
-    wait_for("the fourth applied reload", Duration::from_secs(20), || {
-        daemon.logs().matches("config reloaded and applied").count() == 4
-    });
+    reload_to(
+        "the fourth applied reload",
+        &format!("{gate_keys}{yard}{FENCE_AND_GATE_LINE}"),
+        4,
+    );
     daemon.wait_log(&["camera added", "yard"], Duration::from_secs(5));
     wait_for(
         "both cameras listed, yard streaming",
@@ -377,17 +381,11 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
     // Renamed: replaced under its id (a fresh pool entry whose counters start again at 0: the
     // rules stage's per-camera summary must not underflow on them), and inferred again.
     let renamed = yard.replace("detect_width", "name = \"Yard, south\"\ndetect_width");
-    write(site_config_at(
-        api,
-        &server.url(),
-        &hash,
-        "workers = 1",
+    reload_to(
+        "the renaming reload",
         &format!("{gate_keys}{renamed}{FENCE_AND_GATE_LINE}"),
-    ));
-    daemon.hangup();
-    wait_for("the renaming reload", Duration::from_secs(20), || {
-        daemon.logs().matches("config reloaded and applied").count() == 5
-    });
+        5,
+    );
     wait_for("the new name", Duration::from_secs(10), || {
         camera_field_of(api, &token, "yard", "name") == "Yard, south"
     });
@@ -404,37 +402,25 @@ fn sighup_applies_rules_live_and_refuses_what_needs_a_restart() {
     );
 
     // Disabled: replaced by a camera that does not stream (and is not inferred).
-    write(site_config_at(
-        api,
-        &server.url(),
-        &hash,
-        "workers = 1",
+    reload_to(
+        "the disabling reload",
         &format!(
             "{gate_keys}{}{FENCE_AND_GATE_LINE}",
             yard.replace("detect_width", "enabled = false\ndetect_width")
         ),
-    ));
-    daemon.hangup();
-    wait_for("the disabling reload", Duration::from_secs(20), || {
-        daemon.logs().matches("config reloaded and applied").count() == 6
-    });
+        6,
+    );
     wait_for("yard disabled", Duration::from_secs(10), || {
         camera_field_of(api, &token, "yard", "state") == "disabled"
     });
     assert_eq!(camera_ids(api, &token), ["gate", "yard"]);
 
     // Removed: it leaves the list; gate runs on.
-    write(site_config_at(
-        api,
-        &server.url(),
-        &hash,
-        "workers = 1",
+    reload_to(
+        "the removing reload",
         &format!("{gate_keys}{FENCE_AND_GATE_LINE}"),
-    ));
-    daemon.hangup();
-    wait_for("the removing reload", Duration::from_secs(20), || {
-        daemon.logs().matches("config reloaded and applied").count() == 7
-    });
+        7,
+    );
     daemon.wait_log(&["camera removed", "yard"], Duration::from_secs(5));
     assert_eq!(camera_ids(api, &token), ["gate"]);
     let yard_inferred = inferences(api, &token, "yard");
