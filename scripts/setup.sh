@@ -40,7 +40,7 @@ BUILD_PKGS=(pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev)
 RUNTIME_PKGS=(gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-libav)
 TEST_PKGS=(libgstrtspserver-1.0-dev gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-tools
            mosquitto mosquitto-clients systemd util-linux vlc-bin vlc-plugin-base
-           chromium chromium-driver)
+           chromium chromium-driver postgresql)
 TOOL_PKGS=(python3 python3-pip python3-venv ca-certificates)
 
 install_debian_packages() {

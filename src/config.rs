@@ -173,7 +173,7 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
-    fn one(file: &Path, path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn one(file: &Path, path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             file: file.to_owned(),
             problems: vec![Problem {
@@ -205,18 +205,7 @@ impl Config {
 
     /// Parses and validates config text; `file` names it in errors, `base` resolves relative paths.
     pub fn from_toml(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| {
-            ConfigError::one(
-                file,
-                "",
-                format!("not valid TOML: {}", toml_error(text, &e)),
-            )
-        })?;
-        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            ConfigError::one(file, path, toml_error(text, e.inner()))
-        })?;
+        let mut config: Config = deserialize_toml(text, file)?;
         config.resolve_paths(base);
         let problems = config.validate();
         if problems.is_empty() {
@@ -321,6 +310,25 @@ impl Config {
 }
 
 /// "line L, column C: message", without the quoted source line (it could hold a password).
+/// Parses TOML text into `T`; an error names the file and the key path of the problem.
+pub fn deserialize_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &Path,
+) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        ConfigError::one(
+            file,
+            "",
+            format!("not valid TOML: {}", toml_error(text, &e)),
+        )
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::one(file, path, toml_error(text, e.inner()))
+    })
+}
+
 fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
     match e.span() {

@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod camera;
+pub mod center;
 pub mod config;
 pub mod control;
 pub mod detect;

@@ -26,6 +26,16 @@ enum Command {
         #[arg(long, short, default_value = "/etc/kinderwatch/kinderwatch.toml")]
         config: PathBuf,
     },
+    /// Run one instance of the city monitoring center (alarm queue, city-wide history) until
+    /// SIGINT/SIGTERM: it consumes every site's alerts from the city broker into PostgreSQL.
+    Center {
+        /// Center config file (a `[center]` section).
+        #[arg(long, short, default_value = "/etc/kinderwatch/center.toml")]
+        config: PathBuf,
+        /// Only check the config: print every problem with its key path, exit non-zero on one.
+        #[arg(long)]
+        check: bool,
+    },
     /// Check a config file; print every problem with its key path and exit non-zero if there is one.
     CheckConfig {
         /// Config file.
@@ -400,6 +410,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Center { config, check } => run_center(&config, check),
         Command::Run { config: file } => {
             let config = Config::load(&file)?;
             start_daemon(config, Some(file), None)
@@ -538,6 +549,41 @@ fn check_model(manifest: &Path, config: &Config) -> anyhow::Result<String> {
             manifest.display()
         ),
     }
+}
+
+fn run_center(file: &Path, check: bool) -> anyhow::Result<ExitCode> {
+    let config = match kinderwatch::center::CenterConfig::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if check {
+        println!("{}: OK", file.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    kinderwatch::telemetry::init(kinderwatch::config::LogFormat::Text, "info");
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("stop signal: stopping the center");
+            stop.cancel();
+        });
+        kinderwatch::center::run(config, cancel).await
+    });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn start_daemon(

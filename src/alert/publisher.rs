@@ -199,6 +199,12 @@ pub fn doctor_options(config: &MqttConfig, site: &str) -> anyhow::Result<MqttOpt
     )
 }
 
+/// The options a city center instance connects with (`kinderwatch center`): the broker, TLS and
+/// credentials of `config`, the instance's client id, no last will.
+pub fn center_options(config: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions> {
+    options(config, client_id, client_id.to_owned(), false)
+}
+
 fn options(
     config: &MqttConfig,
     site: &str,
@@ -791,7 +797,8 @@ impl<'a> Session<'a> {
         let snapshots = self.settings.config.publish_snapshots;
         let max_packet = self.max_packet;
         let prefix = self.topics.prefix.clone();
-        let props = snapshot_props(&self.settings.config);
+        // For sizing only: the nil id is as long as every event id.
+        let props = snapshot_props(&self.settings.config, Uuid::nil());
         self.outbox_read = Some(tokio::task::spawn_blocking(move || {
             let topics = Topics { prefix };
             let mut entries = Vec::new();
@@ -888,7 +895,7 @@ impl<'a> Session<'a> {
                     format!("{topic}/snapshot"),
                     jpeg,
                     false,
-                    Some(snapshot_props(c)),
+                    Some(snapshot_props(c, event_id)),
                     Tag::Other,
                 );
                 // The alert already says a picture follows: one that could not be queued is
@@ -1239,9 +1246,12 @@ fn alert_props(c: &MqttConfig) -> PublishProperties {
     }
 }
 
-fn snapshot_props(c: &MqttConfig) -> PublishProperties {
+/// The JPEG's properties; the user property `event_id` names its alert, so that a consumer that
+/// did not get the alert itself (another member of a shared subscription) can file it.
+fn snapshot_props(c: &MqttConfig, event_id: Uuid) -> PublishProperties {
     PublishProperties {
         content_type: Some("image/jpeg".into()),
+        user_properties: vec![("event_id".into(), event_id.to_string())],
         message_expiry_interval: expiry(c.message_expiry),
         ..Default::default()
     }

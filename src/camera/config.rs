@@ -279,7 +279,7 @@ pub fn credential_source(path: &Path, credentials_dir: &Path) -> Option<PathBuf>
     Some(credentials_dir.join(name))
 }
 
-fn read_password_file(path: &Path) -> Result<String, PasswordFileError> {
+pub fn read_password_file(path: &Path) -> Result<String, PasswordFileError> {
     let source_file = credential_source(path, Path::new(CREDENTIALS_DIR));
     let read = source_file.as_deref().unwrap_or(path);
     let text = std::fs::read_to_string(read).map_err(|source| PasswordFileError::Unreadable {

@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 pub mod api;
 pub mod camera;
+pub mod center;
 pub mod config;
 pub mod detect;
 pub mod events;
@@ -47,6 +48,7 @@ pub struct Metric {
 pub fn all() -> impl Iterator<Item = &'static Metric> {
     [
         camera::METRICS,
+        center::METRICS,
         config::METRICS,
         detect::METRICS,
         events::METRICS,

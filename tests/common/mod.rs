@@ -407,6 +407,7 @@ pub fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
 
 pub mod broker;
 pub mod daemon;
+pub mod postgres;
 pub mod proxy;
 pub mod recorder;
 pub mod site;

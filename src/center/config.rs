@@ -1,0 +1,231 @@
+//! `center.toml`: the `[center]` section of a city center instance (`kinderwatch center`).
+//!
+//! ```toml
+//! [center]
+//! instance = "center-1"          # unique per instance: its MQTT client id and its name in the log
+//! topic_root = "kinderwatch"     # the sites publish under <topic_root>/<site id>/...
+//! share_group = "center"         # the MQTT 5 shared subscription group of all instances
+//!
+//! [center.mqtt]                  # the broker, as in a site's [mqtt] (host, tls, credentials...)
+//! host = "mqtt.city.example"
+//!
+//! [center.database]
+//! url = "postgresql://center@db.city.example/kinderwatch"
+//! password_file = "/run/credentials/kinderwatch-center.service/secret_db"
+//!
+//! [center.http]
+//! listen = "0.0.0.0:8090"
+//! [[center.http.tokens]]          # as the site's [[api.tokens]]; admin may acknowledge/resolve
+//! name = "desk-1"
+//! role = "admin"
+//! sha256 = "..."
+//!
+//! [[center.sites]]               # the directory: district and name of each site
+//! id = "kg-7"
+//! district = "north"
+//! name = "Kindergarten No. 7"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::alert::MqttConfig;
+use crate::auth::TokenConfig;
+use crate::config::ConfigError;
+use crate::validate::{Problem, Validator};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CenterFile {
+    pub center: CenterConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CenterConfig {
+    /// This instance's name, unique among the instances: its MQTT client id.
+    pub instance: String,
+    /// Default: "kinderwatch".
+    #[serde(default = "default_topic_root")]
+    pub topic_root: String,
+    /// Default: "center".
+    #[serde(default = "default_share_group")]
+    pub share_group: String,
+    /// Alerts read but not yet stored at any time (MQTT 5 Receive Maximum): the most a killed
+    /// instance can leave unacknowledged at the broker. Default: 32.
+    #[serde(default = "default_receive_maximum")]
+    pub receive_maximum: u16,
+    pub mqtt: MqttConfig,
+    pub database: DatabaseConfig,
+    pub http: Option<HttpConfig>,
+    #[serde(default)]
+    pub sites: Vec<SiteEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// A libpq connection string: `postgresql://user@host:port/db` or `host=... dbname=...`.
+    pub url: String,
+    /// A file holding the password (else the URL's, or none).
+    pub password_file: Option<PathBuf>,
+    /// Connections of this instance. Default: 8.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One site of the directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteEntry {
+    pub id: String,
+    pub district: Option<String>,
+    pub name: Option<String>,
+}
+
+fn default_topic_root() -> String {
+    "kinderwatch".into()
+}
+fn default_share_group() -> String {
+    "center".into()
+}
+fn default_receive_maximum() -> u16 {
+    32
+}
+fn default_pool_size() -> usize {
+    8
+}
+
+impl CenterConfig {
+    /// Reads, parses and validates a center config file.
+    pub fn load(file: &Path) -> Result<CenterConfig, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            ConfigError::one(
+                file,
+                "",
+                format!("cannot read the file: {e}; pass an existing file with --config"),
+            )
+        })?;
+        Self::from_toml(&text, file, file.parent().unwrap_or(Path::new(".")))
+    }
+
+    pub fn from_toml(text: &str, file: &Path, base: &Path) -> Result<CenterConfig, ConfigError> {
+        let parsed: CenterFile = crate::config::deserialize_toml(text, file)?;
+        let mut c = parsed.center;
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = &mut c.database.password_file {
+            resolve(p);
+        }
+        for p in [
+            &mut c.mqtt.ca_file,
+            &mut c.mqtt.client_cert_file,
+            &mut c.mqtt.client_key_file,
+            &mut c.mqtt.password_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(p);
+        }
+        let problems = c.validate();
+        if problems.is_empty() {
+            Ok(c)
+        } else {
+            Err(ConfigError {
+                file: file.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut v = Validator::default();
+        v.id("center.instance", &self.instance);
+        let topic = |v: &mut Validator, key: &str, t: &str| {
+            if t.is_empty() || t.contains(['+', '#', '$']) || t.starts_with('/') || t.ends_with('/') {
+                v.err(
+                    key,
+                    format!("{t:?}: no wildcards (+ #), no '$' and no leading or trailing '/'"),
+                );
+            }
+        };
+        topic(&mut v, "center.topic_root", &self.topic_root);
+        if self.share_group.is_empty() || self.share_group.contains(['+', '#', '/']) {
+            v.err(
+                "center.share_group",
+                format!("{:?}: one topic level without wildcards, e.g. \"center\"", self.share_group),
+            );
+        }
+        if self.receive_maximum == 0 {
+            v.err("center.receive_maximum", "use 1 to 65535 (default 32)");
+        }
+        for (key, message) in self.mqtt.problems(&self.instance) {
+            // Site-only keys (topic_prefix, reply_topic_prefix) are not used by the center.
+            v.err(&format!("center.mqtt.{key}"), message);
+        }
+        if let Err(e) = self.database.url.parse::<tokio_postgres::Config>() {
+            v.err(
+                "center.database.url",
+                format!("not a PostgreSQL connection string ({e}); e.g. \"postgresql://center@db.example/kinderwatch\""),
+            );
+        }
+        if let Some(p) = &self.database.password_file
+            && let Err(e) = crate::camera::config::read_password_file(p)
+        {
+            v.err("center.database.password_file", e.to_string());
+        }
+        if !(1..=256).contains(&self.database.pool_size) {
+            v.err("center.database.pool_size", "use 1 to 256 (default 8)");
+        }
+        if let Some(http) = &self.http {
+            for (i, t) in http.tokens.iter().enumerate() {
+                if !crate::auth::is_sha256_hex(&t.sha256) {
+                    v.err(
+                        &format!("center.http.tokens[{i}].sha256"),
+                        "not a hex SHA-256; make one with `kinderwatch token`",
+                    );
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.sites.iter().enumerate() {
+            v.id(&format!("center.sites[{i}].id"), &s.id);
+            if !seen.insert(&s.id) {
+                v.err(&format!("center.sites[{i}].id"), format!("site {:?} is listed twice", s.id));
+            }
+        }
+        v.into_problems()
+    }
+
+    /// The database settings tokio-postgres connects with (the password file applied).
+    pub fn pg_config(&self) -> anyhow::Result<tokio_postgres::Config> {
+        let mut pg: tokio_postgres::Config = self
+            .database
+            .url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("center.database.url: {e}"))?;
+        if let Some(p) = &self.database.password_file {
+            let pw = crate::camera::config::read_password_file(p)
+                .map_err(|e| anyhow::anyhow!("center.database.password_file: {e}"))?;
+            pg.password(pw);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name(&format!("kinderwatch-center {}", self.instance));
+        }
+        Ok(pg)
+    }
+}

@@ -1,0 +1,341 @@
+//! `kinderwatch center` against a real mosquitto and a real PostgreSQL: two instances split the
+//! alerts of a shared subscription, store each once (a re-sent alert is a duplicate), keep
+//! alerts through a database outage, and one survives the other's SIGKILL; the alarm queue
+//! moves New → Acknowledged → Resolved over HTTP with roles, and a site offline is its own alarm.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::broker::Broker;
+use common::daemon::http_get;
+use common::postgres::Postgres;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use rumqttc::v5::{AsyncClient, MqttOptions};
+use serde_json::Value;
+
+const READ_TOKEN: &str = "kw_read_0000000000000000000000000000000000000000000000000000000000000";
+const ADMIN_TOKEN: &str = "kw_admin_000000000000000000000000000000000000000000000000000000000000";
+
+fn sha(t: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(t.as_bytes()))
+}
+
+struct Center {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Center {
+    fn start(instance: &str, broker: u16, db: &str) -> Center {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::daemon::free_port();
+        let config = format!(
+            r#"[center]
+instance = "{instance}"
+[center.mqtt]
+host = "127.0.0.1"
+port = {broker}
+backoff_initial = "200ms"
+backoff_max = "1s"
+max_incoming_packet = 1048576
+[center.database]
+url = "{db}"
+pool_size = 4
+[center.http]
+listen = "127.0.0.1:{port}"
+[[center.http.tokens]]
+name = "viewer"
+role = "read"
+sha256 = "{}"
+[[center.http.tokens]]
+name = "desk-1"
+role = "admin"
+sha256 = "{}"
+[[center.sites]]
+id = "kg-1"
+district = "north"
+name = "Kindergarten 1"
+[[center.sites]]
+id = "kg-2"
+district = "south"
+"#,
+            sha(READ_TOKEN),
+            sha(ADMIN_TOKEN)
+        );
+        let file = dir.path().join("center.toml");
+        std::fs::write(&file, config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kinderwatch"))
+            .args(["center", "--config"])
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .unwrap();
+        let c = Center {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if c.log().contains("center: connected to the broker") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "center {instance} did not connect: {}", c.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Subscriptions are acknowledged right after the connection.
+        std::thread::sleep(Duration::from_millis(500));
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Center {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn alert(site: &str, id: &str, kind: &str) -> Value {
+    serde_json::json!({
+        "schema_version": 1, "event_id": id, "site": site, "camera": "gate", "rule": "fence",
+        "kind": kind, "object": null, "started_at": "2026-12-02T10:00:00Z",
+        "time": jiff::Timestamp::now().to_string(), "detail": null, "snapshot": null
+    })
+}
+
+async fn site_client(port: u16, id: &str) -> AsyncClient {
+    let mut opts = MqttOptions::new(format!("site-{id}"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut el) = AsyncClient::new(opts, 1000);
+    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    client
+}
+
+async fn publish_alert(c: &AsyncClient, site: &str, id: &str, kind: &str) {
+    let props = PublishProperties {
+        content_type: Some("application/json".into()),
+        ..Default::default()
+    };
+    c.publish_with_properties(
+        format!("kinderwatch/{site}/events/gate/{kind}"),
+        QoS::AtLeastOnce,
+        false,
+        serde_json::to_vec(&alert(site, id, kind)).unwrap(),
+        props,
+    )
+    .await
+    .unwrap();
+}
+
+async fn query(pg: &Postgres, sql: &str) -> Vec<tokio_postgres::Row> {
+    let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.query(sql, &[]).await.unwrap()
+}
+
+async fn count(pg: &Postgres, sql: &str) -> i64 {
+    query(pg, sql).await[0].get(0)
+}
+
+async fn wait_count(pg: &Postgres, sql: &str, want: i64, within: Duration) -> i64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = count(pg, sql).await;
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn uuid(n: u32) -> String {
+    format!("019a5f1e-0000-7000-8000-{n:012}")
+}
+
+fn call(port: u16, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
+    let r = ureq::request(method, &format!("http://127.0.0.1:{port}{path}"))
+        .set("Authorization", &format!("Bearer {token}"));
+    let res = if method == "GET" {
+        r.call()
+    } else {
+        r.set("Content-Type", "application/json").send_string(body)
+    };
+    let (status, resp) = match res {
+        Ok(r) => (r.status(), r),
+        Err(ureq::Error::Status(s, r)) => (s, r),
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let text = resp.into_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_alerts_store_each_once_and_survive_a_kill() {
+    let broker = Broker::start("");
+    let mut pg = Postgres::start();
+    let a = Center::start("center-a", broker.port, &pg.url());
+    let mut b = Center::start("center-b", broker.port, &pg.url());
+    let site1 = site_client(broker.port, "kg-1").await;
+    let site2 = site_client(broker.port, "kg-2").await;
+
+    // 40 alerts from two sites, every one sent twice (an at-least-once re-send).
+    for n in 0..40u32 {
+        let (c, s) = if n % 2 == 0 { (&site1, "kg-1") } else { (&site2, "kg-2") };
+        let kind = if n % 10 == 9 { "zone_left" } else { "line_crossed" };
+        publish_alert(c, s, &uuid(n), kind).await;
+        publish_alert(c, s, &uuid(n), kind).await;
+    }
+    let stored = wait_count(&pg, "SELECT count(*) FROM events", 40, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&pg, "SELECT count(*) FROM events").await, 40, "stored {stored}");
+    // Both instances took a share.
+    let by: Vec<(String, i64)> = query(&pg, "SELECT received_by, count(*) FROM events GROUP BY 1 ORDER BY 1")
+        .await
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(by.len(), 2, "one instance took everything: {by:?}");
+    // An alarm for each perimeter event; zone_left is history only.
+    assert_eq!(count(&pg, "SELECT count(*) FROM alarms WHERE kind = 'line_crossed'").await, 36);
+    assert_eq!(count(&pg, "SELECT count(*) FROM alarms WHERE kind = 'zone_left'").await, 0);
+
+    // One instance is killed; the other takes every alert after it.
+    b.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 100..130u32 {
+        publish_alert(&site1, "kg-1", &uuid(n), "zone_entered").await;
+    }
+    let n = wait_count(&pg, "SELECT count(*) FROM events WHERE kind = 'zone_entered'", 30, Duration::from_secs(20)).await;
+    assert_eq!(n, 30, "alerts after a kill were lost; center-a log:\n{}", a.log());
+    assert_eq!(
+        count(&pg, "SELECT count(*) FROM events WHERE kind = 'zone_entered' AND received_by = 'center-a'").await,
+        30
+    );
+
+    // A database outage: the alerts wait at the broker, unacknowledged, and are stored after it.
+    pg.stop();
+    for n in 200..210u32 {
+        publish_alert(&site2, "kg-2", &uuid(n), "loitering").await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.restart();
+    let n = wait_count(&pg, "SELECT count(*) FROM events WHERE kind = 'loitering'", 10, Duration::from_secs(30)).await;
+    assert_eq!(n, 10, "alerts sent while the database was down were lost; log:\n{}", a.log());
+    assert!(a.log().contains("database write failed"), "{}", a.log());
+
+    // A snapshot arrives on its own topic, named by the event_id user property.
+    let jpeg = std::fs::read(common::media_dir().join("photos").read_dir().unwrap().next().unwrap().unwrap().path())
+        .unwrap_or_else(|_| vec![0xff, 0xd8, 0xff, 0xd9]);
+    site1
+        .publish_with_properties(
+            "kinderwatch/kg-1/events/gate/line_crossed/snapshot",
+            QoS::AtLeastOnce,
+            false,
+            jpeg.clone(),
+            PublishProperties {
+                content_type: Some("image/jpeg".into()),
+                user_properties: vec![("event_id".into(), uuid(0))],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_count(&pg, "SELECT count(*) FROM snapshots", 1, Duration::from_secs(10)).await;
+
+    // The queue over HTTP.
+    let (s, list) = call(a.port, "GET", "/api/v1/alarms?district=north&limit=1000", READ_TOKEN, "");
+    assert_eq!(s, 200, "{list}");
+    let alarms = list["alarms"].as_array().unwrap();
+    assert!(alarms.iter().all(|x| x["site"] == "kg-1" && x["district"] == "north"));
+    let first = alarms.iter().find(|x| x["event_id"] == uuid(0)).expect("alarm of event 0");
+    assert_eq!(first["state"], "new");
+    assert_eq!(first["snapshot"], true);
+    let id = first["id"].as_i64().unwrap();
+    let ack = format!("/api/v1/alarms/{id}/acknowledge");
+    let (s, _) = call(a.port, "POST", &ack, READ_TOKEN, "{}");
+    assert_eq!(s, 403, "a read token acknowledged an alarm");
+    let (s, v) = call(a.port, "POST", &ack, ADMIN_TOKEN, r#"{"note":"on camera"}"#);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "acknowledged");
+    assert_eq!(v["acknowledged_by"], "desk-1");
+    let (s, _) = call(a.port, "POST", &ack, ADMIN_TOKEN, "{}");
+    assert_eq!(s, 409, "acknowledged twice");
+    let resolve = format!("/api/v1/alarms/{id}/resolve");
+    let (s, v) = call(a.port, "POST", &resolve, ADMIN_TOKEN, r#"{"outcome":"maybe"}"#);
+    assert_eq!((s, v["parameter"].as_str()), (400, Some("outcome")));
+    let (s, v) = call(a.port, "POST", &resolve, ADMIN_TOKEN, r#"{"outcome":"drill","note":"fire drill"}"#);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!((v["state"].as_str(), v["outcome"].as_str()), (Some("resolved"), Some("drill")));
+    let (s, _) = call(a.port, "GET", &format!("/api/v1/alarms/{id}/snapshot.jpg"), READ_TOKEN, "");
+    assert_eq!(s, 200);
+    let (s, _) = call(a.port, "GET", "/api/v1/alarms?state=bogus", READ_TOKEN, "");
+    assert_eq!(s, 400);
+    let (s, _) = call(a.port, "GET", "/api/v1/alarms", "kw_unknown", "");
+    assert_eq!(s, 401);
+    assert_eq!(count(&pg, "SELECT count(*) FROM alarm_log").await, 2);
+    let (s, ev) = call(a.port, "GET", "/api/v1/events?site=kg-2&kind=loitering", READ_TOKEN, "");
+    assert_eq!(s, 200);
+    assert_eq!(ev["events"].as_array().unwrap().len(), 10);
+
+    // A site offline is an alarm of its own, cleared (not resolved) when it is back.
+    site2
+        .publish("kinderwatch/kg-2/status", QoS::AtLeastOnce, true, "offline")
+        .await
+        .unwrap();
+    wait_count(&pg, "SELECT count(*) FROM alarms WHERE kind = 'site_offline' AND active", 1, Duration::from_secs(10)).await;
+    site2
+        .publish("kinderwatch/kg-2/status", QoS::AtLeastOnce, true, "online")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&pg, "SELECT count(*) FROM alarms WHERE kind = 'site_offline' AND NOT active").await < 1 {
+        assert!(Instant::now() < deadline, "the site offline alarm did not clear");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count(&pg, "SELECT count(*) FROM alarms WHERE kind = 'site_offline'").await, 1);
+    let (s, sites) = call(a.port, "GET", "/api/v1/sites", READ_TOKEN, "");
+    assert_eq!(s, 200);
+    let kg2 = sites["sites"].as_array().unwrap().iter().find(|x| x["id"] == "kg-2").unwrap();
+    assert_eq!(kg2["online"], true);
+    let (s, h) = http_get(a.port, "/healthz");
+    assert_eq!(s, 200, "{h}");
+}
+
+#[test]
+fn a_bad_center_config_names_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("center.toml");
+    std::fs::write(
+        &file,
+        "[center]\ninstance = \"Bad Name\"\nshare_group = \"a/b\"\n[center.mqtt]\nhost = \"mqtt://x\"\n[center.database]\nurl = \"postgresql://u@h:notaport/db\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kinderwatch"))
+        .args(["center", "--check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for key in ["center.toml", "center.instance", "center.share_group", "center.mqtt.host", "center.database.url"] {
+        assert!(err.contains(key), "{key} missing from: {err}");
+    }
+}
