@@ -87,7 +87,11 @@ district = "south"
             if c.log().contains("center: connected to the broker") {
                 break;
             }
-            assert!(Instant::now() < deadline, "center {instance} did not connect: {}", c.log());
+            assert!(
+                Instant::now() < deadline,
+                "center {instance} did not connect: {}",
+                c.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         // Subscriptions are acknowledged right after the connection.
@@ -184,7 +188,10 @@ fn call(port: u16, method: &str, path: &str, token: &str, body: &str) -> (u16, V
         Err(e) => panic!("{method} {path}: {e}"),
     };
     let text = resp.into_string().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,24 +205,55 @@ async fn two_instances_share_the_alerts_store_each_once_and_survive_a_kill() {
 
     // 40 alerts from two sites, every one sent twice (an at-least-once re-send).
     for n in 0..40u32 {
-        let (c, s) = if n % 2 == 0 { (&site1, "kg-1") } else { (&site2, "kg-2") };
-        let kind = if n % 10 == 9 { "zone_left" } else { "line_crossed" };
+        let (c, s) = if n % 2 == 0 {
+            (&site1, "kg-1")
+        } else {
+            (&site2, "kg-2")
+        };
+        let kind = if n % 10 == 9 {
+            "zone_left"
+        } else {
+            "line_crossed"
+        };
         publish_alert(c, s, &uuid(n), kind).await;
         publish_alert(c, s, &uuid(n), kind).await;
     }
-    let stored = wait_count(&pg, "SELECT count(*) FROM events", 40, Duration::from_secs(20)).await;
+    let stored = wait_count(
+        &pg,
+        "SELECT count(*) FROM events",
+        40,
+        Duration::from_secs(20),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(count(&pg, "SELECT count(*) FROM events").await, 40, "stored {stored}");
+    assert_eq!(
+        count(&pg, "SELECT count(*) FROM events").await,
+        40,
+        "stored {stored}"
+    );
     // Both instances took a share.
-    let by: Vec<(String, i64)> = query(&pg, "SELECT received_by, count(*) FROM events GROUP BY 1 ORDER BY 1")
-        .await
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let by: Vec<(String, i64)> = query(
+        &pg,
+        "SELECT received_by, count(*) FROM events GROUP BY 1 ORDER BY 1",
+    )
+    .await
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
     assert_eq!(by.len(), 2, "one instance took everything: {by:?}");
     // An alarm for each perimeter event; zone_left is history only.
-    assert_eq!(count(&pg, "SELECT count(*) FROM alarms WHERE kind = 'line_crossed'").await, 36);
-    assert_eq!(count(&pg, "SELECT count(*) FROM alarms WHERE kind = 'zone_left'").await, 0);
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM alarms WHERE kind = 'line_crossed'"
+        )
+        .await,
+        36
+    );
+    assert_eq!(
+        count(&pg, "SELECT count(*) FROM alarms WHERE kind = 'zone_left'").await,
+        0
+    );
 
     // One instance is killed; the other takes every alert after it.
     b.kill();
@@ -223,10 +261,25 @@ async fn two_instances_share_the_alerts_store_each_once_and_survive_a_kill() {
     for n in 100..130u32 {
         publish_alert(&site1, "kg-1", &uuid(n), "zone_entered").await;
     }
-    let n = wait_count(&pg, "SELECT count(*) FROM events WHERE kind = 'zone_entered'", 30, Duration::from_secs(20)).await;
-    assert_eq!(n, 30, "alerts after a kill were lost; center-a log:\n{}", a.log());
+    let n = wait_count(
+        &pg,
+        "SELECT count(*) FROM events WHERE kind = 'zone_entered'",
+        30,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(
-        count(&pg, "SELECT count(*) FROM events WHERE kind = 'zone_entered' AND received_by = 'center-a'").await,
+        n,
+        30,
+        "alerts after a kill were lost; center-a log:\n{}",
+        a.log()
+    );
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM events WHERE kind = 'zone_entered' AND received_by = 'center-a'"
+        )
+        .await,
         30
     );
 
@@ -237,13 +290,25 @@ async fn two_instances_share_the_alerts_store_each_once_and_survive_a_kill() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     pg.restart();
-    let n = wait_count(&pg, "SELECT count(*) FROM events WHERE kind = 'loitering'", 10, Duration::from_secs(30)).await;
-    assert_eq!(n, 10, "alerts sent while the database was down were lost; log:\n{}", a.log());
+    let n = wait_count(
+        &pg,
+        "SELECT count(*) FROM events WHERE kind = 'loitering'",
+        10,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        n,
+        10,
+        "alerts sent while the database was down were lost; log:\n{}",
+        a.log()
+    );
     assert!(a.log().contains("database write failed"), "{}", a.log());
 
     // A snapshot arrives on its own topic, named by the event_id user property.
-    let jpeg = std::fs::read(common::media_dir().join("photos").read_dir().unwrap().next().unwrap().unwrap().path())
-        .unwrap_or_else(|_| vec![0xff, 0xd8, 0xff, 0xd9]);
+    let mut jpeg = vec![0xff, 0xd8, 0xff, 0xe0];
+    jpeg.extend((0..20_000u32).map(|i| (i % 251) as u8));
+    jpeg.extend([0xff, 0xd9]);
     site1
         .publish_with_properties(
             "kinderwatch/kg-1/events/gate/line_crossed/snapshot",
@@ -258,14 +323,33 @@ async fn two_instances_share_the_alerts_store_each_once_and_survive_a_kill() {
         )
         .await
         .unwrap();
-    wait_count(&pg, "SELECT count(*) FROM snapshots", 1, Duration::from_secs(10)).await;
+    wait_count(
+        &pg,
+        "SELECT count(*) FROM snapshots",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
 
     // The queue over HTTP.
-    let (s, list) = call(a.port, "GET", "/api/v1/alarms?district=north&limit=1000", READ_TOKEN, "");
+    let (s, list) = call(
+        a.port,
+        "GET",
+        "/api/v1/alarms?district=north&limit=1000",
+        READ_TOKEN,
+        "",
+    );
     assert_eq!(s, 200, "{list}");
     let alarms = list["alarms"].as_array().unwrap();
-    assert!(alarms.iter().all(|x| x["site"] == "kg-1" && x["district"] == "north"));
-    let first = alarms.iter().find(|x| x["event_id"] == uuid(0)).expect("alarm of event 0");
+    assert!(
+        alarms
+            .iter()
+            .all(|x| x["site"] == "kg-1" && x["district"] == "north")
+    );
+    let first = alarms
+        .iter()
+        .find(|x| x["event_id"] == uuid(0))
+        .expect("alarm of event 0");
     assert_eq!(first["state"], "new");
     assert_eq!(first["snapshot"], true);
     let id = first["id"].as_i64().unwrap();
@@ -279,19 +363,48 @@ async fn two_instances_share_the_alerts_store_each_once_and_survive_a_kill() {
     let (s, _) = call(a.port, "POST", &ack, ADMIN_TOKEN, "{}");
     assert_eq!(s, 409, "acknowledged twice");
     let resolve = format!("/api/v1/alarms/{id}/resolve");
-    let (s, v) = call(a.port, "POST", &resolve, ADMIN_TOKEN, r#"{"outcome":"maybe"}"#);
+    let (s, v) = call(
+        a.port,
+        "POST",
+        &resolve,
+        ADMIN_TOKEN,
+        r#"{"outcome":"maybe"}"#,
+    );
     assert_eq!((s, v["parameter"].as_str()), (400, Some("outcome")));
-    let (s, v) = call(a.port, "POST", &resolve, ADMIN_TOKEN, r#"{"outcome":"drill","note":"fire drill"}"#);
+    let (s, v) = call(
+        a.port,
+        "POST",
+        &resolve,
+        ADMIN_TOKEN,
+        r#"{"outcome":"drill","note":"fire drill"}"#,
+    );
     assert_eq!(s, 200, "{v}");
-    assert_eq!((v["state"].as_str(), v["outcome"].as_str()), (Some("resolved"), Some("drill")));
-    let (s, _) = call(a.port, "GET", &format!("/api/v1/alarms/{id}/snapshot.jpg"), READ_TOKEN, "");
-    assert_eq!(s, 200);
+    assert_eq!(
+        (v["state"].as_str(), v["outcome"].as_str()),
+        (Some("resolved"), Some("drill"))
+    );
+    let got = ureq::get(&format!(
+        "http://127.0.0.1:{}/api/v1/alarms/{id}/snapshot.jpg",
+        a.port
+    ))
+    .set("Authorization", &format!("Bearer {READ_TOKEN}"))
+    .call()
+    .unwrap();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut got.into_reader(), &mut body).unwrap();
+    assert_eq!(body, jpeg, "the stored snapshot is not the one sent");
     let (s, _) = call(a.port, "GET", "/api/v1/alarms?state=bogus", READ_TOKEN, "");
     assert_eq!(s, 400);
     let (s, _) = call(a.port, "GET", "/api/v1/alarms", "kw_unknown", "");
     assert_eq!(s, 401);
     assert_eq!(count(&pg, "SELECT count(*) FROM alarm_log").await, 2);
-    let (s, ev) = call(a.port, "GET", "/api/v1/events?site=kg-2&kind=loitering", READ_TOKEN, "");
+    let (s, ev) = call(
+        a.port,
+        "GET",
+        "/api/v1/events?site=kg-2&kind=loitering",
+        READ_TOKEN,
+        "",
+    );
     assert_eq!(s, 200);
     assert_eq!(ev["events"].as_array().unwrap().len(), 10);
 
@@ -300,20 +413,47 @@ async fn two_instances_share_the_alerts_store_each_once_and_survive_a_kill() {
         .publish("kinderwatch/kg-2/status", QoS::AtLeastOnce, true, "offline")
         .await
         .unwrap();
-    wait_count(&pg, "SELECT count(*) FROM alarms WHERE kind = 'site_offline' AND active", 1, Duration::from_secs(10)).await;
+    wait_count(
+        &pg,
+        "SELECT count(*) FROM alarms WHERE kind = 'site_offline' AND active",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
     site2
         .publish("kinderwatch/kg-2/status", QoS::AtLeastOnce, true, "online")
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while count(&pg, "SELECT count(*) FROM alarms WHERE kind = 'site_offline' AND NOT active").await < 1 {
-        assert!(Instant::now() < deadline, "the site offline alarm did not clear");
+    while count(
+        &pg,
+        "SELECT count(*) FROM alarms WHERE kind = 'site_offline' AND NOT active",
+    )
+    .await
+        < 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the site offline alarm did not clear"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(count(&pg, "SELECT count(*) FROM alarms WHERE kind = 'site_offline'").await, 1);
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM alarms WHERE kind = 'site_offline'"
+        )
+        .await,
+        1
+    );
     let (s, sites) = call(a.port, "GET", "/api/v1/sites", READ_TOKEN, "");
     assert_eq!(s, 200);
-    let kg2 = sites["sites"].as_array().unwrap().iter().find(|x| x["id"] == "kg-2").unwrap();
+    let kg2 = sites["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == "kg-2")
+        .unwrap();
     assert_eq!(kg2["online"], true);
     let (s, h) = http_get(a.port, "/healthz");
     assert_eq!(s, 200, "{h}");
@@ -335,7 +475,13 @@ fn a_bad_center_config_names_the_file_and_key() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    for key in ["center.toml", "center.instance", "center.share_group", "center.mqtt.host", "center.database.url"] {
+    for key in [
+        "center.toml",
+        "center.instance",
+        "center.share_group",
+        "center.mqtt.host",
+        "center.database.url",
+    ] {
         assert!(err.contains(key), "{key} missing from: {err}");
     }
 }

@@ -115,7 +115,8 @@ async fn list_alarms(
     State(s): State<CenterApi>,
     q: Result<Query<AlarmQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let states: Vec<String> = match &q.state {
         None => vec!["new".into(), "acknowledged".into()],
         Some(s) if s == "all" => vec![],
@@ -149,7 +150,10 @@ async fn get_alarm(
         .ok_or_else(|| ApiError::not_found(format!("no alarm {id}")))
 }
 
-async fn alarm_snapshot(State(s): State<CenterApi>, Path(id): Path<i64>) -> Result<Response, ApiError> {
+async fn alarm_snapshot(
+    State(s): State<CenterApi>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
     let alarm = db::alarm_by_id(&s.pool, id)
         .await
         .map_err(db_error)?
@@ -263,8 +267,11 @@ async fn list_sites(
     State(s): State<CenterApi>,
     q: Result<Query<SitesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
-    let sites = db::sites(&s.pool, q.district.as_deref()).await.map_err(db_error)?;
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let sites = db::sites(&s.pool, q.district.as_deref())
+        .await
+        .map_err(db_error)?;
     Ok(Json(serde_json::json!({ "sites": sites })))
 }
 
@@ -292,7 +299,8 @@ async fn list_events(
     State(s): State<CenterApi>,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let f = db::EventFilter {
         site: q.site,
         district: q.district,

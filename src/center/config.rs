@@ -156,7 +156,8 @@ impl CenterConfig {
         let mut v = Validator::default();
         v.id("center.instance", &self.instance);
         let topic = |v: &mut Validator, key: &str, t: &str| {
-            if t.is_empty() || t.contains(['+', '#', '$']) || t.starts_with('/') || t.ends_with('/') {
+            if t.is_empty() || t.contains(['+', '#', '$']) || t.starts_with('/') || t.ends_with('/')
+            {
                 v.err(
                     key,
                     format!("{t:?}: no wildcards (+ #), no '$' and no leading or trailing '/'"),
@@ -167,7 +168,10 @@ impl CenterConfig {
         if self.share_group.is_empty() || self.share_group.contains(['+', '#', '/']) {
             v.err(
                 "center.share_group",
-                format!("{:?}: one topic level without wildcards, e.g. \"center\"", self.share_group),
+                format!(
+                    "{:?}: one topic level without wildcards, e.g. \"center\"",
+                    self.share_group
+                ),
             );
         }
         if self.receive_maximum == 0 {
@@ -205,7 +209,10 @@ impl CenterConfig {
         for (i, s) in self.sites.iter().enumerate() {
             v.id(&format!("center.sites[{i}].id"), &s.id);
             if !seen.insert(&s.id) {
-                v.err(&format!("center.sites[{i}].id"), format!("site {:?} is listed twice", s.id));
+                v.err(
+                    &format!("center.sites[{i}].id"),
+                    format!("site {:?} is listed twice", s.id),
+                );
             }
         }
         v.into_problems()
@@ -224,7 +231,7 @@ impl CenterConfig {
             pg.password(pw);
         }
         if pg.get_application_name().is_none() {
-            pg.application_name(&format!("kinderwatch-center {}", self.instance));
+            pg.application_name(format!("kinderwatch-center {}", self.instance));
         }
         Ok(pg)
     }

@@ -100,7 +100,10 @@ pub async fn migrate(pool: &Pool) -> Result<(), DbError> {
 }
 
 /// Puts the config's directory into `sites` (district and name; the status stays).
-pub async fn sync_directory(pool: &Pool, sites: &[super::config::SiteEntry]) -> Result<(), DbError> {
+pub async fn sync_directory(
+    pool: &Pool,
+    sites: &[super::config::SiteEntry],
+) -> Result<(), DbError> {
     let c = pool.get().await?;
     for s in sites {
         c.execute(
@@ -193,8 +196,15 @@ pub async fn store_alert(pool: &Pool, a: &Alert, instance: &str) -> Result<bool,
                 .await?;
             }
             AlarmEffect::Condition(kind) => {
-                raise_condition(&tx, kind, &a.site, a.camera.as_deref(), a.time, Some(a.event_id))
-                    .await?;
+                raise_condition(
+                    &tx,
+                    kind,
+                    &a.site,
+                    a.camera.as_deref(),
+                    a.time,
+                    Some(a.event_id),
+                )
+                .await?;
             }
             AlarmEffect::Clear(kind) => {
                 clear_condition(&tx, kind, &a.site, a.camera.as_deref(), a.time).await?;
@@ -257,7 +267,12 @@ async fn clear_condition(
 
 /// A site's availability (`<root>/<site>/status`): `online` clears its offline alarm,
 /// `offline` (its last will, or a clean stop) raises it.
-pub async fn site_status(pool: &Pool, site: &str, online: bool, at: Timestamp) -> Result<(), DbError> {
+pub async fn site_status(
+    pool: &Pool,
+    site: &str,
+    online: bool,
+    at: Timestamp,
+) -> Result<(), DbError> {
     let mut c = pool.get().await?;
     let tx = c.transaction().await?;
     tx.execute(
@@ -317,7 +332,12 @@ pub struct CameraStatus {
 }
 
 /// Stores an alert's JPEG (from MQTT or the site's API); a second copy changes nothing.
-pub async fn store_snapshot(pool: &Pool, event_id: Uuid, jpeg: &[u8], source: &str) -> Result<(), DbError> {
+pub async fn store_snapshot(
+    pool: &Pool,
+    event_id: Uuid,
+    jpeg: &[u8],
+    source: &str,
+) -> Result<(), DbError> {
     let c = pool.get().await?;
     c.execute(
         "INSERT INTO snapshots (event_id, jpeg, source) VALUES ($1, $2, $3)
@@ -330,10 +350,12 @@ pub async fn store_snapshot(pool: &Pool, event_id: Uuid, jpeg: &[u8], source: &s
 
 pub async fn snapshot(pool: &Pool, event_id: Uuid) -> Result<Option<Vec<u8>>, DbError> {
     let c = pool.get().await?;
-    Ok(c
-        .query_opt("SELECT jpeg FROM snapshots WHERE event_id = $1", &[&event_id])
-        .await?
-        .map(|r| r.get(0)))
+    Ok(c.query_opt(
+        "SELECT jpeg FROM snapshots WHERE event_id = $1",
+        &[&event_id],
+    )
+    .await?
+    .map(|r| r.get(0)))
 }
 
 /// One alarm as the queue shows it.
@@ -429,7 +451,10 @@ pub async fn alarms(pool: &Pool, f: &AlarmFilter) -> Result<Vec<Alarm>, DbError>
          ORDER BY a.id DESC LIMIT $5"
     );
     let rows = c
-        .query(&sql, &[&f.states, &f.district, &f.site, &f.after_id, &f.limit])
+        .query(
+            &sql,
+            &[&f.states, &f.district, &f.site, &f.after_id, &f.limit],
+        )
         .await?;
     Ok(rows.iter().map(alarm).collect())
 }
@@ -469,7 +494,10 @@ pub async fn transition(
     to: Transition<'_>,
     who: &str,
 ) -> Result<Alarm, TransitionError> {
-    let mut c = pool.get().await.map_err(|e| TransitionError::Db(Box::new(e)))?;
+    let mut c = pool
+        .get()
+        .await
+        .map_err(|e| TransitionError::Db(Box::new(e)))?;
     let tx = c.transaction().await?;
     let Some(row) = tx
         .query_opt("SELECT state FROM alarms WHERE id = $1 FOR UPDATE", &[&id])
@@ -529,12 +557,24 @@ pub async fn transition(
 
 #[derive(Debug, Clone, Copy)]
 pub enum Transition<'a> {
-    Acknowledge { note: Option<&'a str> },
-    Resolve { outcome: &'a str, note: Option<&'a str> },
+    Acknowledge {
+        note: Option<&'a str>,
+    },
+    Resolve {
+        outcome: &'a str,
+        note: Option<&'a str>,
+    },
 }
 
 /// How a resolved alarm turned out.
-pub const OUTCOMES: &[&str] = &["false_alarm", "intruder", "drill", "staff", "technical", "other"];
+pub const OUTCOMES: &[&str] = &[
+    "false_alarm",
+    "intruder",
+    "drill",
+    "staff",
+    "technical",
+    "other",
+];
 
 /// A site as the center knows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -39,10 +39,7 @@ pub enum Topic<'a> {
 
 impl<'a> Topic<'a> {
     pub fn parse(root: &str, topic: &'a str) -> Topic<'a> {
-        let Some(rest) = topic
-            .strip_prefix(root)
-            .and_then(|r| r.strip_prefix('/'))
-        else {
+        let Some(rest) = topic.strip_prefix(root).and_then(|r| r.strip_prefix('/')) else {
             return Topic::Other;
         };
         let parts: Vec<&str> = rest.split('/').collect();
@@ -197,7 +194,12 @@ async fn session(
                 let refused: Vec<_> = s
                     .return_codes
                     .iter()
-                    .filter(|c| !matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)))
+                    .filter(|c| {
+                        !matches!(
+                            c,
+                            rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                        )
+                    })
                     .collect();
                 if !refused.is_empty() {
                     warn!(instance = %config.instance, ?refused, "center: the broker refused a subscription (check its ACL for the center's user)");
@@ -330,19 +332,31 @@ mod tests {
     #[test]
     fn topics_are_classified_under_the_root() {
         let r = "kinderwatch";
-        assert_eq!(Topic::parse(r, "kinderwatch/kg-7/status"), Topic::SiteStatus { site: "kg-7" });
+        assert_eq!(
+            Topic::parse(r, "kinderwatch/kg-7/status"),
+            Topic::SiteStatus { site: "kg-7" }
+        );
         assert_eq!(
             Topic::parse(r, "kinderwatch/kg-7/cameras/gate/status"),
-            Topic::CameraStatus { site: "kg-7", camera: "gate" }
+            Topic::CameraStatus {
+                site: "kg-7",
+                camera: "gate"
+            }
         );
-        assert_eq!(Topic::parse(r, "kinderwatch/kg-7/events/gate/line_crossed"), Topic::Alert { site: "kg-7" });
+        assert_eq!(
+            Topic::parse(r, "kinderwatch/kg-7/events/gate/line_crossed"),
+            Topic::Alert { site: "kg-7" }
+        );
         assert_eq!(
             Topic::parse(r, "kinderwatch/kg-7/events/gate/line_crossed/snapshot"),
             Topic::Snapshot { site: "kg-7" }
         );
         assert_eq!(Topic::parse(r, "kinderwatchX/kg-7/status"), Topic::Other);
         assert_eq!(Topic::parse(r, "kinderwatch/kg-7/responses"), Topic::Other);
-        assert_eq!(Topic::parse("city/a", "city/a/kg-1/status"), Topic::SiteStatus { site: "kg-1" });
+        assert_eq!(
+            Topic::parse("city/a", "city/a/kg-1/status"),
+            Topic::SiteStatus { site: "kg-1" }
+        );
     }
 
     #[test]
@@ -351,7 +365,12 @@ mod tests {
         let ok = parse_alert("kg-7", a).unwrap();
         assert_eq!(ok.kind, "line_crossed");
         assert_eq!(ok.camera.as_deref(), Some("gate"));
-        assert!(parse_alert("kg-8", a).unwrap_err().to_string().contains("kg-8"));
+        assert!(
+            parse_alert("kg-8", a)
+                .unwrap_err()
+                .to_string()
+                .contains("kg-8")
+        );
         assert!(parse_alert("kg-7", b"{}").is_err());
         assert!(parse_alert("kg-7", b"not json").is_err());
         let v2 = String::from_utf8_lossy(a).replace("\"schema_version\":1", "\"schema_version\":2");

@@ -71,7 +71,9 @@ pub async fn run(config: CenterConfig, cancel: CancellationToken) -> anyhow::Res
     if let Some(http) = &config.http {
         let listener = tokio::net::TcpListener::bind(http.listen)
             .await
-            .map_err(|e| anyhow::anyhow!("center.http.listen {}: cannot listen ({e})", http.listen))?;
+            .map_err(|e| {
+                anyhow::anyhow!("center.http.listen {}: cannot listen ({e})", http.listen)
+            })?;
         info!(addr = %listener.local_addr()?, "center: HTTP API listening");
         let app = api::router(
             api::CenterApi {

@@ -19,7 +19,8 @@ fn bindir() -> PathBuf {
         .filter(|p| p.join("initdb").exists())
         .collect();
     dirs.sort();
-    dirs.pop().expect("no /usr/lib/postgresql/<version>/bin/initdb")
+    dirs.pop()
+        .expect("no /usr/lib/postgresql/<version>/bin/initdb")
 }
 
 fn as_server_user(bin: PathBuf) -> Command {
@@ -47,11 +48,24 @@ impl Postgres {
         }
         let data = dir.path().join("data");
         let out = as_server_user(bin.join("initdb"))
-            .args(["--no-sync", "-A", "trust", "-U", "center", "-E", "UTF8", "-D"])
+            .args([
+                "--no-sync",
+                "-A",
+                "trust",
+                "-U",
+                "center",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
             .arg(&data)
             .output()
             .unwrap();
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -72,7 +86,14 @@ impl Postgres {
         let child = as_server_user(self.bin.join("postgres"))
             .arg("-D")
             .arg(&data)
-            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ])
             .arg("-k")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -82,7 +103,10 @@ impl Postgres {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "PostgreSQL did not listen within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not listen within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         // Accepting connections, not only listening.
@@ -96,7 +120,14 @@ impl Postgres {
     /// Stops the server (fast shutdown), keeping its data.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+            // Through pg_ctl: as root the child is runuser, which does not pass signals on.
+            let _ = as_server_user(self.bin.join("pg_ctl"))
+                .args(["stop", "-m", "fast", "-w", "-D"])
+                .arg(self.dir.path().join("data"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = c.kill();
             let _ = c.wait();
         }
     }
