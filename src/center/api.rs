@@ -115,8 +115,7 @@ async fn list_alarms(
     State(s): State<CenterApi>,
     q: Result<Query<AlarmQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) =
-        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let q = params(q)?;
     let states: Vec<String> = match &q.state {
         None => vec!["new".into(), "acknowledged".into()],
         Some(s) if s == "all" => vec![],
@@ -190,6 +189,12 @@ fn transition_error(e: TransitionError) -> ApiError {
         }
         TransitionError::Db(e) => db_error(e),
     }
+}
+
+/// A query string, or a 400 with serde's reason (an unknown or malformed parameter).
+fn params<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
 }
 
 fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
@@ -267,8 +272,7 @@ async fn list_sites(
     State(s): State<CenterApi>,
     q: Result<Query<SitesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) =
-        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let q = params(q)?;
     let sites = db::sites(&s.pool, q.district.as_deref())
         .await
         .map_err(db_error)?;
@@ -299,8 +303,7 @@ async fn list_events(
     State(s): State<CenterApi>,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) =
-        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let q = params(q)?;
     let f = db::EventFilter {
         site: q.site,
         district: q.district,
