@@ -4,15 +4,22 @@
 //!
 //! | route | |
 //! |---|---|
+//! | `GET /` | the alarm queue page (the console's style and sign-in; `console/`) |
 //! | `GET /healthz` | `{"instance", "database": "ok"/"unreachable"}` (no token) |
 //! | `GET /metrics` | Prometheus (no token) |
 //! | `GET /api/v1/alarms?state=new,acknowledged&district=&site=&after=&limit=` | newest first |
+//! | `GET /api/v1/alarms/stream` | server-sent events: `alarm` (an id raised or changed), `resync` |
 //! | `GET /api/v1/alarms/{id}` | one alarm |
 //! | `POST /api/v1/alarms/{id}/acknowledge` `{"note"?}` | New → Acknowledged (409 otherwise) |
 //! | `POST /api/v1/alarms/{id}/resolve` `{"outcome","note"?}` | → Resolved (409 if it is) |
 //! | `GET /api/v1/alarms/{id}/snapshot.jpg` | the alert's JPEG (404 until the center has it) |
 //! | `GET /api/v1/sites?district=` | sites with status, cameras and open alarms |
-//! | `GET /api/v1/events?site=&district=&kind=&from=&to=&limit=` | city-wide history, newest first |
+//! | `GET /api/v1/events?site=&district=&kind=&camera=&rule=&from=&to=&since=&limit=&ask_sites=` | city-wide history, newest first |
+//!
+//! With `ask_sites=true` the history also asks the sites (all, the district's, or `site`) over
+//! MQTT request/response for their events in the window, stores those the center lacked, and
+//! answers from the database with a `sites` report: which were asked, which answered, which
+//! did not and why (offline, no answer within `center.query_timeout`, refused).
 
 use std::sync::Arc;
 
@@ -26,26 +33,73 @@ use jiff::Timestamp;
 use serde::Deserialize;
 
 use super::db::{self, AlarmFilter, Transition, TransitionError};
+use super::live::AlarmFeed;
+use super::query::SiteQueries;
 use crate::api::ApiError;
 use crate::api::auth::{Caller, Gate, Role, Tokens, require};
 use crate::api::console::session::Sessions;
+use crate::api::console::{self, ConsoleHost, asset};
 
 #[derive(Clone)]
 pub struct CenterApi {
     pub instance: Arc<str>,
     pub pool: Pool,
+    pub queries: SiteQueries,
+    pub feed: AlarmFeed,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub tokens: Tokens,
+    pub sessions: Sessions,
+    /// Ends the live streams when the instance stops.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
-pub fn router(state: CenterApi, tokens: Tokens) -> Router {
-    let sessions = Sessions::default();
+impl ConsoleHost for CenterApi {
+    fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+    fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+    fn about(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("instance".into(), (*self.instance).into());
+        m
+    }
+}
+
+const INDEX_HTML: &str = include_str!("console/index.html");
+const CENTER_JS: &str = include_str!("console/center.js");
+const CENTER_CSS: &str = include_str!("console/center.css");
+
+/// The alarm queue page, its assets and the console's sign-in.
+fn console() -> Router<CenterApi> {
+    Router::new()
+        .route("/", get(|| asset(INDEX_HTML, "text/html; charset=utf-8")))
+        .route(
+            "/console/center.js",
+            get(|| asset(CENTER_JS, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/console/center.css",
+            get(|| asset(CENTER_CSS, "text/css; charset=utf-8")),
+        )
+        .route(
+            "/console/style.css",
+            get(|| asset(console::style_css(), "text/css; charset=utf-8")),
+        )
+        .merge(console::session_router())
+        .layer(middleware::from_fn(console::security_headers))
+}
+
+pub fn router(state: CenterApi) -> Router {
     let gate = |need| Gate {
-        tokens: tokens.clone(),
-        sessions: sessions.clone(),
+        tokens: state.tokens.clone(),
+        sessions: state.sessions.clone(),
         need,
     };
     let read = Router::new()
         .route("/api/v1/alarms", get(list_alarms))
+        .route("/api/v1/alarms/stream", get(alarm_stream))
         .route("/api/v1/alarms/{id}", get(get_alarm))
         .route("/api/v1/alarms/{id}/snapshot.jpg", get(alarm_snapshot))
         .route("/api/v1/sites", get(list_sites))
@@ -58,9 +112,14 @@ pub fn router(state: CenterApi, tokens: Tokens) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(console())
         .merge(read)
         .merge(admin)
         .with_state(state)
+}
+
+async fn alarm_stream(State(s): State<CenterApi>) -> impl IntoResponse {
+    s.feed.stream(s.stop.clone())
 }
 
 async fn healthz(State(s): State<CenterApi>) -> Response {
@@ -285,9 +344,14 @@ struct EventsQuery {
     site: Option<String>,
     district: Option<String>,
     kind: Option<String>,
+    camera: Option<String>,
+    rule: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    since: Option<String>,
     limit: Option<i64>,
+    #[serde(default)]
+    ask_sites: bool,
 }
 
 fn time(name: &str, v: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
@@ -299,16 +363,39 @@ fn time(name: &str, v: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
     .transpose()
 }
 
-async fn list_events(
-    State(s): State<CenterApi>,
-    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let q = params(q)?;
+/// The filter of an events query (`since` read as `from`, the kind checked).
+fn event_filter(q: EventsQuery, now: Timestamp) -> Result<(db::EventFilter, bool), ApiError> {
+    if let Some(k) = &q.kind
+        && serde_json::from_value::<crate::events::EventKind>(k.as_str().into()).is_err()
+    {
+        return Err(ApiError::bad_parameter(
+            "kind",
+            format!("{k:?} is not an event kind (line_crossed, zone_entered, camera_offline...)"),
+        ));
+    }
+    let mut from = time("from", q.from.as_deref())?;
+    if let Some(s) = &q.since {
+        if from.is_some() {
+            return Err(ApiError::bad_parameter(
+                "since",
+                "give either since or from, not both",
+            ));
+        }
+        let d = humantime::parse_duration(s)
+            .ok()
+            .and_then(|d| jiff::SignedDuration::try_from(d).ok())
+            .ok_or_else(|| {
+                ApiError::bad_parameter("since", format!("{s:?} is not a duration such as 2h"))
+            })?;
+        from = Some(now.checked_sub(d).unwrap_or(Timestamp::MIN));
+    }
     let f = db::EventFilter {
         site: q.site,
         district: q.district,
         kind: q.kind,
-        from: time("from", q.from.as_deref())?,
+        camera: q.camera,
+        rule: q.rule,
+        from,
         to: time("to", q.to.as_deref())?,
         limit: limit(q.limit)?,
     };
@@ -317,6 +404,91 @@ async fn list_events(
     {
         return Err(ApiError::bad_parameter("from", "from is after to"));
     }
+    Ok((f, q.ask_sites))
+}
+
+async fn list_events(
+    State(s): State<CenterApi>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (f, ask_sites) = event_filter(params(q)?, Timestamp::now())?;
+    let report = if ask_sites {
+        Some(ask(&s, &f).await?)
+    } else {
+        None
+    };
     let events = db::events(&s.pool, &f).await.map_err(db_error)?;
-    Ok(Json(serde_json::json!({ "events": events })))
+    let mut body = serde_json::json!({ "events": events });
+    if let Some(r) = report {
+        body["sites"] = r;
+    }
+    Ok(Json(body))
+}
+
+/// Asks the filter's sites for their events, stores what the center lacked; the report.
+async fn ask(s: &CenterApi, f: &db::EventFilter) -> Result<serde_json::Value, ApiError> {
+    let sites = match &f.site {
+        Some(site) => vec![site.clone()],
+        None => db::site_ids(&s.pool, f.district.as_deref())
+            .await
+            .map_err(db_error)?,
+    };
+    let status = db::site_online(&s.pool, &sites).await.map_err(db_error)?;
+    let mut not_answered = Vec::new();
+    let mut asked = Vec::new();
+    for site in sites {
+        match status.get(&site) {
+            Some((Some(false), at)) => not_answered.push(serde_json::json!({
+                "site": site,
+                "reason": match at {
+                    Some(t) => format!("offline since {t}"),
+                    None => "offline".into(),
+                },
+            })),
+            _ => asked.push(site),
+        }
+    }
+    let mut filter = serde_json::Map::new();
+    for (k, v) in [
+        ("kind", &f.kind),
+        ("camera", &f.camera),
+        ("rule", &f.rule),
+        ("from", &f.from.map(|t| t.to_string())),
+        ("to", &f.to.map(|t| t.to_string())),
+    ] {
+        if let Some(v) = v {
+            filter.insert(k.into(), v.clone().into());
+        }
+    }
+    let n = asked.len();
+    let mut answered = Vec::new();
+    let mut incomplete = Vec::new();
+    let mut recovered = 0;
+    for (site, r) in s.queries.fan_out(asked, &filter).await {
+        match r {
+            Ok(a) => {
+                if !a.complete {
+                    incomplete.push(site.clone());
+                }
+                let stored = super::reconcile::store_answer(&s.pool, &s.instance, &site, a)
+                    .await
+                    .map_err(db_error)?;
+                recovered += stored.new;
+                answered.push(site);
+            }
+            Err(e) => {
+                not_answered.push(serde_json::json!({ "site": site, "reason": e.to_string() }))
+            }
+        }
+    }
+    answered.sort();
+    incomplete.sort();
+    not_answered.sort_by(|a, b| a["site"].as_str().cmp(&b["site"].as_str()));
+    Ok(serde_json::json!({
+        "asked": n,
+        "answered": answered,
+        "incomplete": incomplete,
+        "not_answered": not_answered,
+        "recovered": recovered,
+    }))
 }

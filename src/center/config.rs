@@ -24,10 +24,17 @@
 //! id = "kg-7"
 //! district = "north"
 //! name = "Kindergarten No. 7"
+//! api_url = "http://10.8.0.7:8080"   # the site's HTTP API, for snapshots MQTT did not carry
+//! api_token_file = "/etc/kinderwatch/center/kg-7.token"   # a read token of that site
 //! ```
+//!
+//! Queries to the sites (`query/events` over MQTT request/response: the city-wide history's
+//! fan-out and the reconciliation that fills the center's gaps) are tuned by `query_timeout`,
+//! `query_concurrency`, `reply_topic_prefix`, `reconcile_interval` and `reconcile_window`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -57,6 +64,28 @@ pub struct CenterConfig {
     /// instance can leave unacknowledged at the broker. Default: 32.
     #[serde(default = "default_receive_maximum")]
     pub receive_maximum: u16,
+    /// How long a site has to answer one query. Default: 5s.
+    #[serde(default = "default_query_timeout", with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// Sites asked at once by a fan-out. Default: 64.
+    #[serde(default = "default_query_concurrency")]
+    pub query_concurrency: usize,
+    /// Queries ask for their replies on `<reply_topic_prefix>/<instance>` (what the sites allow
+    /// as their `mqtt.reply_topic_prefix`). Default: none; each site replies on
+    /// `<topic_root>/<site>/responses`.
+    pub reply_topic_prefix: Option<String>,
+    /// How often one instance (whichever holds the database lock) asks every online site for
+    /// the events the center lacks: what a killed instance or a broker restart lost. "0s": never.
+    /// Default: 5m.
+    #[serde(default = "default_reconcile_interval", with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// How far back the reconciliation looks the first time it asks a site. Default: 24h.
+    #[serde(default = "default_reconcile_window", with = "humantime_serde")]
+    pub reconcile_window: Duration,
+    /// An alert whose JPEG has not come over MQTT this long after the alert is fetched from the
+    /// site's API (`api_url`). Default: 10s.
+    #[serde(default = "default_snapshot_fetch_after", with = "humantime_serde")]
+    pub snapshot_fetch_after: Duration,
     pub mqtt: MqttConfig,
     pub database: DatabaseConfig,
     pub http: Option<HttpConfig>,
@@ -91,6 +120,11 @@ pub struct SiteEntry {
     pub id: String,
     pub district: Option<String>,
     pub name: Option<String>,
+    /// The site's HTTP API, `http://host:port` (the site serves plain HTTP: reach it over the
+    /// city's VPN). Without it, snapshots come only over MQTT.
+    pub api_url: Option<String>,
+    /// A file holding a read token of the site's API.
+    pub api_token_file: Option<PathBuf>,
 }
 
 fn default_topic_root() -> String {
@@ -104,6 +138,21 @@ fn default_receive_maximum() -> u16 {
 }
 fn default_pool_size() -> usize {
     8
+}
+fn default_query_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_query_concurrency() -> usize {
+    64
+}
+fn default_reconcile_interval() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_reconcile_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_snapshot_fetch_after() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl CenterConfig {
@@ -129,6 +178,11 @@ impl CenterConfig {
         };
         if let Some(p) = &mut c.database.password_file {
             resolve(p);
+        }
+        for s in &mut c.sites {
+            if let Some(p) = &mut s.api_token_file {
+                resolve(p);
+            }
         }
         for p in [
             &mut c.mqtt.ca_file,
@@ -174,6 +228,21 @@ impl CenterConfig {
                 ),
             );
         }
+        if let Some(r) = &self.reply_topic_prefix {
+            topic(&mut v, "center.reply_topic_prefix", r);
+        }
+        if self.query_timeout.is_zero() || self.query_timeout > Duration::from_secs(120) {
+            v.err("center.query_timeout", "use 1s to 120s (default 5s)");
+        }
+        if !(1..=1024).contains(&self.query_concurrency) {
+            v.err("center.query_concurrency", "use 1 to 1024 (default 64)");
+        }
+        if self.reconcile_window.is_zero() {
+            v.err(
+                "center.reconcile_window",
+                "use a duration such as \"24h\" (to turn reconciliation off, set reconcile_interval = \"0s\")",
+            );
+        }
         if self.receive_maximum == 0 {
             v.err("center.receive_maximum", "use 1 to 65535 (default 32)");
         }
@@ -214,8 +283,48 @@ impl CenterConfig {
                     format!("site {:?} is listed twice", s.id),
                 );
             }
+            if let Some(u) = &s.api_url
+                && !valid_api_url(u)
+            {
+                v.err(
+                    &format!("center.sites[{i}].api_url"),
+                    format!("{u:?}: use http://host:port, the site's API address (plain HTTP, over the city VPN)"),
+                );
+            }
+            match (&s.api_url, &s.api_token_file) {
+                (Some(_), None) => v.err(
+                    &format!("center.sites[{i}].api_token_file"),
+                    "api_url needs a read token of the site: a file holding it (`kinderwatch token` on the site)",
+                ),
+                (None, Some(_)) => v.err(
+                    &format!("center.sites[{i}].api_url"),
+                    "api_token_file is set without api_url; add the site's http://host:port",
+                ),
+                (Some(_), Some(p)) => {
+                    if let Err(e) = crate::camera::config::read_password_file(p) {
+                        v.err(&format!("center.sites[{i}].api_token_file"), e.to_string());
+                    }
+                }
+                (None, None) => {}
+            }
         }
         v.into_problems()
+    }
+
+    /// The topic replies to this instance's queries come on, and the filter that receives them.
+    pub fn reply_topics(&self) -> (Option<String>, String) {
+        match &self.reply_topic_prefix {
+            Some(p) => {
+                let t = format!("{p}/{}", self.instance);
+                (Some(t.clone()), t)
+            }
+            None => (None, format!("{}/+/responses", self.topic_root)),
+        }
+    }
+
+    /// The directory entry of `site`.
+    pub fn site(&self, site: &str) -> Option<&SiteEntry> {
+        self.sites.iter().find(|s| s.id == site)
     }
 
     /// The database settings tokio-postgres connects with (the password file applied).
@@ -235,4 +344,15 @@ impl CenterConfig {
         }
         Ok(pg)
     }
+}
+
+/// `http://host[:port]` with nothing after the authority but an optional `/`.
+fn valid_api_url(u: &str) -> bool {
+    url::Url::parse(u).is_ok_and(|p| {
+        p.scheme() == "http"
+            && p.host_str().is_some()
+            && p.path() == "/"
+            && p.query().is_none()
+            && p.username().is_empty()
+    })
 }

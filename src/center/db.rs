@@ -69,9 +69,19 @@ const SCHEMA: &[&str] = &[
         resolved_at timestamptz,
         outcome text,
         note text)",
+    // Columns added after the first schema (a database of an older center gets them too).
+    "ALTER TABLE sites ADD COLUMN IF NOT EXISTS reconciled_until timestamptz",
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT 'mqtt'",
+    "ALTER TABLE alarms ADD COLUMN IF NOT EXISTS recovered boolean NOT NULL DEFAULT false",
     "CREATE UNIQUE INDEX IF NOT EXISTS alarms_open_subject ON alarms (subject)
         WHERE state <> 'resolved' AND subject IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS alarms_open ON alarms (state, raised_at DESC)",
+    // Every change of an alarm is announced to the instances' live feeds (LISTEN).
+    "CREATE OR REPLACE FUNCTION kinderwatch_alarm_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN PERFORM pg_notify('kinderwatch_alarms', NEW.id::text); RETURN NULL; END $$",
+    "DROP TRIGGER IF EXISTS alarms_notify ON alarms",
+    "CREATE TRIGGER alarms_notify AFTER INSERT OR UPDATE ON alarms
+        FOR EACH ROW EXECUTE FUNCTION kinderwatch_alarm_notify()",
     "CREATE TABLE IF NOT EXISTS alarm_log (
         id bigserial PRIMARY KEY,
         alarm_id bigint NOT NULL REFERENCES alarms (id),
@@ -80,6 +90,9 @@ const SCHEMA: &[&str] = &[
         action text NOT NULL,
         note text)",
 ];
+
+/// The channel of [`SCHEMA`]'s alarm notifications; the payload is the alarm's id.
+pub const ALARM_CHANNEL: &str = "kinderwatch_alarms";
 
 /// A random key for `pg_advisory_xact_lock` ("kwcenter").
 const SCHEMA_LOCK: i64 = 0x6b77_6365_6e74_6572;
@@ -163,14 +176,57 @@ pub fn subject(kind: &str, site: &str, camera: Option<&str>) -> String {
     }
 }
 
+/// How the center got an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Live, on the alert topics.
+    Mqtt,
+    /// From a site's answer to `query/events` (reconciliation or the history's fan-out): an
+    /// alert the live path lost. It raises an alarm (marked `recovered`) only when it is newer
+    /// than [`RECOVERED_ALARM_MAX_AGE`], and never opens or clears a condition: the status topics
+    /// carry the present state, an old event would only undo it.
+    Query { now: Timestamp },
+}
+
+/// A lost perimeter alert found later than this is history, not an alarm for the desk.
+pub const RECOVERED_ALARM_MAX_AGE: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
+
+impl Origin {
+    fn source(self) -> &'static str {
+        match self {
+            Origin::Mqtt => "mqtt",
+            Origin::Query { .. } => "query",
+        }
+    }
+
+    /// What the event does to the queue, arriving this way.
+    fn effect(self, a: &Alert) -> AlarmEffect {
+        let live = AlarmEffect::of(&a.kind);
+        match self {
+            Origin::Mqtt => live,
+            Origin::Query { now } => match live {
+                AlarmEffect::Raise if now.duration_since(a.time) <= RECOVERED_ALARM_MAX_AGE => {
+                    AlarmEffect::Raise
+                }
+                _ => AlarmEffect::None,
+            },
+        }
+    }
+}
+
 /// Stores an alert once; `true` if it was new (false: a duplicate, nothing changed).
-pub async fn store_alert(pool: &Pool, a: &Alert, instance: &str) -> Result<bool, DbError> {
+pub async fn store_alert(
+    pool: &Pool,
+    a: &Alert,
+    instance: &str,
+    origin: Origin,
+) -> Result<bool, DbError> {
     let mut c = pool.get().await?;
     let tx = c.transaction().await?;
     let inserted = tx
         .execute(
-            "INSERT INTO events (event_id, site, camera, rule, kind, time, payload, received_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING",
+            "INSERT INTO events (event_id, site, camera, rule, kind, time, payload, received_by, source)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (event_id) DO NOTHING",
             &[
                 &a.event_id,
                 &a.site,
@@ -180,18 +236,20 @@ pub async fn store_alert(pool: &Pool, a: &Alert, instance: &str) -> Result<bool,
                 &a.time,
                 &a.payload,
                 &instance,
+                &origin.source(),
             ],
         )
         .await?
         == 1;
     if inserted {
         ensure_site(&tx, &a.site).await?;
-        match AlarmEffect::of(&a.kind) {
+        match origin.effect(a) {
             AlarmEffect::Raise => {
+                let recovered = origin != Origin::Mqtt;
                 tx.execute(
-                    "INSERT INTO alarms (kind, site, camera, rule, event_id, active, raised_at, last_at)
-                     VALUES ($1, $2, $3, $4, $5, false, $6, $6)",
-                    &[&a.kind, &a.site, &a.camera, &a.rule, &a.event_id, &a.time],
+                    "INSERT INTO alarms (kind, site, camera, rule, event_id, active, raised_at, last_at, recovered)
+                     VALUES ($1, $2, $3, $4, $5, false, $6, $6, $7)",
+                    &[&a.kind, &a.site, &a.camera, &a.rule, &a.event_id, &a.time, &recovered],
                 )
                 .await?;
             }
@@ -388,6 +446,8 @@ pub struct Alarm {
     pub note: Option<String>,
     /// True when the center holds the alarm's snapshot.
     pub snapshot: bool,
+    /// True when the live path lost the alert and the reconciliation found it at the site.
+    pub recovered: bool,
     /// The alert as the site sent it (null for a site offline).
     #[schema(value_type = Option<Object>)]
     pub alert: Option<serde_json::Value>,
@@ -396,7 +456,7 @@ pub struct Alarm {
 const ALARM_COLUMNS: &str = "a.id, a.kind, a.state, a.active, a.site, s.name, s.district, a.camera,
     a.rule, a.event_id, a.raised_at, a.last_at, a.occurrences, a.cleared_at, a.acknowledged_by,
     a.acknowledged_at, a.resolved_by, a.resolved_at, a.outcome, a.note,
-    (sn.event_id IS NOT NULL), e.payload
+    (sn.event_id IS NOT NULL), e.payload, a.recovered
     FROM alarms a LEFT JOIN sites s ON s.id = a.site
     LEFT JOIN events e ON e.event_id = a.event_id
     LEFT JOIN snapshots sn ON sn.event_id = a.event_id";
@@ -425,6 +485,7 @@ fn alarm(r: &tokio_postgres::Row) -> Alarm {
         note: r.get(19),
         snapshot: r.get(20),
         alert: r.get(21),
+        recovered: r.get(22),
     }
 }
 
@@ -623,6 +684,8 @@ pub struct EventFilter {
     pub site: Option<String>,
     pub district: Option<String>,
     pub kind: Option<String>,
+    pub camera: Option<String>,
+    pub rule: Option<String>,
     pub from: Option<Timestamp>,
     pub to: Option<Timestamp>,
     pub limit: i64,
@@ -639,9 +702,140 @@ pub async fn events(pool: &Pool, f: &EventFilter) -> Result<Vec<serde_json::Valu
                AND ($3::text IS NULL OR e.kind = $3)
                AND ($4::timestamptz IS NULL OR e.time >= $4)
                AND ($5::timestamptz IS NULL OR e.time < $5)
+               AND ($7::text IS NULL OR e.camera = $7)
+               AND ($8::text IS NULL OR e.rule = $8)
              ORDER BY e.time DESC LIMIT $6",
-            &[&f.site, &f.district, &f.kind, &f.from, &f.to, &f.limit],
+            &[
+                &f.site,
+                &f.district,
+                &f.kind,
+                &f.from,
+                &f.to,
+                &f.limit,
+                &f.camera,
+                &f.rule,
+            ],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A site the reconciliation asks: online now, and how far it has been reconciled.
+#[derive(Debug, Clone)]
+pub struct ReconcileTarget {
+    pub site: String,
+    pub reconciled_until: Option<Timestamp>,
+}
+
+/// The sites whose last status is `online`.
+pub async fn online_sites(pool: &Pool) -> Result<Vec<ReconcileTarget>, DbError> {
+    let c = pool.get().await?;
+    let rows = c
+        .query(
+            "SELECT id, reconciled_until FROM sites WHERE online ORDER BY id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ReconcileTarget {
+            site: r.get(0),
+            reconciled_until: r.get(1),
+        })
+        .collect())
+}
+
+/// Records that `site` answered for everything before `until`.
+pub async fn set_reconciled(pool: &Pool, site: &str, until: Timestamp) -> Result<(), DbError> {
+    let c = pool.get().await?;
+    c.execute(
+        "UPDATE sites SET reconciled_until = GREATEST(reconciled_until, $2) WHERE id = $1",
+        &[&site, &until],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The online status of these sites as last heard (`None`: never heard, or not in `sites`).
+pub async fn site_online(
+    pool: &Pool,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, (Option<bool>, Option<Timestamp>)>, DbError> {
+    let c = pool.get().await?;
+    let rows = c
+        .query(
+            "SELECT id, online, status_at FROM sites WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
+}
+
+/// The ids of the sites in the directory, of `district` or all.
+pub async fn site_ids(pool: &Pool, district: Option<&str>) -> Result<Vec<String>, DbError> {
+    let c = pool.get().await?;
+    let rows = c
+        .query(
+            "SELECT id FROM sites WHERE ($1::text IS NULL OR district = $1) ORDER BY id",
+            &[&district],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// An event whose JPEG the center does not hold although the site has one.
+#[derive(Debug, Clone)]
+pub struct MissingSnapshot {
+    pub event_id: Uuid,
+    pub site: String,
+    /// The site's API path of the JPEG (`snapshot.api_path` of the alert).
+    pub api_path: String,
+}
+
+/// Events of `sites` older than `older_than` (the MQTT JPEG had its chance) and newer than
+/// `newer_than`, with a snapshot at the site and none here, oldest first.
+pub async fn missing_snapshots(
+    pool: &Pool,
+    sites: &[String],
+    older_than: Timestamp,
+    newer_than: Timestamp,
+    limit: i64,
+) -> Result<Vec<MissingSnapshot>, DbError> {
+    let c = pool.get().await?;
+    let rows = c
+        .query(
+            "SELECT e.event_id, e.site, e.payload #>> '{snapshot,api_path}' FROM events e
+             WHERE e.site = ANY($1) AND e.received_at < $2 AND e.received_at >= $3
+               AND e.payload #>> '{snapshot,api_path}' IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.event_id = e.event_id)
+             ORDER BY e.received_at LIMIT $4",
+            &[&sites, &older_than, &newer_than, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| MissingSnapshot {
+            event_id: r.get(0),
+            site: r.get(1),
+            api_path: r.get(2),
+        })
+        .collect())
+}
+
+/// A session-level advisory lock of `key`, held by a connection taken out of the pool: the lock
+/// goes when the returned client is dropped (its connection closes), whatever happens in
+/// between. `None`: another instance holds it.
+pub async fn try_lock(
+    pool: &Pool,
+    key: i64,
+) -> Result<Option<deadpool_postgres::ClientWrapper>, DbError> {
+    let c = pool.get().await?;
+    let got: bool = c
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await?
+        .get(0);
+    Ok(got.then(|| deadpool_postgres::Object::take(c)))
 }

@@ -77,7 +77,11 @@ pub enum Rejected {
 
 /// Reads an alert's payload; the site in it must be the one in its topic.
 pub fn parse_alert(site: &str, payload: &[u8]) -> Result<db::Alert, Rejected> {
-    let v: serde_json::Value = serde_json::from_slice(payload)?;
+    parse_alert_value(site, serde_json::from_slice(payload)?)
+}
+
+/// [`parse_alert`] of JSON already read.
+pub fn parse_alert_value(site: &str, v: serde_json::Value) -> Result<db::Alert, Rejected> {
     let str_field = |k: &str| v.get(k).and_then(|x| x.as_str());
     let bad = |k: &str| Rejected::Invalid(format!("field {k:?} is missing or invalid"));
     if v.get("schema_version").and_then(|x| x.as_u64()) != Some(1) {
@@ -262,7 +266,7 @@ async fn handle(config: &CenterConfig, pool: &Pool, p: &Publish) -> Result<(), d
     match Topic::parse(&config.topic_root, &topic) {
         Topic::Alert { site } => match parse_alert(site, &p.payload) {
             Ok(alert) => {
-                let new = db::store_alert(pool, &alert, &config.instance).await?;
+                let new = db::store_alert(pool, &alert, &config.instance, db::Origin::Mqtt).await?;
                 if new {
                     telemetry::alert_latency(
                         (now.as_millisecond() - alert.time.as_millisecond()).max(0) as f64 / 1e3,

@@ -9,6 +9,10 @@ pub mod api;
 pub mod config;
 pub mod db;
 pub mod ingest;
+pub mod live;
+pub mod query;
+pub mod reconcile;
+pub mod snapshots;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +72,9 @@ pub async fn run(config: CenterConfig, cancel: CancellationToken) -> anyhow::Res
     let pool = pool(&config)?;
     let metrics = crate::telemetry::install_metrics();
     let tasks = tokio_util::task::TaskTracker::new();
+    let queries = query::SiteQueries::start(config.clone(), cancel.clone())?;
+    let feed = live::AlarmFeed::default();
+    tasks.spawn(feed.clone().listen(config.pg_config()?, cancel.clone()));
     if let Some(http) = &config.http {
         let listener = tokio::net::TcpListener::bind(http.listen)
             .await
@@ -75,14 +82,16 @@ pub async fn run(config: CenterConfig, cancel: CancellationToken) -> anyhow::Res
                 anyhow::anyhow!("center.http.listen {}: cannot listen ({e})", http.listen)
             })?;
         info!(addr = %listener.local_addr()?, "center: HTTP API listening");
-        let app = api::router(
-            api::CenterApi {
-                instance: config.instance.as_str().into(),
-                pool: pool.clone(),
-                metrics: metrics.clone(),
-            },
-            crate::auth::Tokens::new(&http.tokens),
-        );
+        let app = api::router(api::CenterApi {
+            instance: config.instance.as_str().into(),
+            pool: pool.clone(),
+            queries: queries.clone(),
+            feed: feed.clone(),
+            metrics: metrics.clone(),
+            tokens: crate::auth::Tokens::new(&http.tokens),
+            sessions: Default::default(),
+            stop: cancel.clone(),
+        });
         let stop = cancel.clone();
         tasks.spawn(async move {
             if let Err(e) = axum::serve(listener, app)
@@ -107,8 +116,16 @@ pub async fn run(config: CenterConfig, cancel: CancellationToken) -> anyhow::Res
         broker = %config.mqtt.host,
         group = %config.share_group,
         sites = config.sites.len(),
+        reconcile_every = ?config.reconcile_interval,
         "center: ready"
     );
+    tasks.spawn(reconcile::run(
+        config.clone(),
+        pool.clone(),
+        queries.clone(),
+        cancel.clone(),
+    ));
+    tasks.spawn(snapshots::run(config.clone(), pool.clone(), cancel.clone()));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     ingest::run(config.clone(), pool.clone(), cancel.clone()).await;
     tasks.close();

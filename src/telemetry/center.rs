@@ -23,7 +23,31 @@ const ALERT_LATENCY: Metric = Metric {
     help: "From an alert's capture time at the site to its commit in the center's database.",
 };
 
-pub(super) const METRICS: &[Metric] = &[MESSAGES, DB_ERRORS, CONNECTED, ALERT_LATENCY];
+const SITE_QUERIES: Metric = Metric {
+    name: "kinderwatch_center_site_queries_total",
+    kind: Kind::Counter,
+    help: "Questions to sites over MQTT request/response, per result (answered, timeout, refused, not_connected, garbled).",
+};
+const RECOVERED: Metric = Metric {
+    name: "kinderwatch_center_recovered_events_total",
+    kind: Kind::Counter,
+    help: "Events the center found at a site (reconciliation or history fan-out) that the live MQTT path had lost.",
+};
+const SNAPSHOT_FETCHES: Metric = Metric {
+    name: "kinderwatch_center_snapshot_fetches_total",
+    kind: Kind::Counter,
+    help: "Snapshots fetched from sites' HTTP APIs, per result (stored, not_found, failed).",
+};
+
+pub(super) const METRICS: &[Metric] = &[
+    MESSAGES,
+    DB_ERRORS,
+    CONNECTED,
+    ALERT_LATENCY,
+    SITE_QUERIES,
+    RECOVERED,
+    SNAPSHOT_FETCHES,
+];
 
 pub fn message(kind: &'static str, result: &'static str) {
     metrics::counter!(MESSAGES.name, "kind" => kind, "result" => result).increment(1);
@@ -39,4 +63,16 @@ pub fn connected(on: bool) {
 
 pub fn alert_latency(seconds: f64) {
     metrics::histogram!(ALERT_LATENCY.name).record(seconds);
+}
+
+pub fn site_query(result: &'static str) {
+    metrics::counter!(SITE_QUERIES.name, "result" => result).increment(1);
+}
+
+pub fn recovered(n: u64) {
+    metrics::counter!(RECOVERED.name).increment(n);
+}
+
+pub fn snapshot_fetch(result: &'static str) {
+    metrics::counter!(SNAPSHOT_FETCHES.name, "result" => result).increment(1);
 }

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 /// The daemon binary cargo built for this test (examples share `tests/common` without one).
 const BIN: Option<&str> = option_env!("CARGO_BIN_EXE_kinderwatch");
 
+pub fn bin() -> &'static str {
+    BIN.expect("an integration test, which cargo builds the binary for")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -55,7 +59,7 @@ impl RunningDaemon {
             .arg("-c")
             .arg(format!(
                 "export WATCHDOG_PID=$$; exec {} run --config {}",
-                BIN.expect("an integration test, which cargo builds the binary for"),
+                bin(),
                 file.display()
             ))
             .env("NOTIFY_SOCKET", &socket)

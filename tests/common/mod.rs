@@ -406,6 +406,7 @@ pub fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
 }
 
 pub mod broker;
+pub mod center;
 pub mod daemon;
 pub mod postgres;
 pub mod proxy;

@@ -19,8 +19,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
+use crate::api::auth::Tokens;
 use crate::api::{ApiError, ApiState};
 pub use session::Sessions;
 
@@ -55,12 +56,47 @@ pub fn router() -> axum::Router<ApiState> {
             "/console/style.css",
             get(|| asset(STYLE_CSS, "text/css; charset=utf-8")),
         )
-        .route("/console/session", post(sign_in).get(whoami))
-        .route("/console/session/end", post(sign_out))
+        .merge(session_router())
         .layer(axum::middleware::from_fn(security_headers))
 }
 
-async fn asset(body: &'static str, content_type: &'static str) -> Response {
+/// The console's stylesheet, shared by every page in its style (the center's alarm queue).
+pub fn style_css() -> &'static str {
+    STYLE_CSS
+}
+
+/// What the console's sign-in needs of the server it runs on (a site's API, the city center's).
+pub trait ConsoleHost: Clone + Send + Sync + 'static {
+    fn tokens(&self) -> &Tokens;
+    fn sessions(&self) -> &Sessions;
+    /// What the page learns at sign-in beside the name, role and CSRF token.
+    fn about(&self) -> serde_json::Map<String, Value>;
+}
+
+impl ConsoleHost for ApiState {
+    fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+    fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+    fn about(&self) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("site".into(), (*self.site).into());
+        m.insert("time_zone".into(), (*self.time_zone).into());
+        m
+    }
+}
+
+/// `POST /console/session` (sign in), `GET /console/session` (who), `POST /console/session/end`.
+pub fn session_router<S: ConsoleHost>() -> axum::Router<S> {
+    axum::Router::new()
+        .route("/console/session", post(sign_in::<S>).get(whoami::<S>))
+        .route("/console/session/end", post(sign_out::<S>))
+}
+
+/// A built-in asset, revalidated on every load.
+pub async fn asset(body: &'static str, content_type: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
@@ -72,7 +108,7 @@ async fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 /// Adds the console's security headers to an answer.
-async fn security_headers(req: Request, next: Next) -> Response {
+pub async fn security_headers(req: Request, next: Next) -> Response {
     let mut r = next.run(req).await;
     let h = r.headers_mut();
     h.insert(
@@ -95,8 +131,8 @@ struct SignIn {
 
 /// `POST /console/session {"token": "kw_..."}`: opens a session, sets its cookie, answers who
 /// signed in and the session's CSRF token.
-async fn sign_in(
-    State(state): State<ApiState>,
+async fn sign_in<S: ConsoleHost>(
+    State(state): State<S>,
     body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Ok(Json(body)) = body else {
@@ -107,16 +143,17 @@ async fn sign_in(
         )
         .into_response();
     };
-    let Some(caller) = state.tokens.check(body.token.trim()) else {
+    let Some(caller) = state.tokens().check(body.token.trim()) else {
         crate::telemetry::api::sign_in(false);
         tracing::info!("console sign-in refused: unknown token");
         return ApiError::unauthorized("unknown token").into_response();
     };
     crate::telemetry::api::sign_in(true);
     tracing::info!(name = %caller.name, role = ?caller.role, "console sign-in");
-    let (id, csrf) = state.sessions.open(caller.clone());
-    let mut r = Json(json!({ "name": &*caller.name, "role": caller.role, "csrf": csrf, "site": &*state.site, "time_zone": &*state.time_zone }))
-        .into_response();
+    let (id, csrf) = state.sessions().open(caller.clone());
+    let mut who = json!({ "name": &*caller.name, "role": caller.role, "csrf": csrf });
+    who.as_object_mut().unwrap().extend(state.about());
+    let mut r = Json(who).into_response();
     r.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&session::set_cookie(&id)).expect("hex id"),
@@ -127,34 +164,34 @@ async fn sign_in(
 }
 
 /// `GET /console/session`: the signed-in caller and the CSRF token (after a page reload).
-async fn whoami(State(state): State<ApiState>, req: Request) -> Response {
-    let Some(info) = crate::api::auth::session_cookie(&req).and_then(|id| state.sessions.check(id))
+async fn whoami<S: ConsoleHost>(State(state): State<S>, req: Request) -> Response {
+    let Some(info) =
+        crate::api::auth::session_cookie(&req).and_then(|id| state.sessions().check(id))
     else {
         return ApiError::unauthorized("not signed in").into_response();
     };
-    let mut r = Json(json!({
+    let mut who = json!({
         "name": &*info.caller.name,
         "role": info.caller.role,
         "csrf": info.csrf,
-        "site": &*state.site,
-        "time_zone": &*state.time_zone,
-    }))
-    .into_response();
+    });
+    who.as_object_mut().unwrap().extend(state.about());
+    let mut r = Json(who).into_response();
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
 /// `POST /console/session/end` (with the CSRF token): closes the session and clears the cookie.
-async fn sign_out(State(state): State<ApiState>, req: Request) -> Response {
+async fn sign_out<S: ConsoleHost>(State(state): State<S>, req: Request) -> Response {
     if let Some(id) = crate::api::auth::session_cookie(&req)
-        && let Some(info) = state.sessions.check(id)
+        && let Some(info) = state.sessions().check(id)
     {
         if !info.csrf_sent_in(req.headers()) {
             return ApiError::forbidden("signing out needs the session's X-CSRF-Token header")
                 .into_response();
         }
-        state.sessions.close(id);
+        state.sessions().close(id);
     }
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut().insert(
