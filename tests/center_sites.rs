@@ -36,7 +36,13 @@ async fn lost_alerts_are_recovered_from_the_site_and_the_history_asks_every_site
     let pg = Postgres::start();
     let tokens = site::new_tokens();
     let read_token = tokens[1].0.clone();
-    let site = site::start_site_with(site::mqtt_config(broker.port, ""), tokens).await;
+    // The site allows replies under center/replies (center-h asks for them there; center-a
+    // asks without a response topic, and the site replies on its own responses topic).
+    let site = site::start_site_with(
+        site::mqtt_config(broker.port, "reply_topic_prefix = \"center/replies\""),
+        tokens,
+    )
+    .await;
 
     // Three crossings published while no center is subscribed: the broker drops them.
     let (_watch, mut seen) =
@@ -182,7 +188,7 @@ api_token_file = "{}"
         "center-h",
         broker.port,
         &pg.url(),
-        "reconcile_interval = \"0s\"\nquery_timeout = \"2s\"",
+        "reconcile_interval = \"0s\"\nquery_timeout = \"2s\"\nreply_topic_prefix = \"center/replies\"",
         &sites,
     );
     let (s, before) = call(h.port, "GET", "/api/v1/events?site=kg-7", READ_TOKEN, "");

@@ -40,22 +40,23 @@ fn needs_root(what: &str) -> bool {
     is_root()
 }
 
-#[test]
-fn the_unit_verifies_and_its_exposure_stays_low() {
+/// `systemd-analyze verify` of `systemd/<name>` (no remarks), and its `security` exposure level.
+fn verify(name: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("systemd").join(name)).unwrap();
     // verify checks that ExecStart's program exists: point it at the built binary.
-    let unit = dir.path().join("kinderwatch.service");
-    std::fs::write(&unit, unit_text().replace("/usr/bin/kinderwatch", BIN)).unwrap();
+    let unit = dir.path().join(name);
+    std::fs::write(&unit, text.replace("/usr/bin/kinderwatch", BIN)).unwrap();
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&unit)
         .output()
         .expect("systemd-analyze (package systemd)");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    assert!(out.status.success(), "{name}: {stderr}");
     assert!(
         stderr.trim().is_empty(),
-        "systemd-analyze verify has remarks: {stderr}"
+        "systemd-analyze verify has remarks on {name}: {stderr}"
     );
 
     let out = Command::new("systemd-analyze")
@@ -67,7 +68,7 @@ fn the_unit_verifies_and_its_exposure_stays_low() {
     let level: f64 = stdout
         .lines()
         .find_map(|l| {
-            l.split("exposure level for kinderwatch.service:")
+            l.split(&format!("exposure level for {name}:"))
                 .nth(1)?
                 .split_whitespace()
                 .next()?
@@ -75,13 +76,32 @@ fn the_unit_verifies_and_its_exposure_stays_low() {
                 .ok()
         })
         .unwrap_or_else(|| panic!("no exposure level in: {stdout}"));
-    assert!(out.status.success(), "exposure {level} over 2.0:\n{stdout}");
+    assert!(out.status.success(), "{name}: exposure {level}:\n{stdout}");
+    level
+}
+
+#[test]
+fn the_unit_verifies_and_its_exposure_stays_low() {
+    let level = verify("kinderwatch.service");
     assert!(level <= 2.0, "{level}");
 
     // Resource limits sized in docs/BENCHMARKS.md are set.
     for key in ["MemoryMax", "TasksMax", "LimitNOFILE"] {
         assert_eq!(unit_values(key).len(), 1, "{key}= missing from the unit");
     }
+}
+
+#[test]
+fn the_center_unit_verifies_and_its_exposure_stays_low() {
+    let level = verify("kinderwatch-center.service");
+    assert!(level <= 2.0, "{level}");
+    let text = std::fs::read_to_string(repo().join("systemd/kinderwatch-center.service")).unwrap();
+    assert!(
+        text.contains(
+            "ExecStart=/usr/bin/kinderwatch center --config /etc/kinderwatch/center.toml"
+        ),
+        "{text}"
+    );
 }
 
 /// `scripts/install.sh` into a DESTDIR for the service user `nobody` (group `nogroup`).

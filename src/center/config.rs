@@ -70,7 +70,7 @@ pub struct CenterConfig {
     /// Sites asked at once by a fan-out. Default: 64.
     #[serde(default = "default_query_concurrency")]
     pub query_concurrency: usize,
-    /// Queries ask for their replies on `<reply_topic_prefix>/<instance>` (what the sites allow
+    /// Queries ask for their replies on `<reply_topic_prefix>/<instance>/<site>` (what the sites allow
     /// as their `mqtt.reply_topic_prefix`). Default: none; each site replies on
     /// `<topic_root>/<site>/responses`.
     pub reply_topic_prefix: Option<String>,
@@ -311,15 +311,37 @@ impl CenterConfig {
         v.into_problems()
     }
 
-    /// The topic replies to this instance's queries come on, and the filter that receives them.
-    pub fn reply_topics(&self) -> (Option<String>, String) {
+    /// The response topic of this instance's questions to `site` (none: the site replies on its
+    /// `<root>/<site>/responses`). One topic per site, so that a broker ACL can let each site
+    /// write only its own (`topic write <prefix>/+/<site>`) and no site can answer for another.
+    pub fn reply_topic(&self, site: &str) -> Option<String> {
+        self.reply_topic_prefix
+            .as_ref()
+            .map(|p| format!("{p}/{}/{site}", self.instance))
+    }
+
+    /// The filter that receives this instance's replies.
+    pub fn reply_filter(&self) -> String {
         match &self.reply_topic_prefix {
-            Some(p) => {
-                let t = format!("{p}/{}", self.instance);
-                (Some(t.clone()), t)
-            }
-            None => (None, format!("{}/+/responses", self.topic_root)),
+            Some(p) => format!("{p}/{}/+", self.instance),
+            None => format!("{}/+/responses", self.topic_root),
         }
+    }
+
+    /// The site a reply came from, read from its topic (the broker's ACL vouches for it).
+    pub fn reply_site<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        match &self.reply_topic_prefix {
+            Some(p) => topic
+                .strip_prefix(p.as_str())?
+                .strip_prefix('/')?
+                .strip_prefix(self.instance.as_str())?
+                .strip_prefix('/'),
+            None => topic
+                .strip_prefix(self.topic_root.as_str())?
+                .strip_prefix('/')?
+                .strip_suffix("/responses"),
+        }
+        .filter(|s| !s.is_empty() && !s.contains('/'))
     }
 
     /// The directory entry of `site`.
@@ -355,4 +377,35 @@ fn valid_api_url(u: &str) -> bool {
             && p.query().is_none()
             && p.username().is_empty()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> CenterConfig {
+        let text = format!(
+            "[center]\ninstance = \"center-a\"\n{extra}\n[center.mqtt]\nhost = \"broker\"\n[center.database]\nurl = \"postgresql://center@db/center\"\n"
+        );
+        CenterConfig::from_toml(&text, Path::new("center.toml"), Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn replies_name_the_site_in_their_topic() {
+        let c = config("reply_topic_prefix = \"center/replies\"");
+        assert_eq!(
+            c.reply_topic("kg-7").as_deref(),
+            Some("center/replies/center-a/kg-7")
+        );
+        assert_eq!(c.reply_filter(), "center/replies/center-a/+");
+        assert_eq!(c.reply_site("center/replies/center-a/kg-7"), Some("kg-7"));
+        assert_eq!(c.reply_site("center/replies/center-b/kg-7"), None);
+        assert_eq!(c.reply_site("center/replies/center-a/kg-7/x"), None);
+
+        let d = config("");
+        assert_eq!(d.reply_topic("kg-7"), None);
+        assert_eq!(d.reply_filter(), "kinderwatch/+/responses");
+        assert_eq!(d.reply_site("kinderwatch/kg-7/responses"), Some("kg-7"));
+        assert_eq!(d.reply_site("kinderwatch/responses"), None);
+    }
 }

@@ -720,6 +720,24 @@ pub async fn events(pool: &Pool, f: &EventFilter) -> Result<Vec<serde_json::Valu
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Which of `ids` the center holds.
+pub async fn known_events(
+    pool: &Pool,
+    ids: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>, DbError> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let c = pool.get().await?;
+    let rows = c
+        .query(
+            "SELECT event_id FROM events WHERE event_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// A site the reconciliation asks: online now, and how far it has been reconciled.
 #[derive(Debug, Clone)]
 pub struct ReconcileTarget {

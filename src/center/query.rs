@@ -63,7 +63,8 @@ pub struct SiteEvents {
     pub complete: bool,
 }
 
-type Pending = Arc<Mutex<HashMap<Bytes, oneshot::Sender<Value>>>>;
+/// Questions waiting for their answer: the site asked, and the asker.
+type Pending = Arc<Mutex<HashMap<Bytes, (String, oneshot::Sender<Value>)>>>;
 
 /// The asking side; cheap to clone.
 #[derive(Clone)]
@@ -91,7 +92,7 @@ impl SiteQueries {
     }
 
     async fn drive(self, mut eventloop: rumqttc::v5::EventLoop, cancel: CancellationToken) {
-        let (_, filter) = self.config.reply_topics();
+        let filter = self.config.reply_filter();
         let mut backoff = self.config.mqtt.backoff_initial;
         let mut last_error: Option<String> = None;
         loop {
@@ -132,7 +133,8 @@ impl SiteQueries {
         let _ = self.client.try_disconnect();
     }
 
-    /// Hands an answer to whoever asked (answers to other instances' questions are ignored).
+    /// Hands an answer to whoever asked (answers to other instances' questions are ignored, and
+    /// so is an answer on another site's reply topic than the one asked).
     fn answer(&self, p: &rumqttc::v5::mqttbytes::v5::Publish) {
         let Some(id) = p
             .properties
@@ -141,9 +143,20 @@ impl SiteQueries {
         else {
             return;
         };
-        let Some(tx) = self.pending.lock().unwrap().remove(&id) else {
+        let topic = String::from_utf8_lossy(&p.topic);
+        let from = self.config.reply_site(&topic);
+        let mut pending = self.pending.lock().unwrap();
+        if pending
+            .get(&id)
+            .is_some_and(|(site, _)| Some(site.as_str()) != from)
+        {
+            warn!(topic = %topic, "center: an answer came on another site's reply topic; ignored");
+            return;
+        }
+        let Some((_, tx)) = pending.remove(&id) else {
             return;
         };
+        drop(pending);
         let v = serde_json::from_slice::<Value>(&p.payload).unwrap_or(Value::Null);
         let _ = tx.send(v);
     }
@@ -168,9 +181,12 @@ impl SiteQueries {
         }
         let id = Bytes::from(uuid::Uuid::now_v7().simple().to_string());
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(id.clone(), tx);
+        self.pending
+            .lock()
+            .unwrap()
+            .insert(id.clone(), (site.to_owned(), tx));
         let _forget = Forget(&self.pending, id.clone());
-        let (response_topic, _) = self.config.reply_topics();
+        let response_topic = self.config.reply_topic(site);
         let props = PublishProperties {
             response_topic,
             correlation_data: Some(id),

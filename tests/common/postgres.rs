@@ -10,6 +10,8 @@ pub struct Postgres {
     pub port: u16,
     pub dir: tempfile::TempDir,
     bin: PathBuf,
+    /// Flush to disk on commit as a production server does (the tests leave it off).
+    fsync: bool,
 }
 
 fn bindir() -> PathBuf {
@@ -35,6 +37,11 @@ fn as_server_user(bin: PathBuf) -> Command {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with_fsync(false)
+    }
+
+    /// With `fsync` on (the load benchmark: commits as costly as on a real server).
+    pub fn start_with_fsync(fsync: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let bin = bindir();
         if unsafe { libc::geteuid() } == 0 {
@@ -76,6 +83,7 @@ impl Postgres {
             port,
             dir,
             bin,
+            fsync,
         };
         pg.start_server();
         pg
@@ -92,7 +100,9 @@ impl Postgres {
                 "-c",
                 "listen_addresses=127.0.0.1",
                 "-c",
-                "fsync=off",
+                if self.fsync { "fsync=on" } else { "fsync=off" },
+                "-c",
+                "max_connections=200",
             ])
             .arg("-k")
             .arg(self.dir.path())
