@@ -157,6 +157,7 @@ impl SimSite {
             .unwrap_or_else(|| format!("{ROOT}/{}/responses", self.id));
         let body: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
         let from: Option<Timestamp> = body["from"].as_str().and_then(|t| t.parse().ok());
+        let to: Option<Timestamp> = body["to"].as_str().and_then(|t| t.parse().ok());
         let events: Vec<Value> = self
             .stored
             .lock()
@@ -164,7 +165,7 @@ impl SimSite {
             .iter()
             .filter(|e| {
                 let t: Timestamp = e["time"].as_str().unwrap().parse().unwrap();
-                from.is_none_or(|f| t >= f)
+                from.is_none_or(|f| t >= f) && to.is_none_or(|u| t < u)
             })
             .cloned()
             .collect();
@@ -430,6 +431,20 @@ async fn run(sites: usize, secs: u64, rate: f64) {
     println!(
         "{} simulated sites connected in {:.1} s ({CAMERAS} cameras each)",
         sims.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    // Every site's retained availability and camera status reach both instances (a reconnect
+    // storm: the whole city at once).
+    let want = (sites * CAMERAS) as i64;
+    let flood = loop {
+        let n = common::center::count(&pg, "SELECT count(*) FROM cameras").await;
+        if n >= want || t0.elapsed() > Duration::from_secs(180) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!(
+        "status of {flood} cameras and {sites} sites stored {:.1} s after the first site connected",
         t0.elapsed().as_secs_f64()
     );
 

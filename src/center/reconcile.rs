@@ -7,7 +7,8 @@
 //! found this way becomes an alarm marked `recovered` while it is recent
 //! ([`db::RECOVERED_ALARM_MAX_AGE`]).
 //!
-//! A site's events are asked for from its last answer minus [`OVERLAP`], so that an event
+//! A site's events are asked for up to [`LIVE_GRACE`] ago (younger ones may still be on their
+//! way), from its last answer minus [`OVERLAP`], so that an event
 //! stamped by a site clock a little behind the center's is not skipped; what is asked twice
 //! is a duplicate the database drops.
 
@@ -28,6 +29,9 @@ use crate::telemetry::center as telemetry;
 
 /// Asked again each time: covers site clocks up to this far behind the center's.
 pub const OVERLAP: SignedDuration = SignedDuration::from_mins(10);
+
+/// Events younger than this (or than `reconcile_interval`, if shorter) are left to the live path.
+const LIVE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Pages of 1,000 events one site may give to one round (a site with more is asked again
 /// from the same point, and the newest pages come first: a day of 100,000 events is beyond any
@@ -132,6 +136,11 @@ pub async fn sweep(
         return Ok(Some(Sweep::default()));
     }
     let now = Timestamp::now();
+    // What is younger than the grace is the live path's: an alert still queued at the broker
+    // (a burst, an instance taking over) would otherwise be stored as if it had been lost.
+    let grace = SignedDuration::try_from(config.reconcile_interval.min(LIVE_GRACE))
+        .unwrap_or(SignedDuration::ZERO);
+    let until = now.checked_sub(grace).unwrap_or(now);
     let window = SignedDuration::try_from(config.reconcile_window).unwrap_or(SignedDuration::MAX);
     let earliest = now.checked_sub(window).unwrap_or(Timestamp::MIN);
     let targets = db::online_sites(pool).await?;
@@ -147,6 +156,7 @@ pub async fn sweep(
             .unwrap_or(Timestamp::MIN);
         let mut filter = Map::new();
         filter.insert("from".into(), Value::String(from.to_string()));
+        filter.insert("to".into(), Value::String(until.to_string()));
         (t.site, filter)
     });
     let mut answers = futures_util::stream::iter(asks)
@@ -171,7 +181,7 @@ pub async fn sweep(
                 }
                 // An answer cut at the page limit is asked again from the same point.
                 if complete {
-                    db::set_reconciled(pool, &site, now).await?;
+                    db::set_reconciled(pool, &site, until).await?;
                 }
             }
             Err(e) => {

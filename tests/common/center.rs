@@ -44,6 +44,18 @@ impl Center {
 
     /// With `extra` keys of `[center]` and `sites` (the `[[center.sites]]` tables).
     pub fn start_with(instance: &str, broker: u16, db: &str, extra: &str, sites: &str) -> Center {
+        Center::start_with_mqtt(instance, broker, db, extra, "", sites)
+    }
+
+    /// Also with `mqtt` keys of `[center.mqtt]` (credentials, TLS).
+    pub fn start_with_mqtt(
+        instance: &str,
+        broker: u16,
+        db: &str,
+        extra: &str,
+        mqtt: &str,
+        sites: &str,
+    ) -> Center {
         let dir = tempfile::tempdir().unwrap();
         let port = super::daemon::free_port();
         let config = format!(
@@ -56,6 +68,7 @@ port = {broker}
 backoff_initial = "200ms"
 backoff_max = "1s"
 max_incoming_packet = 1048576
+{mqtt}
 [center.database]
 url = "{db}"
 pool_size = 4
