@@ -39,10 +39,12 @@ bench: setup
 	$(CARGO) bench --bench store
 	$(CARGO) bench --bench mqtt
 	$(CARGO) bench --bench capacity
+	$(CARGO) bench --bench city
 
 ## N busy + M still cameras through the whole daemon (BENCH_BASELINE=1 adds the Python loop).
 bench-capacity: setup
 	$(CARGO) bench --bench capacity
+	$(CARGO) bench --bench city
 
 clean-deps:
 	rm -rf .deps

@@ -306,3 +306,76 @@ fn a_bad_center_config_names_the_file_and_key() {
         assert!(err.contains(key), "{key} missing from: {err}");
     }
 }
+
+/// A whole city reconnecting at once: 300 sites' availability and 2,400 cameras' retained status
+/// arrive together, then alerts. Every message is stored, and the alerts behind the flood too.
+/// (The first ingest handed messages to its database worker over a bounded channel and
+/// deadlocked here: mosquitto sends more than the Receive Maximum, the worker's acknowledgements
+/// wait on the client's request queue, which only the then blocked event loop drains.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_of_status_does_not_wedge_the_ingest() {
+    const SITES_N: usize = 300;
+    const CAMERAS_N: usize = 8;
+    let broker = Broker::start("max_queued_messages 100000\n");
+    let pg = Postgres::start();
+    let a = Center::start("center-a", broker.port, &pg.url());
+    let city = site_client(broker.port, "city").await;
+    let status = serde_json::json!({ "state": "streaming", "since": "2026-12-06T08:00:00Z", "last_error": null });
+    for s in 0..SITES_N {
+        city.publish(
+            format!("kinderwatch/kg-{s:03}/status"),
+            QoS::AtLeastOnce,
+            true,
+            "online",
+        )
+        .await
+        .unwrap();
+        for c in 0..CAMERAS_N {
+            city.publish(
+                format!("kinderwatch/kg-{s:03}/cameras/cam-{c}/status"),
+                QoS::AtLeastOnce,
+                true,
+                serde_json::to_vec(&status).unwrap(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    for n in 0..20u32 {
+        publish_alert(&city, "kg-001", &uuid(5000 + n), "line_crossed").await;
+    }
+    let cameras = wait_count(
+        &pg,
+        "SELECT count(*) FROM cameras",
+        (SITES_N * CAMERAS_N) as i64,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        cameras,
+        (SITES_N * CAMERAS_N) as i64,
+        "camera status stored; center log:\n{}",
+        a.log()
+    );
+    let online = wait_count(
+        &pg,
+        "SELECT count(*) FROM sites WHERE online",
+        SITES_N as i64,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(online, SITES_N as i64);
+    let alerts = wait_count(
+        &pg,
+        "SELECT count(*) FROM events",
+        20,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        alerts,
+        20,
+        "the alerts behind the flood; center log:\n{}",
+        a.log()
+    );
+}

@@ -60,8 +60,8 @@ pub struct CenterConfig {
     /// Default: "center".
     #[serde(default = "default_share_group")]
     pub share_group: String,
-    /// Alerts read but not yet stored at any time (MQTT 5 Receive Maximum): the most a killed
-    /// instance can leave unacknowledged at the broker. Default: 32.
+    /// Alerts read but not yet stored at any time (MQTT 5 Receive Maximum), for a broker that
+    /// keeps to it (mosquitto may send more: a WARN says so). Default: 32.
     #[serde(default = "default_receive_maximum")]
     pub receive_maximum: u16,
     /// How long a site has to answer one query. Default: 5s.

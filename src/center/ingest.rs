@@ -7,10 +7,12 @@
 //! database outage leaves the alerts at the broker instead of losing them. The session is clean
 //! (no session expiry): mosquitto keeps handing a shared subscription's messages round-robin to
 //! a member that is gone but whose session lives on, so a persistent session would park half of
-//! the alerts with a dead instance. What a killed instance had read and not acknowledged (at
-//! most `receive_maximum`) is what the broker drops with its session.
+//! the alerts with a dead instance. What a killed instance had been sent and not acknowledged
+//! (`receive_maximum` from a broker that keeps to it; mosquitto sends more) and what the broker
+//! had queued for it are dropped with its session; the reconciliation fetches them from the sites.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -166,17 +168,25 @@ async fn session(
     opts.set_session_expiry_interval(None);
     let cap = usize::from(config.receive_maximum) + 16;
     let (client, mut eventloop) = AsyncClient::new(opts, cap);
-    let (tx, rx) = mpsc::channel::<Publish>(cap);
+    // Unbounded, so that this loop never waits for the worker: the worker's acknowledgements go
+    // through the client's request channel, which only this loop's polling drains, so a bounded
+    // channel here deadlocks as soon as the broker sends more than it holds. What it holds is
+    // what the broker has sent and not had acknowledged: at most `receive_maximum` from a broker
+    // that keeps to it (a WARN, once, says when one does not).
+    let (tx, rx) = mpsc::unbounded_channel::<Publish>();
+    let unacked = Arc::new(AtomicUsize::new(0));
     let worker_cancel = cancel.child_token();
     let worker = tokio::spawn(work(
         config.clone(),
         pool.clone(),
         client.clone(),
         rx,
+        unacked.clone(),
         worker_cancel.clone(),
     ));
     let _stop_worker = worker_cancel.clone().drop_guard();
     let mut was_up = false;
+    let mut over_window = false;
     let result = loop {
         let ev = tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
@@ -210,7 +220,13 @@ async fn session(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send(p).await.is_err() {
+                let waiting = unacked.fetch_add(1, Ordering::Relaxed) + 1;
+                if waiting > usize::from(config.receive_maximum) && !over_window {
+                    over_window = true;
+                    warn!(instance = %config.instance, waiting, receive_maximum = config.receive_maximum,
+                          "center: the broker sends more unacknowledged messages than the Receive Maximum; they wait in memory until stored");
+                }
+                if tx.send(p).is_err() {
                     break Ok(());
                 }
             }
@@ -233,7 +249,8 @@ async fn work(
     config: Arc<CenterConfig>,
     pool: Pool,
     client: AsyncClient,
-    mut rx: mpsc::Receiver<Publish>,
+    mut rx: mpsc::UnboundedReceiver<Publish>,
+    unacked: Arc<AtomicUsize>,
     cancel: CancellationToken,
 ) {
     while let Some(p) = rx.recv().await {
@@ -252,7 +269,9 @@ async fn work(
                 }
             }
         }
-        if p.qos != QoS::AtMostOnce && client.ack(&p).await.is_err() {
+        let acked = p.qos == QoS::AtMostOnce || client.ack(&p).await.is_ok();
+        unacked.fetch_sub(1, Ordering::Relaxed);
+        if !acked {
             return;
         }
     }

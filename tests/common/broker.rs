@@ -65,6 +65,10 @@ impl Broker {
     }
 
     /// Starts (again) on the same port with the same config and persistence file.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn restart(&mut self) {
         assert!(
             self.try_start(),

@@ -119,6 +119,10 @@ sha256 = "{}"
         c
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default()
     }
