@@ -4,7 +4,8 @@
 # Installs (only what is missing):
 #   * Debian packages: build (GStreamer dev headers), runtime (GStreamer plugins), tests (RTSP server,
 #     x264 encoder, mosquitto, VLC as a foreign RTSP camera, systemd-analyze for the unit checks,
-#     headless Chromium and its WebDriver for the console tests);
+#     headless Chromium and its WebDriver for the console tests, PostgreSQL for the city center's
+#     tests, started by them in a temporary directory);
 #   * the ONNX Runtime shared library, unpacked from the PyPI `onnxruntime` wheel, sha256-checked;
 #   * schemathesis (the API fuzzer of tests/openapi.rs) from PyPI into a virtual environment, its
 #     versions pinned in scripts/schemathesis-requirements.txt;
