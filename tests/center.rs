@@ -379,3 +379,126 @@ async fn a_reconnect_storm_of_status_does_not_wedge_the_ingest() {
         a.log()
     );
 }
+
+async fn publish_event(c: &rumqttc::v5::AsyncClient, site: &str, body: serde_json::Value) {
+    let kind = body["kind"].as_str().unwrap().to_owned();
+    c.publish(
+        format!("kinderwatch/{site}/events/gate/{kind}"),
+        QoS::AtLeastOnce,
+        false,
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
+/// The queue follows what happened, not how the messages arrived: an alert the database refuses
+/// (a NUL in its text) is rejected and the alerts behind it are stored; a camera's `online`
+/// that overtook its older `offline` (two instances, either order) leaves no active alarm; a
+/// site's retained `offline`, sent again on every reconnect, raises nothing once staff resolved
+/// its alarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_follows_what_happened_not_the_order_of_arrival() {
+    let broker = Broker::start("");
+    let pg = Postgres::start();
+    let a = Center::start("center-a", broker.port, &pg.url());
+    let site = site_client(broker.port, "kg-1").await;
+
+    let mut poisoned = alert("kg-1", &uuid(9001), "line_crossed");
+    poisoned["rule"] = "fen\u{0}ce".into();
+    publish_event(&site, "kg-1", poisoned).await;
+    publish_alert(&site, "kg-1", &uuid(9002), "line_crossed").await;
+    assert_eq!(
+        wait_count(
+            &pg,
+            &format!(
+                "SELECT count(*) FROM events WHERE event_id = '{}'",
+                uuid(9002)
+            ),
+            1,
+            Duration::from_secs(20)
+        )
+        .await,
+        1,
+        "the alert behind a refused one; center log:\n{}",
+        a.log()
+    );
+    assert!(a.log().contains("the database refused it"), "{}", a.log());
+
+    // camera_online (newer) arrives before camera_offline (older).
+    let now = jiff::Timestamp::now();
+    let mut online = alert("kg-1", &uuid(9003), "camera_online");
+    online["time"] = now.to_string().into();
+    online["object"] = serde_json::Value::Null;
+    let mut offline = alert("kg-1", &uuid(9004), "camera_offline");
+    offline["time"] = (now - jiff::SignedDuration::from_secs(2))
+        .to_string()
+        .into();
+    offline["object"] = serde_json::Value::Null;
+    publish_event(&site, "kg-1", online).await;
+    publish_event(&site, "kg-1", offline).await;
+    wait_count(
+        &pg,
+        "SELECT count(*) FROM events WHERE kind IN ('camera_online', 'camera_offline')",
+        2,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM alarms WHERE kind = 'camera_offline' AND active"
+        )
+        .await,
+        0,
+        "an old camera_offline opened an alarm for a camera that is back"
+    );
+
+    // A site offline, its alarm resolved by staff, then the same retained offline again.
+    site.publish("kinderwatch/kg-1/status", QoS::AtLeastOnce, true, "offline")
+        .await
+        .unwrap();
+    wait_count(
+        &pg,
+        "SELECT count(*) FROM alarms WHERE kind = 'site_offline'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let id: i64 = query(&pg, "SELECT id FROM alarms WHERE kind = 'site_offline'").await[0].get(0);
+    let (s, v) = call(
+        a.port,
+        "POST",
+        &format!("/api/v1/alarms/{id}/resolve"),
+        ADMIN_TOKEN,
+        r#"{"outcome":"false_alarm","note":"the box is being replaced"}"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    for _ in 0..3 {
+        site.publish("kinderwatch/kg-1/status", QoS::AtLeastOnce, true, "offline")
+            .await
+            .unwrap();
+    }
+    // A marker after them: when it is stored, the offlines before it were handled.
+    publish_alert(&site, "kg-1", &uuid(9005), "line_crossed").await;
+    wait_count(
+        &pg,
+        &format!(
+            "SELECT count(*) FROM events WHERE event_id = '{}'",
+            uuid(9005)
+        ),
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM alarms WHERE kind = 'site_offline'"
+        )
+        .await,
+        1,
+        "a repeated offline raised a new alarm"
+    );
+}

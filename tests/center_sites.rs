@@ -273,6 +273,15 @@ api_token_file = "{}"
         "",
     );
     assert_eq!(s, 400);
+    // A site the directory does not know is not asked (its id would name an MQTT topic).
+    let (s, v) = call(
+        h.port,
+        "GET",
+        "/api/v1/events?site=kg-9%2F%23&ask_sites=true",
+        READ_TOKEN,
+        "",
+    );
+    assert_eq!(s, 404, "{v}");
     let (_, metrics) = common::daemon::http_get(h.port, "/metrics");
     assert!(
         metrics.contains(r#"kinderwatch_center_site_queries_total{result="timeout"}"#),

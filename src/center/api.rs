@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router, middleware};
 use deadpool_postgres::Pool;
+use futures_util::StreamExt;
 use jiff::Timestamp;
 use serde::Deserialize;
 
@@ -49,6 +50,8 @@ pub struct CenterApi {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub tokens: Tokens,
     pub sessions: Sessions,
+    /// `ask_sites` questions running at once (one).
+    pub fan_outs: Arc<tokio::sync::Semaphore>,
     /// Ends the live streams when the instance stops.
     pub stop: tokio_util::sync::CancellationToken,
 }
@@ -434,6 +437,19 @@ async fn ask(s: &CenterApi, f: &db::EventFilter) -> Result<serde_json::Value, Ap
             .map_err(db_error)?,
     };
     let status = db::site_online(&s.pool, &sites).await.map_err(db_error)?;
+    if let Some(site) = &f.site
+        && !status.contains_key(site)
+    {
+        return Err(ApiError::not_found(format!(
+            "no site {site:?} in the center's directory"
+        )));
+    }
+    // One city-wide question at a time per instance: each holds up to query_concurrency answers.
+    let Ok(_turn) = s.fan_outs.clone().try_acquire_owned() else {
+        return Err(ApiError::unavailable(
+            "another ask_sites question is running on this instance; try again in a few seconds",
+        ));
+    };
     let mut not_answered = Vec::new();
     let mut asked = Vec::new();
     for site in sites {
@@ -464,7 +480,9 @@ async fn ask(s: &CenterApi, f: &db::EventFilter) -> Result<serde_json::Value, Ap
     let mut answered = Vec::new();
     let mut incomplete = Vec::new();
     let mut recovered = 0;
-    for (site, r) in s.queries.fan_out(asked, &filter).await {
+    let answers = s.queries.fan_out(asked, &filter);
+    let mut answers = std::pin::pin!(answers);
+    while let Some((site, r)) = answers.next().await {
         match r {
             Ok(a) => {
                 if !a.complete {

@@ -99,6 +99,19 @@ const SCHEMA_LOCK: i64 = 0x6b77_6365_6e74_6572;
 
 pub type DbError = Box<dyn std::error::Error + Send + Sync>;
 
+/// True when the database refused the data itself (SQLSTATE class 22, a data exception such as
+/// a NUL character in text or JSON, or 23, a violated constraint): storing it again fails again,
+/// so the message is rejected instead of retried. Anything else (the connection, the pool) is
+/// worth retrying.
+pub fn is_refused_data(e: &DbError) -> bool {
+    e.downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.code())
+        .is_some_and(|c| {
+            let c = c.code();
+            c.starts_with("22") || c.starts_with("23")
+        })
+}
+
 /// Creates the tables that are missing.
 pub async fn migrate(pool: &Pool) -> Result<(), DbError> {
     let mut c = pool.get().await?;
@@ -283,6 +296,15 @@ async fn ensure_site(c: &impl GenericClient, site: &str) -> Result<(), DbError> 
     Ok(())
 }
 
+/// The event kind that ends a condition alarm of `kind` (none: cleared by status, or by staff).
+fn clearing_event(kind: &str) -> Option<&'static str> {
+    match kind {
+        "camera_offline" => Some("camera_online"),
+        "storage_failed" => Some("storage_recovered"),
+        _ => None,
+    }
+}
+
 /// Opens the subject's alarm, or marks its open one active again (one more occurrence) if the
 /// condition had cleared; nothing if it is active already.
 async fn raise_condition(
@@ -294,6 +316,24 @@ async fn raise_condition(
     event_id: Option<Uuid>,
 ) -> Result<(), DbError> {
     let subject = subject(kind, site, camera);
+    // The raise and the clear of one subject can come through different instances in either
+    // order: one at a time per subject, and a raise older than a stored clearing event of the
+    // same subject is history, not a present condition.
+    c.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&subject])
+        .await?;
+    if let Some(clearing) = clearing_event(kind) {
+        let cleared_later: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE site = $1
+                     AND camera IS NOT DISTINCT FROM $2 AND kind = $3 AND time > $4)",
+                &[&site, &camera, &clearing, &at],
+            )
+            .await?
+            .get(0);
+        if cleared_later {
+            return Ok(());
+        }
+    }
     c.execute(
         "INSERT INTO alarms (kind, site, camera, subject, event_id, active, raised_at, last_at)
          VALUES ($1, $2, $3, $4, $5, true, $6, $6)
@@ -314,10 +354,15 @@ async fn clear_condition(
     camera: Option<&str>,
     at: Timestamp,
 ) -> Result<(), DbError> {
+    let subject = subject(kind, site, camera);
+    c.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&subject])
+        .await?;
+    // A clear older than the raise it meets (they came through different instances) clears
+    // nothing.
     c.execute(
         "UPDATE alarms SET active = false, cleared_at = $2
-         WHERE subject = $1 AND state <> 'resolved' AND active",
-        &[&subject(kind, site, camera), &at],
+         WHERE subject = $1 AND state <> 'resolved' AND active AND last_at <= $2",
+        &[&subject, &at],
     )
     .await?;
     Ok(())
@@ -333,9 +378,23 @@ pub async fn site_status(
 ) -> Result<(), DbError> {
     let mut c = pool.get().await?;
     let tx = c.transaction().await?;
+    ensure_site(&tx, site).await?;
+    // Both instances see every status, and a retained one again on every reconnect: only a
+    // change counts (a site offline for weeks, its alarm resolved, raises nothing new), and
+    // `status_at` keeps the time of the change ("offline since").
+    let before: Option<bool> = tx
+        .query_one(
+            "SELECT online FROM sites WHERE id = $1 FOR UPDATE",
+            &[&site],
+        )
+        .await?
+        .get(0);
+    if before == Some(online) {
+        tx.commit().await?;
+        return Ok(());
+    }
     tx.execute(
-        "INSERT INTO sites (id, online, status_at) VALUES ($1, $2, $3)
-         ON CONFLICT (id) DO UPDATE SET online = EXCLUDED.online, status_at = EXCLUDED.status_at",
+        "UPDATE sites SET online = $2, status_at = $3 WHERE id = $1",
         &[&site, &online, &at],
     )
     .await?;
@@ -814,12 +873,14 @@ pub struct MissingSnapshot {
 }
 
 /// Events of `sites` older than `older_than` (the MQTT JPEG had its chance) and newer than
-/// `newer_than`, with a snapshot at the site and none here, oldest first.
+/// `newer_than`, with a snapshot at the site and none here, oldest first; not those `waiting`
+/// for their next try (so that failures, however many, never hide the rest).
 pub async fn missing_snapshots(
     pool: &Pool,
     sites: &[String],
     older_than: Timestamp,
     newer_than: Timestamp,
+    waiting: &[Uuid],
     limit: i64,
 ) -> Result<Vec<MissingSnapshot>, DbError> {
     let c = pool.get().await?;
@@ -829,8 +890,9 @@ pub async fn missing_snapshots(
              WHERE e.site = ANY($1) AND e.received_at < $2 AND e.received_at >= $3
                AND e.payload #>> '{snapshot,api_path}' IS NOT NULL
                AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.event_id = e.event_id)
+               AND NOT (e.event_id = ANY($5))
              ORDER BY e.received_at LIMIT $4",
-            &[&sites, &older_than, &newer_than, &limit],
+            &[&sites, &older_than, &newer_than, &limit, &waiting],
         )
         .await?;
     Ok(rows

@@ -227,7 +227,11 @@ async fn session(
                           "center: the broker sends more unacknowledged messages than the Receive Maximum; they wait in memory until stored");
                 }
                 if tx.send(p).is_err() {
-                    break Ok(());
+                    // The worker is gone (it stops only on cancel, or if it panicked).
+                    break Err(Session::Lost {
+                        error: "the database worker stopped".into(),
+                        was_up,
+                    });
                 }
             }
             Ok(_) => {}
@@ -240,6 +244,9 @@ async fn session(
         }
     };
     drop(tx);
+    // Without its event loop the client's request queue fails at once instead of filling: a
+    // worker waiting to acknowledge must not hold the session's end.
+    drop(eventloop);
     worker_cancel.cancel();
     let _ = worker.await;
     result
@@ -258,6 +265,17 @@ async fn work(
         loop {
             match handle(&config, &pool, &p).await {
                 Ok(()) => break,
+                // Refused for what it holds (a NUL in a text, say): it would block every
+                // message behind it forever.
+                Err(e) if db::is_refused_data(&e) => {
+                    let topic = String::from_utf8_lossy(&p.topic);
+                    reject(
+                        "refused_by_database",
+                        &topic,
+                        &format!("the database refused it: {e}"),
+                    );
+                    break;
+                }
                 Err(e) => {
                     telemetry::db_error();
                     warn!(instance = %config.instance, error = %e, retry_in = ?delay, "center: database write failed; the message stays unacknowledged");

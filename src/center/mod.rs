@@ -90,6 +90,7 @@ pub async fn run(config: CenterConfig, cancel: CancellationToken) -> anyhow::Res
             metrics: metrics.clone(),
             tokens: crate::auth::Tokens::new(&http.tokens),
             sessions: Default::default(),
+            fan_outs: Arc::new(tokio::sync::Semaphore::new(1)),
             stop: cancel.clone(),
         });
         let stop = cancel.clone();

@@ -105,11 +105,13 @@ impl SiteQueries {
                     backoff = self.config.mqtt.backoff_initial;
                     last_error = None;
                     info!(instance = %self.config.instance, replies = %filter, "center: connected for site queries");
-                    // Every connection is clean: subscribe again.
+                    // Every connection is clean: subscribe again (from a task: this loop must
+                    // keep polling for the request to go out). Questions wait for the SubAck.
                     let f = Filter::new(filter.clone(), QoS::AtLeastOnce);
-                    if self.client.try_subscribe_many([f]).is_err() {
-                        break;
-                    }
+                    let client = self.client.clone();
+                    tokio::spawn(async move { client.subscribe_many([f]).await });
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
                     self.connected.store(true, Ordering::Relaxed);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => self.answer(&p),
@@ -251,20 +253,18 @@ impl SiteQueries {
     }
 
     /// Asks every site of `sites` for its events matching `filter`, `center.query_concurrency` at
-    /// a time; the answers in the order they came.
-    pub async fn fan_out(
-        &self,
+    /// a time; each answer as it comes (so that the caller stores it and lets it go).
+    pub fn fan_out<'a>(
+        &'a self,
         sites: Vec<String>,
-        filter: &Map<String, Value>,
-    ) -> Vec<(String, Result<SiteEvents, QueryError>)> {
+        filter: &'a Map<String, Value>,
+    ) -> impl futures_util::Stream<Item = (String, Result<SiteEvents, QueryError>)> + 'a {
         futures_util::stream::iter(sites)
-            .map(|site| async move {
+            .map(move |site| async move {
                 let r = self.events(&site, filter, HISTORY_PAGES).await;
                 (site, r)
             })
             .buffer_unordered(self.config.query_concurrency)
-            .collect()
-            .await
     }
 }
 

@@ -74,8 +74,14 @@ pub async fn store_answer(
     let ids: Vec<_> = alerts.iter().map(|a| a.event_id).collect();
     let known = db::known_events(pool, &ids).await?;
     for a in alerts.iter().filter(|a| !known.contains(&a.event_id)) {
-        if db::store_alert(pool, a, instance, Origin::Query { now }).await? {
-            out.new += 1;
+        match db::store_alert(pool, a, instance, Origin::Query { now }).await {
+            Ok(true) => out.new += 1,
+            Ok(false) => {}
+            Err(e) if db::is_refused_data(&e) => {
+                out.rejected += 1;
+                warn!(site, event_id = %a.event_id, error = %e, "center: the database refused a site's stored event");
+            }
+            Err(e) => return Err(e),
         }
     }
     if out.new > 0 {

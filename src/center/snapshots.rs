@@ -75,10 +75,6 @@ struct Retries {
 }
 
 impl Retries {
-    fn due(&self, id: &Uuid, now: Instant) -> bool {
-        self.next.get(id).is_none_or(|(t, _)| *t <= now)
-    }
-
     fn failed(&mut self, id: Uuid, now: Instant, forever: bool) {
         let tries = self.next.get(&id).map_or(0, |(_, n)| *n) + 1;
         let pause = if forever {
@@ -87,6 +83,15 @@ impl Retries {
             Duration::from_secs(5 << tries.min(8))
         };
         self.next.insert(id, (now + pause, tries));
+    }
+
+    /// The ids not to be tried yet.
+    fn waiting(&self, now: Instant) -> Vec<Uuid> {
+        self.next
+            .iter()
+            .filter(|(_, (t, _))| *t > now)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     fn forget_old(&mut self, now: Instant) {
@@ -131,22 +136,19 @@ async fn round(
     };
     let now = Timestamp::now();
     let after = SignedDuration::try_from(config.snapshot_fetch_after).unwrap_or_default();
+    let clock = Instant::now();
+    retries.forget_old(clock);
+    let waiting = retries.waiting(clock);
     let missing = db::missing_snapshots(
         pool,
         sites,
         now.checked_sub(after).unwrap_or(now),
         now.checked_sub(GIVE_UP_AFTER).unwrap_or(Timestamp::MIN),
-        BATCH * 4,
+        &waiting,
+        BATCH,
     )
     .await?;
-    let clock = Instant::now();
-    retries.forget_old(clock);
-    let due: Vec<_> = missing
-        .into_iter()
-        .filter(|m| retries.due(&m.event_id, clock))
-        .take(BATCH as usize)
-        .collect();
-    for m in due {
+    for m in missing {
         let Some(site) = config.site(&m.site) else {
             continue;
         };

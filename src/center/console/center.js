@@ -77,11 +77,17 @@ function listen() {
   feed.addEventListener("resync", soon);
 }
 
+// Alarms that stand for a condition: cleared when it ends (a perimeter alarm never is).
+const CONDITIONS = new Set(["site_offline", "camera_offline", "camera_tampered", "storage_failed"]);
+
 async function loadSites() {
   const { sites } = await api("GET", "/api/v1/sites");
   const districts = [...new Set(sites.map((s) => s.district).filter(Boolean))].sort();
   const d = $("#filters [name=district]");
   const s = $("#filters [name=site]");
+  // Signed in again: the lists are filled afresh after their "all".
+  d.length = 1;
+  s.length = 1;
   for (const x of districts) d.append(new Option(x, x));
   for (const x of sites) s.append(new Option(x.name ? `${x.name} (${x.id})` : x.id, x.id));
 }
@@ -127,7 +133,7 @@ function row(a, fresh) {
   li.querySelector(".kind").textContent = KINDS[a.kind] || a.kind;
   li.querySelector(".state-badge").textContent = a.state;
   li.querySelector(".recovered").hidden = !a.recovered;
-  li.querySelector(".inactive").hidden = !(a.cleared_at && !a.event_id);
+  li.querySelector(".inactive").hidden = !(CONDITIONS.has(a.kind) && !a.active);
   const site = a.site_name ? `${a.site_name} (${a.site})` : a.site;
   const parts = [site, a.district && `district ${a.district}`, a.camera && `camera ${a.camera}`, a.rule && `rule ${a.rule}`];
   li.querySelector(".where").textContent = parts.filter(Boolean).join(" · ");
