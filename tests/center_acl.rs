@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::broker::{self, Broker};
@@ -76,22 +76,6 @@ async fn client_as(port: u16, user: &str) -> AsyncClient {
     c
 }
 
-async fn wait(pg: &Postgres, sql: &str, want: i64, what: &str, log: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = count(pg, sql).await;
-        if n == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {n} (want {want}); center log:\n{}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_acl_lets_each_site_speak_only_for_itself() {
     let dir = tempfile::tempdir().unwrap();
@@ -151,7 +135,7 @@ async fn the_documented_acl_lets_each_site_speak_only_for_itself() {
     let log = || a.log();
 
     // The reconciliation asked kg-7 and got its answer through the ACL.
-    wait(
+    wait_for(
         &pg,
         &format!("SELECT count(*) FROM events WHERE event_id = '{early_id}' AND source = 'query'"),
         1,
@@ -163,7 +147,7 @@ async fn the_documented_acl_lets_each_site_speak_only_for_itself() {
     let live = site::crossing(1);
     let live_id = live.event.id.to_string();
     site.events.send(live).await.unwrap();
-    wait(
+    wait_for(
         &pg,
         &format!("SELECT count(*) FROM events WHERE event_id = '{live_id}' AND source = 'mqtt'"),
         1,

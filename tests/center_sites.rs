@@ -6,29 +6,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::broker::{self, Broker};
 use common::center::*;
 use common::postgres::Postgres;
 use common::site::{self, SITE};
 use rumqttc::v5::mqttbytes::QoS;
-
-async fn wait_for(pg: &Postgres, sql: &str, want: i64, what: &str, log: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = count(pg, sql).await;
-        if n == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {n} (want {want}); center log:\n{}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_alerts_are_recovered_from_the_site_and_the_history_asks_every_site() {

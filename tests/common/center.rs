@@ -217,3 +217,20 @@ pub fn call(port: u16, method: &str, path: &str, token: &str, body: &str) -> (u1
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
 }
+
+/// Waits up to 30 s for `sql` to count exactly `want`; else fails naming `what`, with `log`.
+pub async fn wait_for(pg: &Postgres, sql: &str, want: i64, what: &str, log: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = count(pg, sql).await;
+        if n == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {n} (want {want}); center log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
