@@ -6,19 +6,22 @@
 //! 2. serves the busy clip (vtest: people in every frame) and the still clip from a **separate
 //!    process** (this binary again), one RTSP mount per camera;
 //! 3. measures the limits: the bare CPU time of one inference (one ONNX Runtime session, one thread;
-//!    again right after each overloaded scenario, whose limit uses the mean of both: the shared
-//!    machine's speed drifts) and the CPU of decoding the busy streams alone (`gst-launch-1.0
-//!    rtspsrc ! rtph264depay ! avdec_h264`);
+//!    again right before and right after each overloaded run, whose limit uses the mean of both:
+//!    the shared machine's speed drifts), the CPU of decoding the busy streams alone (`gst-launch-1.0
+//!    rtspsrc ! rtph264depay ! avdec_h264`), and two bare sessions while those streams are decoded;
 //! 4. runs `kinderwatch run` (release) per scenario with mosquitto, a tripwire per camera,
 //!    `detect_fps = 5` at 768x576, and prints per-camera inferred fps, frames dropped, alert latency
-//!    (frame capture → subscriber) p50/p99, CPU and RSS;
+//!    (frame capture → subscriber) p50/p99, CPU and RSS, and the detector threads' CPU and
+//!    preemptions against the other threads';
 //! 5. measures how soon motion on a still camera is inferred (keyframes-only decoding);
 //! 6. with `BENCH_BASELINE=1`, runs `../shared/tools/pybaseline/baseline.py` (a venv in
 //!    `.deps/pybaseline-venv`, made on first use from PyPI) on the same busy streams and prints the
 //!    ratios.
 //!
 //! Options: `BENCH_SCENARIOS=4+0,8+0,16+0,4+12,4+28,0+28` (busy+still), `BENCH_WINDOW_S=30`,
-//! `BENCH_BASELINE=1`, `BENCH_MOTION_TRIES=8`, `BENCH_MODEL=nanodet-coco-416-int8`. Numbers go into docs/BENCHMARKS.md; nothing here is
+//! `BENCH_BASELINE=1`, `BENCH_REPEAT=3` (overloaded scenarios run that often), `BENCH_MOTION_TRIES=8`,
+//! `BENCH_EXTRAS=0` (skip the size-hint and motion measurements), `BENCH_SCHED=batch-others` (an
+//! experiment: every thread but the detectors as SCHED_BATCH), `BENCH_MODEL=nanodet-coco-416-int8`. Numbers go into docs/BENCHMARKS.md; nothing here is
 //! asserted.
 
 #[path = "../tests/common/mod.rs"]
@@ -288,8 +291,8 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
-/// CPU (% of one core) of a decode-only gst-launch over `urls`.
-fn decode_only_cpu(urls: &[String], warmup: Duration, window: Duration) -> f64 {
+/// A decode-only gst-launch over `urls` (what the limit subtracts).
+fn decode_only(urls: &[String]) -> Child {
     let mut args = vec!["-q".to_string()];
     for url in urls {
         args.extend(
@@ -309,11 +312,16 @@ fn decode_only_cpu(urls: &[String], warmup: Duration, window: Duration) -> f64 {
             .map(String::from),
         );
     }
-    let child = Command::new("gst-launch-1.0")
+    Command::new("gst-launch-1.0")
         .args(&args)
         .stdout(Stdio::null())
         .spawn()
-        .expect("gst-launch-1.0");
+        .expect("gst-launch-1.0")
+}
+
+/// CPU (% of one core) of a decode-only gst-launch over `urls`.
+fn decode_only_cpu(urls: &[String], warmup: Duration, window: Duration) -> f64 {
+    let child = decode_only(urls);
     std::thread::sleep(warmup);
     let pid = child.id();
     let (c0, t0) = (cpu_seconds(pid), Instant::now());
@@ -321,6 +329,17 @@ fn decode_only_cpu(urls: &[String], warmup: Duration, window: Duration) -> f64 {
     let cpu = 100.0 * (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64();
     stop(child);
     cpu
+}
+
+/// Inferences per second of two bare sessions while a decode-only gst-launch decodes `urls`:
+/// what ONNX Runtime gets on this machine beside the same decoding, its slowdown from sharing the
+/// cores' caches with the decoders included (the formula's limit assumes there is none).
+fn bare_beside_decoding(urls: &[String], window: Duration) -> f64 {
+    let child = decode_only(urls);
+    std::thread::sleep(Duration::from_secs(5));
+    let rate = bare_rate_parallel(2, window);
+    stop(child);
+    rate
 }
 
 /// Inferences per second of `callers` bare sessions in parallel, one thread each.
@@ -386,7 +405,100 @@ fn delta(a: &Scrape, b: &Scrape, metric: &str, camera: &str) -> f64 {
     b.get(&k).copied().unwrap_or(0.0) - a.get(&k).copied().unwrap_or(0.0)
 }
 
+/// One thread of a process: its name, CPU seconds, and how often the scheduler took the CPU from
+/// it while it could still run (`nonvoluntary_ctxt_switches`: preemptions).
+struct ThreadStat {
+    name: String,
+    cpu: f64,
+    preempted: u64,
+}
+
+fn thread_stats(pid: u32) -> BTreeMap<u32, ThreadStat> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        out.insert(
+            tid,
+            ThreadStat {
+                name: field("Name:"),
+                cpu: ticks / 100.0,
+                preempted: field("nonvoluntary_ctxt_switches:").parse().unwrap_or(0),
+            },
+        );
+    }
+    out
+}
+
+/// The detector threads' share over a window: (CPU % of a core, preemptions per second), and
+/// the same for every other thread of the daemon.
+fn thread_split(
+    a: &BTreeMap<u32, ThreadStat>,
+    b: &BTreeMap<u32, ThreadStat>,
+    secs: f64,
+) -> ((f64, f64), (f64, f64)) {
+    let (mut det, mut other) = ((0.0, 0.0), (0.0, 0.0));
+    for (tid, t1) in b {
+        let (cpu0, pre0) = a.get(tid).map_or((0.0, 0), |t0| (t0.cpu, t0.preempted));
+        let acc = if t1.name.starts_with("detector-") {
+            &mut det
+        } else {
+            &mut other
+        };
+        acc.0 += 100.0 * (t1.cpu - cpu0) / secs;
+        acc.1 += t1.preempted.saturating_sub(pre0) as f64 / secs;
+    }
+    (det, other)
+}
+
+/// `BENCH_SCHED=batch-all|batch-others` (an experiment): every thread of the daemon, or every
+/// thread but the detectors, as SCHED_BATCH.
+fn apply_sched(pid: u32) {
+    let Ok(mode) = std::env::var("BENCH_SCHED") else {
+        return;
+    };
+    for (tid, t) in thread_stats(pid) {
+        if mode == "batch-all" || (mode == "batch-others" && !t.name.starts_with("detector-")) {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: plain syscall on a thread id with a valid parameter block.
+            unsafe { libc::sched_setscheduler(tid as i32, libc::SCHED_BATCH, &param) };
+        }
+    }
+}
+
+/// An overloaded run and its limits, measured right before and after it.
+struct OverloadedRun {
+    busy: usize,
+    /// The daemon's inferences/s.
+    total: f64,
+    /// The limit: (cores − decode-only CPU) × the bare rate.
+    limit: f64,
+    /// The same with the RTSP test server's CPU in the window also subtracted.
+    limit_less_server: f64,
+    /// Two bare sessions while the same streams are decoded by gst-launch.
+    beside: f64,
+}
+
 struct Outcome {
+    /// Detector threads (CPU % of a core, preemptions/s), every other thread of the daemon.
+    threads: ((f64, f64), (f64, f64)),
     busy_fps: Vec<f64>,
     still_fps: Vec<f64>,
     dropped_per_busy_5s: f64,
@@ -451,8 +563,13 @@ fn scenario(server: &Server, busy: usize, still: usize, window: Duration) -> Out
         .expect("kinderwatch");
     let pid = child.id();
     // Start-up: sessions, every camera's first frames and the motion gate's first hold.
-    std::thread::sleep(Duration::from_secs_f64(15.0 + 0.3 * cameras.len() as f64));
+    let warmup = Duration::from_secs_f64(15.0 + 0.3 * cameras.len() as f64);
+    std::thread::sleep(warmup / 3);
+    apply_sched(pid);
+    std::thread::sleep(warmup - warmup / 3);
+    apply_sched(pid);
     let m0 = scrape(&api, &token);
+    let th0 = thread_stats(pid);
     let (c0, t0) = (cpu_seconds(pid), Instant::now());
     let s0 = cpu_seconds(server.child.id());
     let window_start = Timestamp::now();
@@ -472,6 +589,7 @@ fn scenario(server: &Server, busy: usize, still: usize, window: Duration) -> Out
     });
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = 100.0 * (cpu_seconds(pid) - c0) / elapsed;
+    let threads = thread_split(&th0, &thread_stats(pid), elapsed);
     let server_cpu = 100.0 * (cpu_seconds(server.child.id()) - s0) / elapsed;
     let m1 = scrape(&api, &token);
     let rss = rss_mb(pid, "VmRSS:");
@@ -493,6 +611,7 @@ fn scenario(server: &Server, busy: usize, still: usize, window: Duration) -> Out
         .sum();
     alerts.sort_by(|a, b| a.total_cmp(b));
     Outcome {
+        threads,
         busy_fps: (0..busy).map(|i| fps(&format!("busy{i}"))).collect(),
         still_fps: (0..still).map(|i| fps(&format!("still{i}"))).collect(),
         dropped_per_busy_5s: dropped / busy.max(1) as f64 / elapsed * 5.0,
@@ -689,7 +808,6 @@ fn main() {
     );
 
     let bare = bare_rate(Duration::from_secs(15));
-    let bare_at_start = bare;
     let bare_ms = 1000.0 / bare;
     println!(
         "bare ONNX Runtime, 1 session, 1 thread: {bare:.1} inferences/s ({bare_ms:.1} ms CPU each)"
@@ -701,7 +819,6 @@ fn main() {
     );
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
     // The physical limit with N busy cameras: (cores − decoding those N streams) × bare rate.
-    let mut limits: BTreeMap<usize, f64> = BTreeMap::new();
     let mut decode_by: BTreeMap<usize, f64> = BTreeMap::new();
     for busy in scenarios
         .iter()
@@ -715,7 +832,6 @@ fn main() {
             "decode only, {busy} busy streams: {decode:.1} % of a core → limit with {busy} busy cameras: ({cores:.0} − {:.2}) × {bare:.1} = {limit:.1} inferences/s",
             decode / 100.0
         );
-        limits.insert(busy, limit);
         decode_by.insert(busy, decode);
     }
     let urls_still: Vec<String> = (0..max_still.min(8))
@@ -759,13 +875,42 @@ fn main() {
     let mut cpu_by: BTreeMap<(usize, usize), f64> = BTreeMap::new();
     let mut total_by: BTreeMap<(usize, usize), f64> = BTreeMap::new();
     let mut server_by: BTreeMap<(usize, usize), f64> = BTreeMap::new();
-    let mut bare_after: BTreeMap<usize, f64> = BTreeMap::new();
-    for &(busy, still) in &scenarios {
+    let mut overloaded_runs: Vec<OverloadedRun> = Vec::new();
+    let repeat = env_or("BENCH_REPEAT", 1usize).max(1);
+    let runs = scenarios.iter().flat_map(|&(busy, still)| {
+        let n = if decode_by.contains_key(&busy) && still == 0 {
+            repeat
+        } else {
+            1
+        };
+        std::iter::repeat_n((busy, still), n)
+    });
+    for (busy, still) in runs {
+        let decode = decode_by.get(&busy).filter(|_| still == 0).copied();
+        // The machine's speed drifts over minutes (it is shared): an overloaded run's limit uses
+        // the mean of the bare rate right before and right after it.
+        let before = decode.map(|_| bare_rate(Duration::from_secs(10)));
         let o = scenario(&server, busy, still, window);
-        if still == 0 && limits.contains_key(&busy) {
-            // The machine's speed drifts over minutes (it is shared): the bare rate again, right
-            // after the scenario; its limit uses the mean of both.
-            bare_after.insert(busy, bare_rate(Duration::from_secs(15)));
+        if let (Some(decode), Some(before)) = (decode, before) {
+            let urls: Vec<String> = (0..busy).map(|i| server.url(&format!("busy{i}"))).collect();
+            let beside = bare_beside_decoding(&urls, Duration::from_secs(15));
+            let after = bare_rate(Duration::from_secs(10));
+            let bare = (before + after) / 2.0;
+            let total: f64 = o.busy_fps.iter().sum();
+            let run = OverloadedRun {
+                busy,
+                total,
+                limit: (cores - decode / 100.0).max(0.0) * bare,
+                limit_less_server: (cores - decode / 100.0 - o.server_cpu / 100.0).max(0.0) * bare,
+                beside,
+            };
+            println!(
+                "|   limit | bare {before:.1}/s before, {after:.1}/s after → limit {:.1}/s: {:.0} % of it; two bare sessions beside the same decoding right after: {beside:.1}/s, {:.0} % of that |",
+                run.limit,
+                100.0 * total / run.limit,
+                100.0 * total / beside
+            );
+            overloaded_runs.push(run);
         }
         server_by.insert((busy, still), o.server_cpu);
         let total: f64 = o.busy_fps.iter().chain(&o.still_fps).sum();
@@ -784,6 +929,11 @@ fn main() {
             percentile(&o.alerts, 0.99),
             if o.overloaded { "yes" } else { "no" },
             o.keyframes_only
+        );
+        let ((det_cpu, det_pre), (other_cpu, other_pre)) = o.threads;
+        println!(
+            "|   threads | detectors {det_cpu:.0} % of a core, preempted {det_pre:.0}/s ({:.2} per inference) | others {other_cpu:.0} %, preempted {other_pre:.0}/s |",
+            det_pre / total.max(1e-9)
         );
         if baseline && still == 0 && matches!(busy, 4 | 8) {
             let broker = Broker::start("");
@@ -812,31 +962,26 @@ fn main() {
         }
     }
     println!();
-    for (busy, first_limit) in &limits {
-        let Some(total) = total_by.get(&(*busy, 0)) else {
+    for &busy in decode_by.keys() {
+        let runs: Vec<_> = overloaded_runs.iter().filter(|r| r.busy == busy).collect();
+        if runs.is_empty() {
             continue;
-        };
-        let after = bare_after.get(busy).copied().unwrap_or(bare);
-        let bare = (bare + after) / 2.0;
-        let limit = &(first_limit * bare / bare_at_start);
-        println!(
-            "bare ONNX Runtime after the {busy}-camera scenario: {after:.1} inferences/s; the limit below uses the mean, {bare:.1}/s"
-        );
-        print!(
-            "{busy} busy cameras: {total:.1} inferences/s = {:.0} % of the limit ({limit:.1}/s; {:.0}/s wanted), {:.0} % of two bare sessions in parallel ({bare2:.1}/s)",
-            100.0 * total / limit,
-            *busy as f64 * DETECT_FPS,
-            100.0 * total / bare2
-        );
-        if let (Some(server), Some(decode)) = (server_by.get(&(*busy, 0)), decode_by.get(busy)) {
-            // The cameras' own work, done here by the test server on the same cores.
-            let beside = (cores - decode / 100.0 - server / 100.0).max(0.0) * bare;
-            print!(
-                "; the RTSP server took {server:.1} % of a core in the window: with that also subtracted the limit is {beside:.1}/s, {:.0} % of it",
-                100.0 * total / beside
-            );
         }
-        if let Some(py) = python_rates.get(busy) {
+        let list = |f: &dyn Fn(&OverloadedRun) -> f64| -> (f64, String) {
+            let v: Vec<f64> = runs.iter().map(|r| f(r)).collect();
+            let shown = v.iter().map(|x| format!("{x:.0} %")).collect::<Vec<_>>();
+            (median(&v), shown.join(", "))
+        };
+        let (share, shares) = list(&|r| 100.0 * r.total / r.limit);
+        let (share_server, _) = list(&|r| 100.0 * r.total / r.limit_less_server);
+        let (share_beside, shares_beside) = list(&|r| 100.0 * r.total / r.beside);
+        let total = median(&runs.iter().map(|r| r.total).collect::<Vec<_>>());
+        print!(
+            "{busy} busy cameras, {} run(s): median {total:.1} inferences/s ({:.0}/s wanted) = median {share:.0} % of the limit (runs: {shares}); with the RTSP server's CPU also subtracted {share_server:.0} %; {share_beside:.0} % of two bare sessions beside the same decoding (runs: {shares_beside})",
+            runs.len(),
+            busy as f64 * DETECT_FPS,
+        );
+        if let Some(py) = python_rates.get(&busy) {
             print!(
                 ", {:.2}x the Python loop ({}/s, its lag at the end {} s)",
                 total / num(py, "detect_fps_total"),
@@ -864,6 +1009,9 @@ fn main() {
             "per still camera (0+28 ÷ 28, daemon overhead included): {:.2} % of a core",
             alone / 28.0
         );
+    }
+    if std::env::var("BENCH_EXTRAS").is_ok_and(|v| v == "0") {
+        return;
     }
     for (rate_control, name) in [
         ("bitrate=1500", "constant bit rate 1.5 Mbit/s"),
