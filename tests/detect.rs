@@ -101,9 +101,14 @@ fn several_people_are_separate_detections() {
 }
 
 /// Boxes and scores match reference values from the onnxruntime Python package
-/// (tests/fixtures/make_parity.py) within 0.01 (scores and normalised coordinates); 0.03 for the
-/// int8 model, where an input differing in the last float bit (two bilinear implementations) can
-/// land an activation in the next quantisation step.
+/// (tests/fixtures/make_parity.py) within 0.01 (scores and normalised coordinates), both ways: each
+/// detection of either side clear of the score threshold by the tolerance has its counterpart on
+/// the other. The int8 model
+/// gets 0.03 for coordinates and 0.06 for scores: an input differing in the last float bit (two
+/// bilinear implementations) can land an activation in the next quantisation step, and ONNX
+/// Runtime's int8 kernels differ between CPUs (AVX2's 16-bit saturating multiply-add against
+/// AVX-512 VNNI): Python onnxruntime 1.31.1 itself, on an AVX2-only AMD EPYC, differs from the
+/// committed reference by up to 0.053 in score and 0.005 in coordinates (measured 2026-12-07).
 #[test]
 fn parity_with_python_onnxruntime() {
     let fixture: serde_json::Value = serde_json::from_str(
@@ -113,29 +118,48 @@ fn parity_with_python_onnxruntime() {
     let min_score = fixture["min_score"].as_f64().unwrap() as f32;
     let mut compared = 0;
     for model in MODELS {
-        let tolerance: f32 = if model.ends_with("-int8") { 0.03 } else { 0.01 };
+        let (score_tolerance, box_tolerance): (f32, f32) = if model.ends_with("-int8") {
+            (0.06, 0.03)
+        } else {
+            (0.01, 0.01)
+        };
         let mut d = detector(model, min_score);
+        let close = |a: &[f32], b: &[f32]| {
+            a.iter().zip(b).enumerate().all(|(i, (x, y))| {
+                (x - y).abs()
+                    <= if i == 0 {
+                        score_tolerance
+                    } else {
+                        box_tolerance
+                    }
+            })
+        };
         for (photo, expected) in fixture["models"][model].as_object().unwrap() {
-            let got = detect_file(&mut d, &media(photo));
+            let got: Vec<[f32; 5]> = detect_file(&mut d, &media(photo))
+                .iter()
+                .map(|g| [g.score, g.bbox.x1, g.bbox.y1, g.bbox.x2, g.bbox.y2])
+                .collect();
             let expected: Vec<Vec<f32>> = serde_json::from_value(expected.clone()).unwrap();
-            assert_eq!(
-                got.len(),
-                expected.len(),
-                "{model} {photo}: {got:?} vs {expected:?}"
-            );
-            for (g, e) in got.iter().zip(&expected) {
-                let g_vals = [g.score, g.bbox.x1, g.bbox.y1, g.bbox.x2, g.bbox.y2];
-                for (gv, ev) in g_vals.iter().zip(e) {
-                    assert!(
-                        (gv - ev).abs() <= tolerance,
-                        "{model} {photo}: {g_vals:?} vs {e:?}"
-                    );
-                }
+            // Every detection of either side clear of the threshold by the tolerance has its
+            // counterpart on the other side (one nearer may fall on either side of it).
+            let clear = |score: f32| score >= min_score + score_tolerance;
+            for e in expected.iter().filter(|e| clear(e[0])) {
+                assert!(
+                    got.iter().any(|g| close(g, e)),
+                    "{model} {photo}: expected {e:?}, got {got:?}"
+                );
                 compared += 1;
+            }
+            for g in got.iter().filter(|g| clear(g[0])) {
+                assert!(
+                    expected.iter().any(|e| close(g, e)),
+                    "{model} {photo}: got {g:?}, expected {expected:?}"
+                );
             }
         }
     }
-    assert!(compared >= 12, "only {compared} detections compared");
+    // The fixture holds 12 detections; one int8 score sits within its tolerance of the threshold.
+    assert!(compared >= 10, "only {compared} detections compared");
 }
 
 #[test]
