@@ -40,7 +40,7 @@ use gstreamer_app as gst_app;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use common::bench::{cpu_seconds, rss_mb};
+use common::bench::{cpu_seconds, rss_mb, stat_cpu_seconds};
 use common::broker::{self, Broker};
 
 const KINDERWATCH: &str = env!("CARGO_BIN_EXE_kinderwatch");
@@ -431,15 +431,11 @@ fn thread_stats(pid: u32) -> BTreeMap<u32, ThreadStat> {
                 .unwrap_or_default()
         };
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
         out.insert(
             tid,
             ThreadStat {
                 name: field("Name:"),
-                cpu: ticks / 100.0,
+                cpu: stat_cpu_seconds(&stat),
                 preempted: field("nonvoluntary_ctxt_switches:").parse().unwrap_or(0),
             },
         );

@@ -103,12 +103,12 @@ fn several_people_are_separate_detections() {
 /// Boxes and scores match reference values from the onnxruntime Python package
 /// (tests/fixtures/make_parity.py) within 0.01 (scores and normalised coordinates), both ways: each
 /// detection of either side clear of the score threshold by the tolerance has its counterpart on
-/// the other. The int8 model
-/// gets 0.03 for coordinates and 0.06 for scores: an input differing in the last float bit (two
-/// bilinear implementations) can land an activation in the next quantisation step, and ONNX
-/// Runtime's int8 kernels differ between CPUs (AVX2's 16-bit saturating multiply-add against
-/// AVX-512 VNNI): Python onnxruntime 1.31.1 itself, on an AVX2-only AMD EPYC, differs from the
-/// committed reference by up to 0.053 in score and 0.005 in coordinates (measured 2026-12-07).
+/// the other. The int8 model gets 0.03 for coordinates and 0.06 for scores: an input differing
+/// in the last float bit (two bilinear implementations) can land an activation in the next
+/// quantisation step, and ONNX Runtime's int8 kernels differ between CPUs (AVX2's 16-bit
+/// saturating multiply-add against AVX-512 VNNI): Python onnxruntime 1.31.1 itself, on an
+/// AVX2-only AMD EPYC, differs from the committed reference by up to 0.053 in score and 0.005 in
+/// coordinates (measured 2026-12-07).
 #[test]
 fn parity_with_python_onnxruntime() {
     let fixture: serde_json::Value = serde_json::from_str(

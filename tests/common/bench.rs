@@ -12,7 +12,11 @@ use ort::value::TensorRef;
 
 /// CPU seconds (user + system) a process has used.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// CPU seconds (user + system) in the text of a `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat`.
+pub fn stat_cpu_seconds(stat: &str) -> f64 {
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
