@@ -21,8 +21,9 @@
 //! Options: `BENCH_SCENARIOS=4+0,8+0,16+0,4+12,4+28,0+28` (busy+still), `BENCH_WINDOW_S=30`,
 //! `BENCH_BASELINE=1`, `BENCH_REPEAT=3` (overloaded scenarios run that often), `BENCH_MOTION_TRIES=8`,
 //! `BENCH_EXTRAS=0` (skip the size-hint and motion measurements), `BENCH_SCHED=batch-others` (an
-//! experiment: every thread but the detectors as SCHED_BATCH), `BENCH_MODEL=nanodet-coco-416-int8`. Numbers go into docs/BENCHMARKS.md; nothing here is
-//! asserted.
+//! experiment: every thread but the detectors as SCHED_BATCH), `BENCH_MODEL=nanodet-coco-416-int8`,
+//! `BENCH_DAEMON=/path/to/kinderwatch` (another build of the daemon, to compare two builds in one
+//! sitting). Numbers go into docs/BENCHMARKS.md; nothing here is asserted.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -552,7 +553,8 @@ fn scenario(server: &Server, busy: usize, still: usize, window: Duration) -> Out
         "kinderwatch/bench/events/#",
         |_| {},
     ));
-    let child = Command::new(KINDERWATCH)
+    let daemon = std::env::var("BENCH_DAEMON").unwrap_or_else(|_| KINDERWATCH.to_string());
+    let child = Command::new(&daemon)
         .args(["run", "--config", file.to_str().unwrap()])
         .env_remove("RUST_LOG")
         .spawn()
@@ -802,6 +804,9 @@ fn main() {
         server.child.id(),
         server.port
     );
+    if let Ok(daemon) = std::env::var("BENCH_DAEMON") {
+        println!("daemon under test: {daemon} (BENCH_DAEMON)");
+    }
 
     let bare = bare_rate(Duration::from_secs(15));
     let bare_ms = 1000.0 / bare;

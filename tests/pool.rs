@@ -302,6 +302,98 @@ fn still_cameras_take_no_pool_time_and_ask_for_keyframes_only() {
     assert_eq!(slots[10].1.decode_demand(), DecodeDemand::Every);
 }
 
+/// Under overload a still camera's keep-alive waits behind the cameras with motion for up to one
+/// more keep-alive interval: the still cameras are then inferred about every 2 x keepalive, never
+/// less often, and what is inferred is a fresh frame. Without motion elsewhere, every keepalive.
+#[test]
+fn keepalives_yield_to_motion_within_a_bound() {
+    let keepalive = Duration::from_millis(400);
+    let (cams, slots) = cameras((0..8).map(|i| format!("c{i}")), Duration::from_millis(200));
+    // One 20 ms worker (~50 inferences/s) and 4 cameras with motion offering 100 fps each.
+    let (dets, _) = detectors(1, Duration::from_millis(20));
+    let gate = MotionConfig {
+        hold: Duration::from_millis(50),
+        keepalive,
+        ..MotionConfig::default()
+    };
+    let (pool, mut rx) = DetectorPool::start(cams, dets, &gate, 100_000);
+    let still: Vec<Arc<Frame>> = (4..8).map(|i| frame(&format!("c{i}"), 7)).collect();
+    let mut seq = 0;
+    let mut run = |d: Duration, motion: bool| {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            seq += 1;
+            if motion {
+                for (id, slot) in &slots[..4] {
+                    slot.put(moving(id, seq));
+                }
+            }
+            for (i, (_, slot)) in slots[4..].iter().enumerate() {
+                slot.put(Arc::new(Frame {
+                    captured: Instant::now(),
+                    seq,
+                    ..(*still[i]).clone()
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // Per still camera: when its inferred frames were captured.
+    let mut drain = |from: Instant| {
+        let mut seen: HashMap<String, Vec<Instant>> = HashMap::new();
+        while let Ok(r) = rx.try_recv() {
+            if r.frame.captured >= from && ["c4", "c5", "c6", "c7"].contains(&&*r.frame.camera) {
+                seen.entry(r.frame.camera.to_string())
+                    .or_default()
+                    .push(r.frame.captured);
+            }
+        }
+        seen
+    };
+    // First frames and the gate's first `hold` are inferred; then the overload.
+    run(Duration::from_secs(1), true);
+    drain(Instant::now());
+    let window = Duration::from_secs(4);
+    let start = Instant::now();
+    run(window, true);
+    std::thread::sleep(Duration::from_millis(100));
+    let overloaded = drain(start);
+    let every = window.as_secs_f64() / keepalive.as_secs_f64();
+    for id in ["c4", "c5", "c6", "c7"] {
+        let times = overloaded.get(id).cloned().unwrap_or_default();
+        // Every 400 ms would be ~10 in 4 s; every 800 ms ~5.
+        assert!(
+            times.len() >= 3 && (times.len() as f64) <= 0.7 * every,
+            "still camera {id}: {} keep-alives in {window:?} of overload",
+            times.len()
+        );
+        for w in times.windows(2) {
+            let gap = w[1] - w[0];
+            assert!(
+                gap <= 2 * keepalive + Duration::from_millis(400),
+                "still camera {id}: {gap:?} between keep-alives"
+            );
+        }
+    }
+    let busy: u64 = (0..4)
+        .map(|i| pool.stats(&format!("c{i}")).unwrap().inferred)
+        .sum();
+    assert!(busy >= 100, "cameras with motion got {busy} inferences");
+    // No motion anywhere: nothing to yield to, a keep-alive every `keepalive`.
+    let start = Instant::now();
+    run(Duration::from_secs(3), false);
+    std::thread::sleep(Duration::from_millis(100));
+    let quiet = drain(start);
+    for id in ["c4", "c5", "c6", "c7"] {
+        let n = quiet.get(id).map_or(0, Vec::len);
+        assert!(
+            n >= 5,
+            "still camera {id}: {n} keep-alives in 3 s without overload"
+        );
+    }
+    assert_eq!(pool.shutdown(), 1);
+}
+
 #[test]
 fn a_camera_reconfigured_live_gets_its_new_rate_and_motion_masks() {
     let (cams, slots) = cameras(["a".to_string()], Duration::from_millis(200));

@@ -10,6 +10,12 @@
 //!   of inferences. A waiting frame is always the freshest the camera has (a newer one replaces it and
 //!   the old one counts as overwritten): nothing is ever dropped for its age, so no overload can starve
 //!   a camera, and lag is bounded by one turn of the cameras with motion.
+//! - **A keep-alive yields to motion, within a bound.** A still camera's keep-alive frame (the gate's
+//!   look at a scene without motion, every `motion.keepalive`) waits while frames with motion are
+//!   waiting too, for up to one more `keepalive`; then it goes by its turn like any other. Under an
+//!   overload the cameras with motion get those inferences, and a still scene is still inferred at
+//!   least every 2 x `keepalive` (a newer keep-alive frame replaces the waiting one, so what is
+//!   inferred is fresh).
 //! - Frames of one camera are inferred one at a time, in capture order. Results go to a bounded
 //!   channel; a full channel drops the newest result and counts it (`output_full`). Workers are woken
 //!   by the slots, so an idle pool costs nothing.
@@ -83,6 +89,19 @@ struct CameraEntry {
     counters: CameraCounters,
     /// Statistics of the last frame the gate saw (for tamper detection).
     picture: Mutex<Option<PictureStats>>,
+    /// While the waiting frame is a keep-alive (no motion): when the first keep-alive not yet
+    /// taken was admitted. Frames with motion go before it for up to one `keepalive` from then.
+    keepalive_waiting: Mutex<Option<Instant>>,
+}
+
+impl CameraEntry {
+    /// Whether this camera's waiting frame is a keep-alive that may still yield to motion.
+    fn keepalive_may_wait(&self, now: Instant, bound: Duration) -> bool {
+        self.keepalive_waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|since| now.saturating_duration_since(since) < bound)
+    }
 }
 
 /// One camera in the schedule.
@@ -137,6 +156,7 @@ impl Shared {
             live_tracks,
             counters: CameraCounters::default(),
             picture: Mutex::new(None),
+            keepalive_waiting: Mutex::new(None),
             cam,
         });
         let slot = &entry.cam.slot;
@@ -392,9 +412,10 @@ impl Drop for DetectorPool {
 /// the frame goes to the pool, and what the pipeline should decode next.
 fn admit(entry: &CameraEntry, keyframes_when_still: bool, frame: &Frame) -> bool {
     let live = entry.live_tracks.load(Ordering::Relaxed);
+    let now = Instant::now();
     let (decision, picture) = {
         let mut gate = entry.gate.lock().unwrap_or_else(|e| e.into_inner());
-        (gate.check(frame, live, Instant::now()), gate.picture())
+        (gate.check(frame, live, now), gate.picture())
     };
     if picture.is_some() {
         *entry.picture.lock().unwrap_or_else(|e| e.into_inner()) = picture;
@@ -411,28 +432,47 @@ fn admit(entry: &CameraEntry, keyframes_when_still: bool, frame: &Frame) -> bool
             }
             false
         }
-        // A keep-alive look at a still scene does not wake the decoder up.
-        GateDecision::Infer(InferReason::Keepalive) => true,
+        // A keep-alive look at a still scene does not wake the decoder up. One that replaces a
+        // waiting keep-alive keeps its place in the queue (the first one's admission time).
+        GateDecision::Infer(InferReason::Keepalive) => {
+            entry
+                .keepalive_waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(now);
+            true
+        }
         GateDecision::Infer(_) => {
+            *entry
+                .keepalive_waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
             entry.cam.slot.set_decode_demand(DecodeDemand::Every);
             true
         }
     }
 }
 
-/// The waiting frame of the free camera served least recently. Called with `sched` held.
-fn next_job(sched: &mut Sched) -> Option<(Arc<CameraEntry>, Arc<Frame>)> {
+/// The waiting frame of the free camera served least recently; keep-alive frames younger than
+/// `keepalive` go after every other. Called with `sched` held.
+fn next_job(sched: &mut Sched, keepalive: Duration) -> Option<(Arc<CameraEntry>, Arc<Frame>)> {
     loop {
+        let now = Instant::now();
         let pick = sched
             .cameras
             .iter_mut()
             .filter(|c| !c.busy && c.entry.cam.slot.has_frame())
-            .min_by_key(|c| c.last_taken)?;
+            .min_by_key(|c| (c.entry.keepalive_may_wait(now, keepalive), c.last_taken))?;
         // Only the pool takes from its slots, but a frame could still vanish between the look
         // and the take: then look again.
         if let Some(frame) = pick.entry.cam.slot.take() {
+            *pick
+                .entry
+                .keepalive_waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
             pick.busy = true;
-            pick.last_taken = Some(Instant::now());
+            pick.last_taken = Some(now);
             return Some((pick.entry.clone(), frame));
         }
     }
@@ -514,7 +554,7 @@ fn worker(shared: Arc<Shared>, detector: Box<dyn Detector>, me: Worker) {
                     }
                     return;
                 }
-                if let Some(job) = next_job(&mut sched) {
+                if let Some(job) = next_job(&mut sched, shared.motion.keepalive) {
                     break job;
                 }
                 // Woken by a frame, or after a beat period to report that the worker is idle, not stuck.
