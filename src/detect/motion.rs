@@ -32,8 +32,9 @@ pub struct MotionConfig {
     #[serde(with = "humantime_serde")]
     pub hold: Duration,
     /// Infer at least this often on a still scene. While frames with motion keep the detector
-    /// busy, such a keep-alive waits behind them for up to one more `keepalive` (a still scene is
-    /// then inferred at least every 2 x `keepalive`). Default: 10s.
+    /// busy, such a keep-alive waits behind them until the next one replaces it, one more
+    /// `keepalive` later (a still scene is then inferred about every 2 x `keepalive`, on a fresh
+    /// frame). Default: 10s.
     #[serde(with = "humantime_serde")]
     pub keepalive: Duration,
     /// While the scene is still (no motion, no hold, no live tracks), decode only the camera's

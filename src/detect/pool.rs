@@ -12,10 +12,10 @@
 //!   a camera, and lag is bounded by one turn of the cameras with motion.
 //! - **A keep-alive yields to motion, within a bound.** A still camera's keep-alive frame (the gate's
 //!   look at a scene without motion, every `motion.keepalive`) waits while frames with motion are
-//!   waiting too, for up to one more `keepalive`; then it goes by its turn like any other. Under an
-//!   overload the cameras with motion get those inferences, and a still scene is still inferred at
-//!   least every 2 x `keepalive` (a newer keep-alive frame replaces the waiting one, so what is
-//!   inferred is fresh).
+//!   waiting too, until the gate's next keep-alive replaces it (one `keepalive` later, with the
+//!   camera's next frame; at the latest 1.5 x `keepalive` after it came); that fresh frame goes by
+//!   its turn like any other. Under an overload the cameras with motion get those inferences, and a
+//!   still scene is still inferred about every 2 x `keepalive`, on a fresh frame.
 //! - Frames of one camera are inferred one at a time, in capture order. Results go to a bounded
 //!   channel; a full channel drops the newest result and counts it (`output_full`). Workers are woken
 //!   by the slots, so an idle pool costs nothing.
@@ -89,18 +89,30 @@ struct CameraEntry {
     counters: CameraCounters,
     /// Statistics of the last frame the gate saw (for tamper detection).
     picture: Mutex<Option<PictureStats>>,
-    /// While the waiting frame is a keep-alive (no motion): when the first keep-alive not yet
-    /// taken was admitted. Frames with motion go before it for up to one `keepalive` from then.
-    keepalive_waiting: Mutex<Option<Instant>>,
+    /// While the waiting frame is a keep-alive (no motion), since when, and whether a newer one has
+    /// replaced the first.
+    keepalive_waiting: Mutex<Option<KeepaliveWait>>,
+}
+
+/// A keep-alive frame not yet taken.
+#[derive(Clone, Copy)]
+struct KeepaliveWait {
+    /// When the first keep-alive not yet taken was admitted.
+    since: Instant,
+    /// The gate admitted a newer one (one `keepalive` later): it waits no longer.
+    replaced: bool,
 }
 
 impl CameraEntry {
-    /// Whether this camera's waiting frame is a keep-alive that may still yield to motion.
-    fn keepalive_may_wait(&self, now: Instant, bound: Duration) -> bool {
+    /// Whether this camera's waiting frame is a keep-alive that may still yield to motion: the
+    /// first one, for at most 1.5 x `keepalive` (a camera whose next frame does not come).
+    fn keepalive_may_wait(&self, now: Instant, keepalive: Duration) -> bool {
         self.keepalive_waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|since| now.saturating_duration_since(since) < bound)
+            .is_some_and(|w| {
+                !w.replaced && now.saturating_duration_since(w.since) < keepalive * 3 / 2
+            })
     }
 }
 
@@ -432,14 +444,22 @@ fn admit(entry: &CameraEntry, keyframes_when_still: bool, frame: &Frame) -> bool
             }
             false
         }
-        // A keep-alive look at a still scene does not wake the decoder up. One that replaces a
-        // waiting keep-alive keeps its place in the queue (the first one's admission time).
+        // A keep-alive look at a still scene does not wake the decoder up. The first one yields to
+        // motion; one that replaces it (the waiting one is a `keepalive` old) does not.
         GateDecision::Infer(InferReason::Keepalive) => {
-            entry
+            let mut waiting = entry
                 .keepalive_waiting
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert(now);
+                .unwrap_or_else(|e| e.into_inner());
+            match &mut *waiting {
+                Some(w) => w.replaced = true,
+                None => {
+                    *waiting = Some(KeepaliveWait {
+                        since: now,
+                        replaced: false,
+                    })
+                }
+            }
             true
         }
         GateDecision::Infer(_) => {
@@ -453,8 +473,8 @@ fn admit(entry: &CameraEntry, keyframes_when_still: bool, frame: &Frame) -> bool
     }
 }
 
-/// The waiting frame of the free camera served least recently; keep-alive frames younger than
-/// `keepalive` go after every other. Called with `sched` held.
+/// The waiting frame of the free camera served least recently; a keep-alive frame that may still
+/// wait goes after every other. Called with `sched` held.
 fn next_job(sched: &mut Sched, keepalive: Duration) -> Option<(Arc<CameraEntry>, Arc<Frame>)> {
     loop {
         let now = Instant::now();
