@@ -917,19 +917,32 @@ fn main() {
         let total: f64 = o.busy_fps.iter().chain(&o.still_fps).sum();
         cpu_by.insert((busy, still), o.cpu);
         total_by.insert((busy, still), total);
+        // "–" where a scenario has no such cameras (or no alerts).
+        let cell = |there: bool, v: f64, digits: usize| match there && v.is_finite() {
+            true => format!("{v:.digits$}"),
+            false => "–".to_string(),
+        };
+        let (b, s) = (busy > 0, still > 0);
         println!(
-            "| {busy} + {still} | {:.2} / {:.2} | {:.2} | {:.1} | {total:.1} | {:.0} | {:.0} | {} | {:.0} / {:.0} | {} | {}/{still} |",
-            o.busy_fps.iter().copied().fold(f64::INFINITY, f64::min),
-            median(&o.busy_fps),
-            o.still_fps.iter().copied().fold(0.0, f64::max),
-            o.dropped_per_busy_5s,
+            "| {busy} + {still} | {} / {} | {} | {} | {total:.1} | {:.0} | {:.0} | {} | {} / {} | {} | {} |",
+            cell(
+                b,
+                o.busy_fps.iter().copied().fold(f64::INFINITY, f64::min),
+                2
+            ),
+            cell(b, median(&o.busy_fps), 2),
+            cell(s, o.still_fps.iter().copied().fold(0.0, f64::max), 2),
+            cell(b, o.dropped_per_busy_5s, 1),
             o.cpu,
             o.rss,
             o.alerts.len(),
-            percentile(&o.alerts, 0.5),
-            percentile(&o.alerts, 0.99),
+            cell(!o.alerts.is_empty(), percentile(&o.alerts, 0.5), 0),
+            cell(!o.alerts.is_empty(), percentile(&o.alerts, 0.99), 0),
             if o.overloaded { "yes" } else { "no" },
-            o.keyframes_only
+            match s {
+                true => format!("{}/{still}", o.keyframes_only),
+                false => "–".to_string(),
+            }
         );
         let ((det_cpu, det_pre), (other_cpu, other_pre)) = o.threads;
         println!(
