@@ -228,6 +228,51 @@ fn far_past_capacity_no_camera_starves() {
     assert_eq!(pool.shutdown(), 2);
 }
 
+/// The load monitor calls an overload only after its warm-up (the start-up burst of every camera's
+/// first frames is not one), and then names every camera the pool cannot keep up with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_reported_after_the_warmup_only() {
+    use kinderwatch::detect::load::{DetectorLoad, monitor};
+    let (cams, slots) = cameras((0..4).map(|i| format!("c{i}")), Duration::from_millis(200));
+    let (dets, _) = detectors(1, Duration::from_millis(20));
+    let (pool, _rx) = DetectorPool::start(cams, dets, &no_gate(), 10_000);
+    let (load_tx, mut load) = tokio::sync::watch::channel(DetectorLoad::default());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let warmup = Duration::from_millis(1200);
+    let started = Instant::now();
+    let task = tokio::spawn(monitor(
+        pool.stats_reader(),
+        Duration::from_millis(200),
+        warmup,
+        load_tx,
+        cancel.clone(),
+    ));
+    // Far past capacity from the start: 4 cameras at 100 fps, one 20 ms worker.
+    let until = Instant::now() + Duration::from_secs(4);
+    let feeder = std::thread::spawn(move || feed(&slots, Duration::from_millis(10), until));
+    let mut overloaded_at = None;
+    while overloaded_at.is_none() && started.elapsed() < Duration::from_millis(3500) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = load.borrow_and_update().clone();
+        if now.is_overloaded() {
+            overloaded_at = Some(started.elapsed());
+            let mut named: Vec<String> = now.behind.iter().map(|b| b.camera.to_string()).collect();
+            named.sort();
+            assert_eq!(named, ["c0", "c1", "c2", "c3"], "{now:?}");
+        }
+    }
+    let at =
+        overloaded_at.expect("an overload of 4 cameras at 100 fps on one 20 ms worker is reported");
+    assert!(
+        at >= warmup,
+        "overload reported {at:?} after the start, within the warm-up"
+    );
+    cancel.cancel();
+    task.await.unwrap();
+    feeder.join().unwrap();
+    drop(pool);
+}
+
 /// 4 busy cameras and 28 still ones on one worker: the motion gate turns the still frames away
 /// before the slot (they never take a worker's turn), the busy cameras share the worker, and the
 /// still cameras' pipelines are asked for keyframes only.

@@ -29,7 +29,9 @@ use tracing::{info, warn};
 
 use super::links;
 use super::source::{FrameSource, Rtsp};
-use super::{Detectors, LOAD_PERIOD, build_detectors, log_state_changes, report_frames};
+use super::{
+    Detectors, LOAD_PERIOD, LOAD_WARMUP, build_detectors, log_state_changes, report_frames,
+};
 use crate::api::{CameraView, CameraViews};
 use crate::camera::CameraHandle;
 use crate::config::Config;
@@ -406,7 +408,7 @@ impl DaemonBuilder {
             Some(pool) => {
                 let stats = pool.stats_reader();
                 d.spawn_in(Tier::Cameras, "detector_load", |cancel| {
-                    crate::detect::load::monitor(stats, LOAD_PERIOD, load_tx, cancel)
+                    crate::detect::load::monitor(stats, LOAD_PERIOD, LOAD_WARMUP, load_tx, cancel)
                 });
             }
             None => d.load_tx = Some(load_tx),

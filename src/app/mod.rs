@@ -41,6 +41,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(12);
 
 /// How often the detector's load is assessed (and an overload reported).
 const LOAD_PERIOD: Duration = Duration::from_secs(5);
+/// After the start, the cameras' first frames come at once (32 cameras: ~8 s of inferences with the
+/// motion gate's `hold`): not assessed as an overload for this long.
+const LOAD_WARMUP: Duration = Duration::from_secs(15);
 
 /// The model and its sessions, one per pool worker.
 pub struct Detectors {

@@ -56,13 +56,17 @@ pub fn is_behind(before: &CameraStats, now: &CameraStats) -> bool {
         && overwritten as f64 >= BEHIND_SHARE * (overwritten + inferred) as f64
 }
 
-/// Reads the pool's counters every `period` until cancelled and publishes the load.
+/// Reads the pool's counters every `period` until cancelled and publishes the load. For `warmup`
+/// after the start no camera counts as behind: every camera's first frames (and the motion gate's
+/// `hold` after them) come at once then, a burst the pool works off, not an overload.
 pub async fn monitor(
     stats: PoolStats,
     period: Duration,
+    warmup: Duration,
     load: watch::Sender<DetectorLoad>,
     cancel: CancellationToken,
 ) {
+    let started = Instant::now();
     let mut before: HashMap<Arc<str>, CameraStats> = stats
         .cameras()
         .into_iter()
@@ -80,6 +84,7 @@ pub async fn monitor(
         }
         let elapsed = last_tick.elapsed().as_secs_f64().max(1e-3);
         last_tick = Instant::now();
+        let warming_up = started.elapsed() < warmup;
         let mut behind = Vec::new();
         for camera in stats.cameras() {
             let Some(now) = stats.stats(&camera) else {
@@ -91,7 +96,7 @@ pub async fn monitor(
                 FrameDrop::Overwritten,
                 now.overwritten.saturating_sub(prev.overwritten),
             );
-            let is = is_behind(&prev, &now);
+            let is = !warming_up && is_behind(&prev, &now);
             telemetry::camera_behind(&camera, is);
             if is {
                 let wanted = stats
