@@ -104,6 +104,32 @@ fn moving(camera: &str, seq: u64) -> Arc<Frame> {
     frame(camera, seq * 97)
 }
 
+/// Until `d` has passed, every `period`: a moving frame into each of `moving_slots` and each
+/// still camera's unchanging picture (captured now) into its slot. `seq` numbers the rounds.
+fn feed_motion_and_still(
+    moving_slots: &[(String, Arc<FrameSlot>)],
+    still: &[(Arc<FrameSlot>, Arc<Frame>)],
+    period: Duration,
+    d: Duration,
+    seq: &mut u64,
+) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        *seq += 1;
+        for (id, slot) in moving_slots {
+            slot.put(moving(id, *seq));
+        }
+        for (slot, picture) in still {
+            slot.put(Arc::new(Frame {
+                captured: Instant::now(),
+                seq: *seq,
+                ..(**picture).clone()
+            }));
+        }
+        std::thread::sleep(period);
+    }
+}
+
 /// Pushes a fresh frame into every slot every `period` until `until`; returns weak refs to all.
 fn feed(slots: &[(String, Arc<FrameSlot>)], period: Duration, until: Instant) -> Vec<Weak<Frame>> {
     let mut all = Vec::new();
@@ -289,24 +315,13 @@ fn still_cameras_take_no_pool_time_and_ask_for_keyframes_only() {
         ..MotionConfig::default()
     };
     let (pool, _rx) = DetectorPool::start(cams, dets, &gate, 10_000);
-    let still: Vec<Arc<Frame>> = (4..32).map(|i| frame(&format!("c{i:02}"), 7)).collect();
+    let still: Vec<_> = slots[4..]
+        .iter()
+        .map(|(id, slot)| (slot.clone(), frame(id, 7)))
+        .collect();
     let mut seq = 0;
     let mut run = |d: Duration| {
-        let until = Instant::now() + d;
-        while Instant::now() < until {
-            seq += 1;
-            for (id, slot) in &slots[..4] {
-                slot.put(moving(id, seq));
-            }
-            for (i, (_, slot)) in slots[4..].iter().enumerate() {
-                slot.put(Arc::new(Frame {
-                    captured: Instant::now(),
-                    seq,
-                    ..(*still[i]).clone()
-                }));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        feed_motion_and_still(&slots[..4], &still, Duration::from_millis(20), d, &mut seq);
         std::thread::sleep(Duration::from_millis(100));
     };
     // The first still frames are inferred (a new picture, then `hold`); after that, none.
@@ -362,26 +377,14 @@ fn keepalives_yield_to_motion_within_a_bound() {
         ..MotionConfig::default()
     };
     let (pool, mut rx) = DetectorPool::start(cams, dets, &gate, 100_000);
-    let still: Vec<Arc<Frame>> = (4..8).map(|i| frame(&format!("c{i}"), 7)).collect();
+    let still: Vec<_> = slots[4..]
+        .iter()
+        .map(|(id, slot)| (slot.clone(), frame(id, 7)))
+        .collect();
     let mut seq = 0;
     let mut run = |d: Duration, motion: bool| {
-        let until = Instant::now() + d;
-        while Instant::now() < until {
-            seq += 1;
-            if motion {
-                for (id, slot) in &slots[..4] {
-                    slot.put(moving(id, seq));
-                }
-            }
-            for (i, (_, slot)) in slots[4..].iter().enumerate() {
-                slot.put(Arc::new(Frame {
-                    captured: Instant::now(),
-                    seq,
-                    ..(*still[i]).clone()
-                }));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let moving_slots = if motion { &slots[..4] } else { &[] };
+        feed_motion_and_still(moving_slots, &still, Duration::from_millis(10), d, &mut seq);
     };
     // Per still camera: when its inferred frames were captured, and how long they waited.
     let mut drain = |from: Instant| {

@@ -104,15 +104,18 @@ struct KeepaliveWait {
 }
 
 impl CameraEntry {
-    /// Whether this camera's waiting frame is a keep-alive that may still yield to motion: the
-    /// first one, for at most 1.5 x `keepalive` (a camera whose next frame does not come).
-    fn keepalive_may_wait(&self, now: Instant, keepalive: Duration) -> bool {
+    fn keepalive_waiting(&self) -> std::sync::MutexGuard<'_, Option<KeepaliveWait>> {
         self.keepalive_waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|w| {
-                !w.replaced && now.saturating_duration_since(w.since) < keepalive * 3 / 2
-            })
+    }
+
+    /// Whether this camera's waiting frame is a keep-alive that may still yield to motion: the
+    /// first one, for at most 1.5 x `keepalive` (a camera whose next frame does not come).
+    fn keepalive_may_wait(&self, now: Instant, keepalive: Duration) -> bool {
+        self.keepalive_waiting().is_some_and(|w| {
+            !w.replaced && now.saturating_duration_since(w.since) < keepalive * 3 / 2
+        })
     }
 }
 
@@ -447,10 +450,7 @@ fn admit(entry: &CameraEntry, keyframes_when_still: bool, frame: &Frame) -> bool
         // A keep-alive look at a still scene does not wake the decoder up. The first one yields to
         // motion; one that replaces it (the waiting one is a `keepalive` old) does not.
         GateDecision::Infer(InferReason::Keepalive) => {
-            let mut waiting = entry
-                .keepalive_waiting
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut waiting = entry.keepalive_waiting();
             match &mut *waiting {
                 Some(w) => w.replaced = true,
                 None => {
@@ -463,10 +463,7 @@ fn admit(entry: &CameraEntry, keyframes_when_still: bool, frame: &Frame) -> bool
             true
         }
         GateDecision::Infer(_) => {
-            *entry
-                .keepalive_waiting
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = None;
+            *entry.keepalive_waiting() = None;
             entry.cam.slot.set_decode_demand(DecodeDemand::Every);
             true
         }
@@ -486,11 +483,7 @@ fn next_job(sched: &mut Sched, keepalive: Duration) -> Option<(Arc<CameraEntry>,
         // Only the pool takes from its slots, but a frame could still vanish between the look
         // and the take: then look again.
         if let Some(frame) = pick.entry.cam.slot.take() {
-            *pick
-                .entry
-                .keepalive_waiting
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = None;
+            *pick.entry.keepalive_waiting() = None;
             pick.busy = true;
             pick.last_taken = Some(now);
             return Some((pick.entry.clone(), frame));
